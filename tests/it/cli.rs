@@ -1,0 +1,108 @@
+//! The `tsad` binary: help, `tsad train`, and one clear error line with exit status 2 for
+//! bad flags and bad CSV.
+use std::path::Path;
+use std::process::{Command, Output};
+
+use tch::Device;
+use tsad::model::Network;
+
+use crate::support::noisy_sine;
+
+fn tsad(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tsad")).args(args).output().expect("tsad runs")
+}
+
+fn write_csv(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("csv written");
+    path.display().to_string()
+}
+
+fn sine_csv(dir: &Path, rows: usize) -> String {
+    let body: String = noisy_sine(rows, 4).iter().enumerate().map(|(t, v)| format!("{t},{v}\n")).collect();
+    write_csv(dir, "sine.csv", &format!("timestamp,value\n{body}"))
+}
+
+#[test]
+fn bare_tsad_prints_its_help() {
+    let out = tsad(&[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains("Usage") && text.contains("train"), "{text}");
+}
+
+#[test]
+fn train_writes_a_loadable_model_and_reports_every_epoch() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let csv = sine_csv(dir.path(), 800);
+    let out_dir = dir.path().join("models/sine/1");
+    let out = tsad(&[
+        "train",
+        "--csv",
+        &csv,
+        "--architecture",
+        "gru",
+        "--hidden",
+        "8",
+        "--layers",
+        "2",
+        "--window",
+        "20",
+        "--epochs",
+        "3",
+        "--patience",
+        "10",
+        "--out",
+        out_dir.to_str().expect("utf-8 path"),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for epoch in 1..=3 {
+        assert!(stdout.contains(&format!("epoch   {epoch}/3")), "{stdout}");
+    }
+    let (net, card) = Network::load(&out_dir, Device::Cpu).expect("model loads");
+    assert_eq!(net.config().layers, 2);
+    assert!(card.command.contains("train"));
+    let summary = card.training.expect("summary");
+    assert_eq!((summary.epochs_run, summary.window), (3, 20));
+    assert!(summary.val_rmse.is_some_and(|r| r.is_finite()));
+}
+
+#[test]
+fn bad_flags_and_bad_csv_give_one_error_line_and_exit_2() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let good = sine_csv(dir.path(), 400);
+    let out_dir = dir.path().join("out");
+    let out = out_dir.to_str().expect("utf-8 path");
+    let missing = write_csv(dir.path(), "a.csv", "timestamp,level\n1,2\n");
+    let text = write_csv(dir.path(), "b.csv", "value\n1\nabc\n");
+    let nan = write_csv(dir.path(), "c.csv", "value\n1\nNaN\n");
+    let short = write_csv(dir.path(), "d.csv", "value\n1\n2\n3\n");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["train", "--csv", &missing, "--column", "value", "--out", out], "no column named \"value\""),
+        (vec!["train", "--csv", &missing, "--out", out], "--column"),
+        (vec!["train", "--csv", &text, "--out", out], "line 3"),
+        (vec!["train", "--csv", &nan, "--out", out], "not a finite number"),
+        (vec!["train", "--csv", &short, "--out", out], "too few"),
+        (vec!["train", "--csv", "/nonexistent.csv", "--out", out], "/nonexistent.csv"),
+        (vec!["train", "--csv", &good, "--architecture", "transformer", "--out", out], "transformer"),
+        (vec!["train", "--csv", &good, "--hidden", "0", "--out", out], "hidden"),
+        (vec!["train", "--csv", &good, "--hidden", "-3", "--out", out], "-3"),
+        (vec!["train", "--csv", &good, "--layers", "0", "--out", out], "layers"),
+        (vec!["train", "--csv", &good, "--window", "1", "--out", out], "window"),
+        (vec!["train", "--csv", &good, "--epochs", "0", "--out", out], "epochs"),
+        (vec!["train", "--csv", &good, "--learning-rate", "NaN", "--out", out], "learning_rate"),
+        (vec!["train", "--csv", &good], "--out"),
+        (vec!["train", "--csv", &good, "--out", out, "--bogus"], "--bogus"),
+        (vec!["frobnicate"], "frobnicate"),
+    ];
+    for (args, needle) in cases {
+        let result = tsad(&args);
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?} should print one line: {stderr}");
+        assert!(stderr.starts_with("error"), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?} should mention {needle}: {stderr}");
+        assert!(!out_dir.exists(), "{args:?} wrote a model");
+    }
+}
