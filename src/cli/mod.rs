@@ -1,5 +1,6 @@
 //! The `tsad` command line: argument parsing and the subcommands' edges. Errors are
 //! printed as one line; usage and input errors exit with status 2.
+mod serve;
 mod train;
 
 use std::process::ExitCode;
@@ -16,6 +17,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the detection service (HTTP API, streams, storage, metrics).
+    Serve(crate::config::ServeArgs),
     /// Train a next-step forecaster on one column of a CSV file and save it as a model
     /// directory (weights.safetensors + model.json).
     Train(train::TrainArgs),
@@ -49,6 +52,7 @@ pub fn main() -> ExitCode {
             println!();
             return ExitCode::SUCCESS;
         }
+        Some(Command::Serve(args)) => serve::run(args),
         Some(Command::Train(args)) => train::run(args),
     };
     match result {

@@ -1,0 +1,189 @@
+//! Streams: create/configure (`PUT`), list, get, delete, and their stored readings.
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::wire::{self, format_ts, json_body, query_timestamp, stream_name, MAX_CHANNELS};
+use super::{ApiError, AppState};
+use crate::scoring::Verdict;
+use crate::storage::{ReadingRow, StreamConfig};
+use crate::streams::StreamStatus;
+
+pub fn write_routes() -> Router<AppState> {
+    Router::new().route("/v1/streams/{stream}", put(put_stream))
+}
+
+pub fn read_routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/streams", get(list_streams))
+        .route("/v1/streams/{stream}", get(get_stream))
+        .route("/v1/streams/{stream}/readings", get(get_readings))
+}
+
+pub fn admin_routes() -> Router<AppState> {
+    Router::new().route("/v1/streams/{stream}", axum::routing::delete(delete_stream))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamSettings {
+    channels: Option<usize>,
+    model: Option<String>,
+    sensitivity: Option<f64>,
+    warmup: Option<u64>,
+    auto_train: Option<bool>,
+}
+
+fn status_json(s: &StreamStatus) -> Value {
+    let r = &s.record;
+    let warming = s.judged < r.config.warmup;
+    json!({
+        "name": r.name,
+        "channels": r.config.channels,
+        "model": r.config.model,
+        "model_version": s.model_version,
+        "sensitivity": r.config.sensitivity,
+        "warmup": r.config.warmup,
+        "auto_train": r.config.auto_train,
+        "state": if warming { "warming" } else { "scoring" },
+        "readings": r.readings_count,
+        "anomalies": r.anomalies_count,
+        "last_ts": r.last_ts.map(format_ts),
+        "created_at": format_ts(r.created_at),
+    })
+}
+
+async fn put_stream(
+    State(state): State<AppState>,
+    Path(stream): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    stream_name(&stream)?;
+    let settings: StreamSettings = json_body(&headers, body).await?;
+    let existing = state.streams.storage().stream(&stream).await?;
+    let base = existing.as_ref().map_or_else(|| state.streams.default_config(1), |r| r.config.clone());
+    let config = StreamConfig {
+        channels: settings.channels.unwrap_or(base.channels),
+        model: settings.model.unwrap_or(base.model),
+        sensitivity: settings.sensitivity.unwrap_or(base.sensitivity),
+        warmup: settings.warmup.unwrap_or(base.warmup),
+        auto_train: settings.auto_train.unwrap_or(base.auto_train),
+    };
+    if !(1..=MAX_CHANNELS).contains(&config.channels) {
+        return Err(ApiError::Unprocessable(format!("channels must be in 1..={MAX_CHANNELS}")));
+    }
+    if !(config.sensitivity.is_finite() && (0.0..=1.0).contains(&config.sensitivity)) {
+        return Err(ApiError::Unprocessable("sensitivity must be in [0, 1]".into()));
+    }
+    if config.warmup > 10_000_000 {
+        return Err(ApiError::Unprocessable("warmup must be at most 10000000".into()));
+    }
+    stream_name(&config.model).map_err(|_| ApiError::Unprocessable(format!("no model named {:?}", config.model)))?;
+    state.streams.put(&stream, &config).await?;
+    let status = state.streams.describe(&stream).await?.ok_or_else(|| ApiError::Internal("stream vanished".into()))?;
+    let code = if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((code, Json(status_json(&status))))
+}
+
+async fn list_streams(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let records = state.streams.storage().streams().await?;
+    let streams: Vec<Value> = records
+        .into_iter()
+        .map(|record| {
+            let model_version =
+                state.streams.model(&record.config.model).map(|m| m.version.clone()).unwrap_or_default();
+            let judged = record.readings_count as u64;
+            let last_ts = record.last_ts;
+            status_json(&StreamStatus { record, model_version, judged, last_ts })
+        })
+        .collect();
+    Ok(Json(json!({ "streams": streams })))
+}
+
+async fn get_stream(State(state): State<AppState>, Path(stream): Path<String>) -> Result<Json<Value>, ApiError> {
+    stream_name(&stream)?;
+    let status = state.streams.describe(&stream).await?;
+    status.map(|s| Json(status_json(&s))).ok_or_else(|| ApiError::NotFound(format!("stream {stream} does not exist")))
+}
+
+async fn delete_stream(State(state): State<AppState>, Path(stream): Path<String>) -> Result<StatusCode, ApiError> {
+    stream_name(&stream)?;
+    if state.streams.delete(&stream).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!("stream {stream} does not exist")))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadingsQuery {
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// Default and largest page of readings.
+const READINGS_PAGE: (i64, i64) = (1000, 10_000);
+
+fn row_json(r: &ReadingRow) -> Value {
+    let (values, verdict) = match &r.channels {
+        Some(c) => (
+            c.values.clone(),
+            Verdict {
+                expected: c.expected.clone(),
+                lower: c.lower.clone(),
+                upper: c.upper.clone(),
+                score: r.score,
+                anomaly: r.anomaly,
+                surprise: 0.0,
+            },
+        ),
+        None => (
+            vec![r.value],
+            Verdict {
+                expected: vec![r.expected],
+                lower: vec![r.lower],
+                upper: vec![r.upper],
+                score: r.score,
+                anomaly: r.anomaly,
+                surprise: 0.0,
+            },
+        ),
+    };
+    wire::verdict_json(r.ts, &values, &verdict)
+}
+
+async fn get_readings(
+    State(state): State<AppState>,
+    Path(stream): Path<String>,
+    Query(q): Query<ReadingsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    stream_name(&stream)?;
+    let record = state
+        .streams
+        .storage()
+        .stream(&stream)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("stream {stream} does not exist")))?;
+    let from = q.from.as_deref().map(query_timestamp).transpose()?;
+    let to = q.to.as_deref().map(query_timestamp).transpose()?;
+    let limit = q.limit.unwrap_or(READINGS_PAGE.0);
+    if !(1..=READINGS_PAGE.1).contains(&limit) {
+        return Err(ApiError::BadRequest(format!("limit must be in 1..={}", READINGS_PAGE.1)));
+    }
+    let after = q
+        .cursor
+        .as_deref()
+        .map(|c| c.parse::<i64>().map_err(|_| ApiError::BadRequest("invalid cursor".into())))
+        .transpose()?;
+    let rows = state.streams.storage().readings(record.id, from, to, after, limit).await?;
+    let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.ts.to_string())).flatten();
+    Ok(Json(json!({ "readings": rows.iter().map(row_json).collect::<Vec<_>>(), "next_cursor": next_cursor })))
+}

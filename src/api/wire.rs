@@ -1,0 +1,169 @@
+//! The API's wire formats: timestamps, stream names, verdicts and bodies, validated at the
+//! edge into domain values.
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Map, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use super::ApiError;
+use crate::scoring::Verdict;
+use crate::streams::ReadingVerdict;
+
+/// Latest accepted timestamp: 9999-12-31T23:59:59.999Z.
+pub const MAX_TS: i64 = 253_402_300_799_999;
+/// Most channels a stream may have.
+pub const MAX_CHANNELS: usize = 64;
+
+/// Checks a stream name: 1–128 characters of `[A-Za-z0-9._:-]`.
+pub fn stream_name(name: &str) -> Result<&str, ApiError> {
+    let ok = (1..=128).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if ok {
+        Ok(name)
+    } else {
+        Err(ApiError::Unprocessable(format!(
+            "stream names are 1-128 characters of A-Z a-z 0-9 . _ : -, got {:?}",
+            name.chars().take(140).collect::<String>()
+        )))
+    }
+}
+
+/// Parses a timestamp: integer Unix milliseconds or an RFC 3339 string.
+pub fn timestamp(value: &Value) -> Result<i64, String> {
+    let ms = match value {
+        Value::Number(n) => n.as_i64().ok_or_else(|| format!("timestamp {n} is not an integer of milliseconds"))?,
+        Value::String(s) => parse_rfc3339(s)?,
+        other => return Err(format!("timestamp must be an RFC 3339 string or Unix milliseconds, got {other}")),
+    };
+    if !(0..=MAX_TS).contains(&ms) {
+        return Err(format!("timestamp {ms} is outside 1970-01-01..9999-12-31"));
+    }
+    Ok(ms)
+}
+
+/// Parses a timestamp from a query string: digits are milliseconds, anything else RFC 3339.
+pub fn query_timestamp(text: &str) -> Result<i64, ApiError> {
+    let value = match text.parse::<i64>() {
+        Ok(ms) => Value::from(ms),
+        Err(_) => Value::from(text),
+    };
+    timestamp(&value).map_err(ApiError::BadRequest)
+}
+
+fn parse_rfc3339(s: &str) -> Result<i64, String> {
+    let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|_| format!("timestamp {s:?} is not RFC 3339"))?;
+    Ok((t.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+/// Formats Unix milliseconds as RFC 3339 (UTC).
+pub fn format_ts(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// One number or, for multichannel streams, an array.
+pub fn channels_value(values: &[f64]) -> Value {
+    if values.len() == 1 {
+        json!(values[0])
+    } else {
+        json!(values)
+    }
+}
+
+/// A verdict as the API shows it.
+pub fn verdict_json(ts: i64, values: &[f64], v: &Verdict) -> Value {
+    let mut out = Map::new();
+    out.insert("ts".into(), json!(format_ts(ts)));
+    out.insert(if values.len() == 1 { "value" } else { "values" }.into(), channels_value(values));
+    out.insert("expected".into(), channels_value(&v.expected));
+    out.insert("lower".into(), channels_value(&v.lower));
+    out.insert("upper".into(), channels_value(&v.upper));
+    out.insert("score".into(), json!(v.score));
+    out.insert("anomaly".into(), json!(v.anomaly));
+    Value::Object(out)
+}
+
+/// A reading's verdict as the API shows it.
+pub fn reading_verdict_json(r: &ReadingVerdict) -> Value {
+    verdict_json(r.ts, &r.values, &r.verdict)
+}
+
+/// Reads a whole body, refusing more than `limit` bytes with 413.
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::PayloadTooLarge(limit))
+}
+
+/// Largest body of a configuration or feedback request.
+pub const SMALL_BODY: usize = 64 * 1024;
+
+/// Parses a small JSON body into `T`, with a problem for every failure.
+pub async fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
+    require_json(headers)?;
+    let bytes = read_body(headers, body, SMALL_BODY).await?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+/// Refuses bodies declared as something other than JSON.
+pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    match content_type(headers) {
+        None => Ok(()),
+        Some(ct) if ct == "application/json" || ct.ends_with("+json") => Ok(()),
+        Some(ct) => Err(ApiError::UnsupportedMediaType(format!("expected application/json, got {ct}"))),
+    }
+}
+
+/// The media type of the body, lower-cased, without parameters.
+pub fn content_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_parse_from_both_forms_and_round_trip() {
+        assert_eq!(timestamp(&json!(1_700_000_000_123i64)), Ok(1_700_000_000_123));
+        let ms = timestamp(&json!("2023-11-14T22:13:20.123Z")).expect("valid");
+        assert_eq!(ms, 1_700_000_000_123);
+        assert_eq!(format_ts(ms), "2023-11-14T22:13:20.123Z");
+        assert_eq!(timestamp(&json!("2023-11-14T23:13:20.123+01:00")), Ok(ms));
+    }
+
+    #[test]
+    fn bad_timestamps_are_refused() {
+        for bad in [
+            json!(-1),
+            json!(1.5),
+            json!("yesterday"),
+            json!(true),
+            json!(null),
+            json!(MAX_TS + 1),
+            json!("2023-13-01T00:00:00Z"),
+        ] {
+            assert!(timestamp(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn stream_names_follow_the_allowed_set() {
+        for good in ["a", "plant-1.pump_3:temp", &"x".repeat(128)] {
+            assert!(stream_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "a b", "a/b", "ü", &"x".repeat(129)] {
+            assert!(stream_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Builds and runs the service: storage, writer, inference threads, stream registry and
+//! the HTTP router. Tests and `tsad serve` start it the same way: [`Application::build`]
+//! binds the listener (port 0 in tests) and [`Application::run_until`] serves until the
+//! shutdown future completes, then stops intake, drains the streams and flushes the writer.
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::api::{self, AppState};
+use crate::config::Settings;
+use crate::inference::{InferencePool, ModelCatalog};
+use crate::metrics::Metrics;
+use crate::storage::{Storage, Writer};
+use crate::streams::{StreamDefaults, StreamLimits, Streams};
+
+/// A bound, ready-to-serve tsad.
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    streams: Streams,
+    writer_task: tokio::task::JoinHandle<()>,
+}
+
+impl Application {
+    /// Connects to the database (applying migrations), checks the default model, starts the
+    /// background parts and binds the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let metrics = Metrics::new();
+        let storage = Storage::connect(&settings.database_url)
+            .await
+            .with_context(|| format!("connecting to {}", redact(&settings.database_url)))?;
+        let catalog = ModelCatalog::new(settings.models_dir.clone());
+        let default = catalog.active("default").context("loading the default model")?;
+        info!(model = "default", version = %default.version, dir = %default.dir.display(), "default model");
+        let (writer, writer_task) = Writer::spawn(storage.clone(), settings.writer_queue, metrics.clone());
+        let inference =
+            InferencePool::start(settings.inference_threads, settings.max_batch, settings.batch_wait, metrics.clone());
+        let streams = Streams::new(
+            storage,
+            writer,
+            inference,
+            catalog,
+            metrics.clone(),
+            StreamLimits {
+                mailbox: settings.mailbox,
+                max_active: settings.max_active_streams,
+                idle_evict: settings.idle_evict,
+            },
+            StreamDefaults { model: "default".into(), warmup: settings.warmup, sensitivity: settings.sensitivity },
+        );
+        if settings.api_keys.is_empty() {
+            warn!(listen = %settings.listen, "no API keys configured: every route is open (loopback only)");
+        }
+        let state = AppState {
+            streams: streams.clone(),
+            metrics,
+            keys: Arc::new(settings.api_keys.clone()),
+            max_body_bytes: settings.max_body_bytes,
+            max_readings: settings.max_readings,
+        };
+        let router = api::router(state, &settings);
+        let listener =
+            TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
+        Ok(Application { listener, router, streams, writer_task })
+    }
+
+    /// The address actually bound (the real port when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` completes, then drains and flushes.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        info!(addr = %self.local_addr(), "tsad serving");
+        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await.context("serving HTTP")?;
+        info!("shutting down: draining streams");
+        self.streams.shutdown().await;
+        drop(self.streams);
+        if tokio::time::timeout(std::time::Duration::from_secs(30), self.writer_task).await.is_err() {
+            warn!("storage writer did not finish within 30 s");
+        }
+        info!("shutdown complete");
+        Ok(())
+    }
+}
+
+/// A database URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://…@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+/// Completes on ctrl-c or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
+}

@@ -1,0 +1,361 @@
+//! Inference threads: the owners of the weights during serving.
+//!
+//! Stream actors send [`InferenceRequest`]s (plain `f32` inputs and recurrent states, no
+//! tensors) through a bounded queue. Each thread owns its own copy of every model it has
+//! served (tensors are `Send` but not `Sync`), runs libtorch with one intra-op thread, and
+//! gathers every single-step request queued at that moment into one batched cell call per
+//! model; a request with many steps of one stream runs as one sequence call. Results go back
+//! through a oneshot channel.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use tch::{Device, Kind, Tensor};
+use tokio::sync::oneshot;
+use tracing::{error, info};
+
+use crate::metrics::Metrics;
+use crate::model::{Architecture, HeadConfig, ModelCard, Network, Output, State, Usage};
+
+/// Requests the queue holds before submitters are refused.
+const QUEUE: usize = 1 << 16;
+
+/// Failures of inference.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InferenceError {
+    #[error("inference queue is full")]
+    Overloaded,
+    #[error("inference threads have stopped")]
+    Stopped,
+    #[error("model {0} is not available: {1}")]
+    Model(String, String),
+    #[error("inference failed: {0}")]
+    Failed(String),
+}
+
+/// What a stream needs to know about the model that scores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    pub name: String,
+    pub version: String,
+    pub dir: PathBuf,
+    /// Values per step the network reads (1 for the generic, channel-independent model).
+    pub input_size: usize,
+    /// Floats of recurrent state per sequence: h (and c for LSTM) of every layer.
+    pub state_len: usize,
+    layers: usize,
+    hidden: usize,
+    lstm: bool,
+    /// The card the model was saved with.
+    pub card: ModelCard,
+}
+
+impl ModelInfo {
+    /// Reads `dir/model.json` and checks the model can serve streams.
+    pub fn load(name: &str, version: &str, dir: &Path) -> Result<ModelInfo, InferenceError> {
+        let fail = |e: String| InferenceError::Model(format!("{name}/{version}"), e);
+        let text = std::fs::read_to_string(dir.join("model.json")).map_err(|e| fail(e.to_string()))?;
+        let card: ModelCard = serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
+        card.network.validate(Usage::Streaming).map_err(|e| fail(e.to_string()))?;
+        match card.network.head {
+            HeadConfig::Gaussian { channels } if channels == card.network.input_size => {}
+            _ => return Err(fail("a scoring model needs a Gaussian head with one channel per input".into())),
+        }
+        let c = &card.network;
+        let lstm = c.architecture == Architecture::Lstm;
+        Ok(ModelInfo {
+            name: name.to_string(),
+            version: version.to_string(),
+            dir: dir.to_path_buf(),
+            input_size: c.input_size,
+            state_len: c.layers * c.hidden * if lstm { 2 } else { 1 },
+            layers: c.layers,
+            hidden: c.hidden,
+            lstm,
+            card,
+        })
+    }
+}
+
+/// Resolves model names to their active version on disk.
+#[derive(Debug, Clone)]
+pub struct ModelCatalog {
+    root: PathBuf,
+}
+
+impl ModelCatalog {
+    pub fn new(root: PathBuf) -> ModelCatalog {
+        ModelCatalog { root }
+    }
+
+    /// The directory holding `models/<name>/`.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The active version of `name`: the one named in `<name>/ACTIVE` if present, else the
+    /// highest version (numeric order where versions are numbers).
+    pub fn active(&self, name: &str) -> Result<Arc<ModelInfo>, InferenceError> {
+        let dir = self.root.join(name);
+        let missing = |e: String| InferenceError::Model(name.to_string(), e);
+        let version = match std::fs::read_to_string(dir.join("ACTIVE")) {
+            Ok(text) => text.trim().to_string(),
+            Err(_) => {
+                let entries = std::fs::read_dir(&dir).map_err(|e| missing(format!("{}: {e}", dir.display())))?;
+                let mut versions: Vec<String> = entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.path().join("model.json").is_file())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect();
+                versions.sort_by_key(|v| (v.parse::<u64>().unwrap_or(0), v.clone()));
+                versions.pop().ok_or_else(|| missing(format!("no versions in {}", dir.display())))?
+            }
+        };
+        Ok(Arc::new(ModelInfo::load(name, &version, &dir.join(&version))?))
+    }
+}
+
+/// One unit of inference work: `rows` independent sequences of `steps` steps.
+pub struct InferenceRequest {
+    pub model: Arc<ModelInfo>,
+    pub rows: usize,
+    pub steps: usize,
+    /// `[rows][steps][input_size]`, normalised.
+    pub inputs: Vec<f32>,
+    /// `[rows][state_len]`: h of every layer, then c of every layer (LSTM).
+    pub state: Vec<f32>,
+    pub reply: oneshot::Sender<Result<InferenceResult, InferenceError>>,
+}
+
+/// The forecasts after every step, and the state after the last.
+#[derive(Debug, Clone)]
+pub struct InferenceResult {
+    /// `[rows][steps][input_size]`: forecast mean of the next step.
+    pub mean: Vec<f32>,
+    /// Same layout: forecast log-variance.
+    pub log_var: Vec<f32>,
+    /// `[rows][state_len]`.
+    pub state: Vec<f32>,
+}
+
+/// Handle on the inference threads. Cheap to clone.
+#[derive(Clone)]
+pub struct InferencePool {
+    tx: Sender<InferenceRequest>,
+}
+
+impl std::fmt::Debug for InferencePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "InferencePool(queued: {})", self.tx.len())
+    }
+}
+
+impl InferencePool {
+    /// Starts `threads` inference threads. They stop when every handle is dropped.
+    pub fn start(threads: usize, max_batch: usize, batch_wait: Duration, metrics: Metrics) -> InferencePool {
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        for i in 0..threads {
+            let rx = rx.clone();
+            let metrics = metrics.clone();
+            std::thread::Builder::new()
+                .name(format!("tsad-inference-{i}"))
+                .spawn(move || worker(rx, max_batch, batch_wait, metrics))
+                .expect("the OS can start an inference thread");
+        }
+        info!(threads, max_batch, "inference threads started");
+        InferencePool { tx }
+    }
+
+    /// Runs `inputs` from `state` through the model and waits for the result.
+    pub async fn run(
+        &self,
+        model: Arc<ModelInfo>,
+        rows: usize,
+        steps: usize,
+        inputs: Vec<f32>,
+        state: Vec<f32>,
+    ) -> Result<InferenceResult, InferenceError> {
+        debug_assert_eq!(inputs.len(), rows * steps * model.input_size);
+        debug_assert_eq!(state.len(), rows * model.state_len);
+        let (reply, result) = oneshot::channel();
+        let request = InferenceRequest { model, rows, steps, inputs, state, reply };
+        self.tx.try_send(request).map_err(|e| match e {
+            TrySendError::Full(_) => InferenceError::Overloaded,
+            TrySendError::Disconnected(_) => InferenceError::Stopped,
+        })?;
+        result.await.map_err(|_| InferenceError::Stopped)?
+    }
+}
+
+type ModelKey = (String, String);
+
+fn worker(rx: Receiver<InferenceRequest>, max_batch: usize, batch_wait: Duration, metrics: Metrics) {
+    // Parallelism comes from many threads each running small batches; libtorch's own
+    // intra-op threads would only fight them.
+    tch::set_num_threads(1);
+    let _no_grad = tch::no_grad_guard();
+    let mut networks: HashMap<ModelKey, Network> = HashMap::new();
+    while let Ok(first) = rx.recv() {
+        let mut steps_by_model: HashMap<ModelKey, Vec<InferenceRequest>> = HashMap::new();
+        let mut sequences = Vec::new();
+        let mut rows = 0;
+        let deadline = Instant::now() + batch_wait;
+        let mut next = Some(first);
+        while let Some(request) = next.take() {
+            if request.steps == 1 {
+                rows += request.rows;
+                let key = (request.model.name.clone(), request.model.version.clone());
+                steps_by_model.entry(key).or_default().push(request);
+            } else {
+                sequences.push(request);
+            }
+            if rows >= max_batch {
+                break;
+            }
+            next = match rx.try_recv() {
+                Ok(r) => Some(r),
+                Err(_) if !batch_wait.is_zero() => rx.recv_deadline(deadline).ok(),
+                Err(_) => None,
+            };
+        }
+        for (key, batch) in steps_by_model {
+            let started = Instant::now();
+            let total: usize = batch.iter().map(|r| r.rows).sum();
+            let result = network_for(&mut networks, &batch[0].model).and_then(|net| step_batch(net, &batch, total));
+            metrics.inference_latency.observe(started.elapsed().as_secs_f64());
+            metrics.inference_batch.observe(total as f64);
+            match result {
+                Ok(results) => {
+                    for (request, result) in batch.into_iter().zip(results) {
+                        let _ = request.reply.send(Ok(result));
+                    }
+                }
+                Err(e) => {
+                    error!(model = %key.0, version = %key.1, error = %e, "batched step failed");
+                    for request in batch {
+                        let _ = request.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        for request in sequences {
+            let started = Instant::now();
+            let result = network_for(&mut networks, &request.model).and_then(|net| run_sequence(net, &request));
+            metrics.inference_latency.observe(started.elapsed().as_secs_f64());
+            metrics.inference_batch.observe(request.rows as f64);
+            let _ = request.reply.send(result);
+        }
+    }
+}
+
+fn network_for<'a>(
+    networks: &'a mut HashMap<ModelKey, Network>,
+    model: &ModelInfo,
+) -> Result<&'a Network, InferenceError> {
+    let key = (model.name.clone(), model.version.clone());
+    if !networks.contains_key(&key) {
+        let (network, _) = Network::load(&model.dir, Device::Cpu)
+            .map_err(|e| InferenceError::Model(format!("{}/{}", key.0, key.1), e.to_string()))?;
+        networks.insert(key.clone(), network);
+    }
+    Ok(networks.get(&key).expect("inserted above"))
+}
+
+fn failed(e: impl std::fmt::Display) -> InferenceError {
+    InferenceError::Failed(e.to_string())
+}
+
+/// Packs per-sequence states (`[seq][state_len]`) into `[layers, batch, hidden]` tensors.
+fn gather_state(model: &ModelInfo, states: &[&[f32]], batch: usize) -> State {
+    let (layers, hidden) = (model.layers, model.hidden);
+    let plane = |offset: usize| {
+        let mut flat = vec![0f32; layers * batch * hidden];
+        let mut b = 0;
+        for state in states {
+            for row in state.chunks_exact(model.state_len) {
+                for l in 0..layers {
+                    let src = &row[offset + l * hidden..offset + (l + 1) * hidden];
+                    flat[(l * batch + b) * hidden..(l * batch + b + 1) * hidden].copy_from_slice(src);
+                }
+                b += 1;
+            }
+        }
+        Tensor::from_slice(&flat).view([layers as i64, batch as i64, hidden as i64])
+    };
+    State { h: plane(0), c: model.lstm.then(|| plane(layers * hidden)) }
+}
+
+/// Unpacks `[layers, batch, hidden]` states into per-sequence rows for sequences `start..start+rows`.
+fn scatter_state(model: &ModelInfo, h: &[f32], c: Option<&[f32]>, batch: usize, start: usize, rows: usize) -> Vec<f32> {
+    let (layers, hidden) = (model.layers, model.hidden);
+    let mut out = vec![0f32; rows * model.state_len];
+    for r in 0..rows {
+        let b = start + r;
+        let row = &mut out[r * model.state_len..(r + 1) * model.state_len];
+        for l in 0..layers {
+            let src = (l * batch + b) * hidden;
+            row[l * hidden..(l + 1) * hidden].copy_from_slice(&h[src..src + hidden]);
+            if let Some(c) = c {
+                row[(layers + l) * hidden..(layers + l + 1) * hidden].copy_from_slice(&c[src..src + hidden]);
+            }
+        }
+    }
+    out
+}
+
+fn to_f32(t: &Tensor) -> Result<Vec<f32>, InferenceError> {
+    Vec::<f32>::try_from(t.to_kind(Kind::Float).contiguous().view([-1])).map_err(failed)
+}
+
+fn gaussian(output: Output) -> Result<(Tensor, Tensor), InferenceError> {
+    match output {
+        Output::Gaussian { mean, log_var } => Ok((mean, log_var)),
+        Output::Logits(_) => Err(failed("the model is a classifier, not a forecaster")),
+    }
+}
+
+fn step_batch(net: &Network, batch: &[InferenceRequest], total: usize) -> Result<Vec<InferenceResult>, InferenceError> {
+    let model = &batch[0].model;
+    let width = model.input_size;
+    let mut inputs = Vec::with_capacity(total * width);
+    for r in batch {
+        inputs.extend_from_slice(&r.inputs);
+    }
+    let x = Tensor::from_slice(&inputs).view([total as i64, width as i64]);
+    let states: Vec<&[f32]> = batch.iter().map(|r| r.state.as_slice()).collect();
+    let state = gather_state(model, &states, total);
+    let (out, next) = net.step(&x, &state).map_err(failed)?;
+    let (mean, log_var) = gaussian(out)?;
+    let (mean, log_var) = (to_f32(&mean)?, to_f32(&log_var)?);
+    let h = to_f32(&next.h)?;
+    let c = next.c.as_ref().map(to_f32).transpose()?;
+    let mut results = Vec::with_capacity(batch.len());
+    let mut start = 0;
+    for r in batch {
+        let span = start * width..(start + r.rows) * width;
+        results.push(InferenceResult {
+            mean: mean[span.clone()].to_vec(),
+            log_var: log_var[span].to_vec(),
+            state: scatter_state(model, &h, c.as_deref(), total, start, r.rows),
+        });
+        start += r.rows;
+    }
+    Ok(results)
+}
+
+fn run_sequence(net: &Network, r: &InferenceRequest) -> Result<InferenceResult, InferenceError> {
+    let model = &r.model;
+    let x = Tensor::from_slice(&r.inputs).view([r.rows as i64, r.steps as i64, model.input_size as i64]);
+    let state = gather_state(model, &[r.state.as_slice()], r.rows);
+    let (out, next) = net.seq(&x, Some(&state)).map_err(failed)?;
+    let (mean, log_var) = gaussian(out)?;
+    let h = to_f32(&next.h)?;
+    let c = next.c.as_ref().map(to_f32).transpose()?;
+    Ok(InferenceResult {
+        mean: to_f32(&mean)?,
+        log_var: to_f32(&log_var)?,
+        state: scatter_state(model, &h, c.as_deref(), r.rows, 0, r.rows),
+    })
+}

@@ -1,0 +1,434 @@
+//! All SQL: streams, readings with their verdicts, anomaly events and feedback, on SQLite
+//! (embedded default, WAL) or PostgreSQL through sqlx's `Any` driver. The same statements
+//! serve both backends (`$n` placeholders work in SQLite too); migrations differ per backend
+//! (`migrations/sqlite`, `migrations/postgres`). Timestamps are Unix milliseconds.
+//!
+//! Writes of readings go through [`writer`], which commits many requests in one
+//! transaction; this module knows nothing about HTTP or models.
+pub mod writer;
+
+use serde::{Deserialize, Serialize};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+pub use writer::{StreamUpdate, WriteBatch, Writer};
+
+/// Storage failures. The API maps them to 503 (unavailable) or 500.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the storage writer has stopped")]
+    WriterGone,
+    /// A commit failed because the database could not be reached (it may come back).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("the storage writer queue is full")]
+    WriterFull,
+}
+
+impl StorageError {
+    /// Whether the failure is the database being unreachable rather than a bad request or bug.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StorageError::Database(
+                sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::Protocol(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+            ) | StorageError::WriterGone
+                | StorageError::Unavailable(_)
+        )
+    }
+}
+
+/// Which database we talk to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A stream's configuration as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamConfig {
+    pub channels: usize,
+    pub model: String,
+    pub sensitivity: f64,
+    pub warmup: u64,
+    pub auto_train: bool,
+}
+
+/// A stream row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamRecord {
+    pub id: i64,
+    pub name: String,
+    pub config: StreamConfig,
+    pub created_at: i64,
+    pub last_ts: Option<i64>,
+    pub readings_count: i64,
+    pub anomalies_count: i64,
+    /// The scoring state after the last committed reading (JSON), if any.
+    pub snapshot: Option<String>,
+}
+
+/// A stored reading with its verdict. Multichannel streams keep all channels in `channels`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadingRow {
+    pub ts: i64,
+    pub value: f64,
+    pub expected: f64,
+    pub lower: f64,
+    pub upper: f64,
+    pub score: f64,
+    pub anomaly: bool,
+    pub channels: Option<ChannelValues>,
+}
+
+/// Per-channel values of a multichannel reading.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelValues {
+    pub values: Vec<f64>,
+    pub expected: Vec<f64>,
+    pub lower: Vec<f64>,
+    pub upper: Vec<f64>,
+}
+
+/// An anomaly event as written by a stream (identified by stream and start).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    pub start_ts: i64,
+    pub end_ts: i64,
+    pub peak_ts: i64,
+    pub peak_score: f64,
+    pub actual: Vec<f64>,
+    pub expected: Vec<f64>,
+    pub model: String,
+    pub model_version: String,
+    pub open: bool,
+}
+
+/// An anomaly event as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnomalyRecord {
+    pub id: i64,
+    pub stream: String,
+    pub event: EventRow,
+    pub feedback: Option<String>,
+}
+
+/// Filter and page of an anomaly query (newest first).
+#[derive(Debug, Clone, Default)]
+pub struct AnomalyQuery {
+    pub stream_id: Option<i64>,
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    pub min_score: Option<f64>,
+    /// Continue after this (start_ts, id).
+    pub after: Option<(i64, i64)>,
+    pub limit: i64,
+}
+
+/// The connection pool and what it points at.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Storage {
+    /// Connects (creating a SQLite file if missing) and applies the migrations.
+    pub async fn connect(url: &str) -> Result<Storage, StorageError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
+        let url = match backend {
+            Backend::Sqlite if !url.contains("mode=") => {
+                format!("{url}{}mode=rwc", if url.contains('?') { "&" } else { "?" })
+            }
+            _ => url.to_string(),
+        };
+        let options = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers run beside the writer; FULL makes a commit durable
+                        // before the 2xx; busy_timeout waits out the other connections.
+                        for pragma in
+                            ["PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL", "PRAGMA busy_timeout = 5000"]
+                        {
+                            sqlx::query(pragma).execute(&mut *conn).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            });
+        let pool = options.connect(&url).await?;
+        match backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
+        }
+        Ok(Storage { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// A trivial query: is the database reachable?
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Creates the stream with `config` if it does not exist; returns the stored row.
+    pub async fn create_stream_if_missing(
+        &self,
+        name: &str,
+        config: &StreamConfig,
+        now_ms: i64,
+    ) -> Result<StreamRecord, StorageError> {
+        sqlx::query(
+            "INSERT INTO streams (name, channels, model, sensitivity, warmup, auto_train, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(config.channels as i64)
+        .bind(config.model.clone())
+        .bind(config.sensitivity)
+        .bind(config.warmup as i64)
+        .bind(i64::from(config.auto_train))
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        self.stream(name).await?.ok_or_else(|| StorageError::Corrupt(format!("stream {name} vanished")))
+    }
+
+    /// Creates the stream or replaces its configuration.
+    pub async fn put_stream(
+        &self,
+        name: &str,
+        config: &StreamConfig,
+        now_ms: i64,
+    ) -> Result<StreamRecord, StorageError> {
+        sqlx::query(
+            "INSERT INTO streams (name, channels, model, sensitivity, warmup, auto_train, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (name) DO UPDATE SET channels = excluded.channels, model = excluded.model,
+                sensitivity = excluded.sensitivity, warmup = excluded.warmup, auto_train = excluded.auto_train",
+        )
+        .bind(name)
+        .bind(config.channels as i64)
+        .bind(config.model.clone())
+        .bind(config.sensitivity)
+        .bind(config.warmup as i64)
+        .bind(i64::from(config.auto_train))
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        self.stream(name).await?.ok_or_else(|| StorageError::Corrupt(format!("stream {name} vanished")))
+    }
+
+    const STREAM_COLUMNS: &'static str = "id, name, channels, model, sensitivity, warmup, auto_train, created_at, \
+         last_ts, readings_count, anomalies_count, snapshot";
+
+    fn stream_from_row(row: &AnyRow) -> Result<StreamRecord, StorageError> {
+        Ok(StreamRecord {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            config: StreamConfig {
+                channels: row.try_get::<i64, _>("channels")? as usize,
+                model: row.try_get("model")?,
+                sensitivity: row.try_get("sensitivity")?,
+                warmup: row.try_get::<i64, _>("warmup")? as u64,
+                auto_train: row.try_get::<i64, _>("auto_train")? != 0,
+            },
+            created_at: row.try_get("created_at")?,
+            last_ts: row.try_get("last_ts")?,
+            readings_count: row.try_get("readings_count")?,
+            anomalies_count: row.try_get("anomalies_count")?,
+            snapshot: row.try_get("snapshot")?,
+        })
+    }
+
+    /// One stream by name.
+    pub async fn stream(&self, name: &str) -> Result<Option<StreamRecord>, StorageError> {
+        let sql = format!("SELECT {} FROM streams WHERE name = $1", Self::STREAM_COLUMNS);
+        let row = sqlx::query(&sql).bind(name).fetch_optional(&self.pool).await?;
+        row.as_ref().map(Self::stream_from_row).transpose()
+    }
+
+    /// All streams, by name.
+    pub async fn streams(&self) -> Result<Vec<StreamRecord>, StorageError> {
+        let sql = format!("SELECT {} FROM streams ORDER BY name", Self::STREAM_COLUMNS);
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(Self::stream_from_row).collect()
+    }
+
+    /// Deletes a stream with its readings, anomalies and feedback. False if it did not exist.
+    pub async fn delete_stream(&self, id: i64) -> Result<bool, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM feedback WHERE anomaly_id IN (SELECT id FROM anomalies WHERE stream_id = $1)")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM anomalies WHERE stream_id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM readings WHERE stream_id = $1").bind(id).execute(&mut *tx).await?;
+        let deleted = sqlx::query("DELETE FROM streams WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
+    /// Readings of a stream with `from ≤ ts < to`, ascending, starting after `after`.
+    pub async fn readings(
+        &self,
+        stream_id: i64,
+        from: Option<i64>,
+        to: Option<i64>,
+        after: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<ReadingRow>, StorageError> {
+        let lower = from.unwrap_or(i64::MIN).max(after.map_or(i64::MIN, |a| a.saturating_add(1)));
+        let rows = sqlx::query(
+            "SELECT ts, value, expected, lower, upper, score, anomaly, channels_json FROM readings
+             WHERE stream_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts LIMIT $4",
+        )
+        .bind(stream_id)
+        .bind(lower)
+        .bind(to.unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(reading_from_row).collect()
+    }
+
+    /// The most recent `limit` readings of a stream, oldest first (for re-warming state).
+    pub async fn recent_readings(&self, stream_id: i64, limit: i64) -> Result<Vec<ReadingRow>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT ts, value, expected, lower, upper, score, anomaly, channels_json FROM readings
+             WHERE stream_id = $1 ORDER BY ts DESC LIMIT $2",
+        )
+        .bind(stream_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<ReadingRow> = rows.iter().map(reading_from_row).collect::<Result<_, _>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Anomaly events, newest first.
+    pub async fn anomalies(&self, q: &AnomalyQuery) -> Result<Vec<AnomalyRecord>, StorageError> {
+        let (after_ts, after_id) = q.after.unwrap_or((i64::MAX, i64::MAX));
+        let rows = sqlx::query(
+            "SELECT a.id, s.name, a.start_ts, a.end_ts, a.peak_ts, a.peak_score, a.actual, a.expected,
+                    a.model, a.model_version, a.status,
+                    (SELECT f.label FROM feedback f WHERE f.anomaly_id = a.id ORDER BY f.id DESC LIMIT 1) AS feedback
+             FROM anomalies a JOIN streams s ON s.id = a.stream_id
+             WHERE ($1 < 0 OR a.stream_id = $2)
+               AND a.start_ts >= $3 AND a.start_ts < $4 AND a.peak_score >= $5
+               AND (a.start_ts < $6 OR (a.start_ts = $7 AND a.id < $8))
+             ORDER BY a.start_ts DESC, a.id DESC LIMIT $9",
+        )
+        .bind(q.stream_id.unwrap_or(-1))
+        .bind(q.stream_id.unwrap_or(-1))
+        .bind(q.from.unwrap_or(i64::MIN))
+        .bind(q.to.unwrap_or(i64::MAX))
+        .bind(q.min_score.unwrap_or(f64::MIN))
+        .bind(after_ts)
+        .bind(after_ts)
+        .bind(after_id)
+        .bind(q.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(anomaly_from_row).collect()
+    }
+
+    /// One anomaly event by id.
+    pub async fn anomaly(&self, id: i64) -> Result<Option<AnomalyRecord>, StorageError> {
+        let row = sqlx::query(
+            "SELECT a.id, s.name, a.start_ts, a.end_ts, a.peak_ts, a.peak_score, a.actual, a.expected,
+                    a.model, a.model_version, a.status,
+                    (SELECT f.label FROM feedback f WHERE f.anomaly_id = a.id ORDER BY f.id DESC LIMIT 1) AS feedback
+             FROM anomalies a JOIN streams s ON s.id = a.stream_id WHERE a.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(anomaly_from_row).transpose()
+    }
+
+    /// Records feedback on an anomaly. False if the anomaly does not exist.
+    pub async fn add_feedback(
+        &self,
+        anomaly_id: i64,
+        label: &str,
+        note: Option<&str>,
+        now_ms: i64,
+    ) -> Result<bool, StorageError> {
+        let inserted = sqlx::query(
+            "INSERT INTO feedback (anomaly_id, label, note, created_at)
+             SELECT id, $1, $2, $3 FROM anomalies WHERE id = $4",
+        )
+        .bind(label)
+        .bind(note.map(str::to_string))
+        .bind(now_ms)
+        .bind(anomaly_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(inserted.rows_affected() > 0)
+    }
+}
+
+fn reading_from_row(row: &AnyRow) -> Result<ReadingRow, StorageError> {
+    let channels: Option<String> = row.try_get("channels_json")?;
+    Ok(ReadingRow {
+        ts: row.try_get("ts")?,
+        value: row.try_get("value")?,
+        expected: row.try_get("expected")?,
+        lower: row.try_get("lower")?,
+        upper: row.try_get("upper")?,
+        score: row.try_get("score")?,
+        anomaly: row.try_get::<i64, _>("anomaly")? != 0,
+        channels: channels
+            .map(|text| serde_json::from_str(&text).map_err(|e| StorageError::Corrupt(e.to_string())))
+            .transpose()?,
+    })
+}
+
+fn parse_vec(text: &str) -> Result<Vec<f64>, StorageError> {
+    serde_json::from_str(text).map_err(|e| StorageError::Corrupt(format!("{e}: {text}")))
+}
+
+fn anomaly_from_row(row: &AnyRow) -> Result<AnomalyRecord, StorageError> {
+    let status: String = row.try_get("status")?;
+    Ok(AnomalyRecord {
+        id: row.try_get("id")?,
+        stream: row.try_get("name")?,
+        event: EventRow {
+            start_ts: row.try_get("start_ts")?,
+            end_ts: row.try_get("end_ts")?,
+            peak_ts: row.try_get("peak_ts")?,
+            peak_score: row.try_get("peak_score")?,
+            actual: parse_vec(&row.try_get::<String, _>("actual")?)?,
+            expected: parse_vec(&row.try_get::<String, _>("expected")?)?,
+            model: row.try_get("model")?,
+            model_version: row.try_get("model_version")?,
+            open: status == "open",
+        },
+        feedback: row.try_get("feedback")?,
+    })
+}

@@ -1,0 +1,186 @@
+//! The single writer: stream actors hand it their readings, events and state, and it
+//! commits whatever is queued in one transaction (group commit), then answers every
+//! waiting request. A 2xx for readings is sent only after this commit.
+//!
+//! If a group fails, each request in it is retried alone, so one bad request cannot fail
+//! the others. The queue is bounded: a full queue is refused at once (the API answers 429).
+use std::time::Instant;
+
+use sqlx::{Any, QueryBuilder};
+use tokio::sync::{mpsc, oneshot};
+use tracing::warn;
+
+use super::{EventRow, ReadingRow, Storage, StorageError};
+use crate::metrics::Metrics;
+
+/// Readings per INSERT statement (9 parameters each; SQLite allows 32,766).
+const ROWS_PER_STATEMENT: usize = 1000;
+/// Readings gathered into one transaction before it is committed.
+const ROWS_PER_TRANSACTION: usize = 50_000;
+
+/// What one stream asks to be committed.
+#[derive(Debug, Clone)]
+pub struct WriteBatch {
+    pub stream_id: i64,
+    pub readings: Vec<ReadingRow>,
+    /// Events opened, extended or closed by these readings (upserted by start).
+    pub events: Vec<EventRow>,
+    pub update: StreamUpdate,
+}
+
+/// The stream row's new bookkeeping after a batch.
+#[derive(Debug, Clone)]
+pub struct StreamUpdate {
+    pub last_ts: i64,
+    pub readings_added: i64,
+    pub anomalies_added: i64,
+    /// The scoring state after the batch (JSON).
+    pub snapshot: String,
+}
+
+struct Job {
+    batches: Vec<WriteBatch>,
+    reply: oneshot::Sender<Result<(), (bool, String)>>,
+}
+
+/// A handle on the writer task. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// Starts the writer task; it ends when every handle is dropped and the queue is empty.
+    pub fn spawn(storage: Storage, queue: usize, metrics: Metrics) -> (Writer, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(queue);
+        let task = tokio::spawn(run(storage, rx, metrics));
+        (Writer { tx }, task)
+    }
+
+    /// Commits `batches` (all or nothing) and waits for the commit.
+    pub async fn commit(&self, batches: Vec<WriteBatch>) -> Result<(), StorageError> {
+        let (reply, done) = oneshot::channel();
+        self.tx.try_send(Job { batches, reply }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => StorageError::WriterFull,
+            mpsc::error::TrySendError::Closed(_) => StorageError::WriterGone,
+        })?;
+        match done.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err((true, message))) => Err(StorageError::Unavailable(message)),
+            Ok(Err((false, message))) => Err(StorageError::Corrupt(message)),
+            Err(_) => Err(StorageError::WriterGone),
+        }
+    }
+
+    /// Requests waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+async fn run(storage: Storage, mut rx: mpsc::Receiver<Job>, metrics: Metrics) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        let mut rows: usize = jobs[0].batches.iter().map(|b| b.readings.len()).sum();
+        while rows < ROWS_PER_TRANSACTION {
+            match rx.try_recv() {
+                Ok(job) => {
+                    rows += job.batches.iter().map(|b| b.readings.len()).sum::<usize>();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        let all: Vec<&WriteBatch> = jobs.iter().flat_map(|j| &j.batches).collect();
+        match write(&storage, &all).await {
+            Ok(()) => {
+                metrics.commit_latency.observe(started.elapsed().as_secs_f64());
+                metrics.commit_rows.observe(rows as f64);
+                for job in jobs {
+                    let _ = job.reply.send(Ok(()));
+                }
+            }
+            Err(group_error) if jobs.len() > 1 => {
+                warn!(error = %group_error, jobs = jobs.len(), "group commit failed; retrying requests one by one");
+                for job in jobs {
+                    let batches: Vec<&WriteBatch> = job.batches.iter().collect();
+                    let result = write(&storage, &batches).await.map_err(|e| (e.is_transient(), e.to_string()));
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "commit failed");
+                for job in jobs {
+                    let _ = job.reply.send(Err((e.is_transient(), e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+async fn write(storage: &Storage, batches: &[&WriteBatch]) -> Result<(), StorageError> {
+    let mut tx = storage.pool().begin().await?;
+    for batch in batches {
+        for chunk in batch.readings.chunks(ROWS_PER_STATEMENT) {
+            let mut insert: QueryBuilder<Any> = QueryBuilder::new(
+                "INSERT INTO readings (stream_id, ts, value, expected, lower, upper, score, anomaly, channels_json) ",
+            );
+            insert.push_values(chunk, |mut row, r: &ReadingRow| {
+                let channels = r.channels.as_ref().map(|c| serde_json::to_string(c).unwrap_or_default());
+                row.push_bind(batch.stream_id)
+                    .push_bind(r.ts)
+                    .push_bind(r.value)
+                    .push_bind(r.expected)
+                    .push_bind(r.lower)
+                    .push_bind(r.upper)
+                    .push_bind(r.score)
+                    .push_bind(i64::from(r.anomaly))
+                    .push_bind(channels);
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+        for event in &batch.events {
+            upsert_event(&mut tx, batch.stream_id, event).await?;
+        }
+        let u = &batch.update;
+        sqlx::query(
+            "UPDATE streams SET last_ts = $1, readings_count = readings_count + $2,
+                anomalies_count = anomalies_count + $3, snapshot = $4 WHERE id = $5",
+        )
+        .bind(u.last_ts)
+        .bind(u.readings_added)
+        .bind(u.anomalies_added)
+        .bind(u.snapshot.clone())
+        .bind(batch.stream_id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn upsert_event(tx: &mut sqlx::Transaction<'_, Any>, stream_id: i64, e: &EventRow) -> Result<(), StorageError> {
+    let json = |v: &[f64]| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
+    sqlx::query(
+        "INSERT INTO anomalies (stream_id, start_ts, end_ts, peak_ts, peak_score, actual, expected,
+            model, model_version, status)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (stream_id, start_ts) DO UPDATE SET end_ts = excluded.end_ts,
+            peak_ts = excluded.peak_ts, peak_score = excluded.peak_score, actual = excluded.actual,
+            expected = excluded.expected, status = excluded.status",
+    )
+    .bind(stream_id)
+    .bind(e.start_ts)
+    .bind(e.end_ts)
+    .bind(e.peak_ts)
+    .bind(e.peak_score)
+    .bind(json(&e.actual))
+    .bind(json(&e.expected))
+    .bind(e.model.clone())
+    .bind(e.model_version.clone())
+    .bind(if e.open { "open" } else { "closed" })
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,368 @@
+//! One task per active stream. It owns the stream's scoring state — running normaliser,
+//! recurrent state, the forecast for the next reading, scorer statistics and the open
+//! anomaly event — and is the only code that changes it.
+//!
+//! Ingest is two-phase so a request touching many streams is all-or-nothing: the actor
+//! judges the readings on a copy of its state and answers with the rows to store
+//! ([`Prepared`]); it applies the copy only when told the rows were committed, and keeps
+//! its old state otherwise. Verdict first, step second: reading t is judged against the
+//! forecast made after reading t−1, then the network steps.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, instrument, warn};
+
+use super::{IngestError, Reading, ReadingVerdict, Shared, StreamStatus};
+use crate::inference::ModelInfo;
+use crate::scoring::{EventConfig, EventTracker, EventUpdate, Forecast, RunningNormaliser, Scorer, ScorerConfig};
+use crate::storage::{ChannelValues, EventRow, ReadingRow, StreamRecord, StreamUpdate, WriteBatch};
+
+/// Normalised inputs are clamped to this magnitude: a wild value still reads as extreme
+/// to the network without pushing its state somewhere it never learnt.
+const INPUT_CLAMP: f64 = 50.0;
+/// Readings replayed through the network to rebuild recurrent state for a new model.
+pub const REWARM_READINGS: i64 = 512;
+/// How long a prepared ingest waits for its commit decision before giving up.
+const DECISION_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Messages a stream actor understands.
+pub enum Command {
+    /// Judge `readings` (validated, ascending) and answer with what to store.
+    Ingest { readings: Vec<Reading>, arrived: Instant, reply: oneshot::Sender<Result<Prepared, IngestError>> },
+    /// Report the stream's configuration and state.
+    Describe { reply: oneshot::Sender<StreamStatus> },
+    /// Stop after the current message (the stream is being deleted or reconfigured).
+    Stop { reply: oneshot::Sender<()> },
+}
+
+/// An ingest judged but not yet applied.
+pub struct Prepared {
+    pub batch: WriteBatch,
+    pub verdicts: Vec<ReadingVerdict>,
+    /// Send `true` once `batch` is committed, `false` (or drop) to discard.
+    pub decide: oneshot::Sender<bool>,
+}
+
+/// The scoring state of a stream, persisted with every commit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub model: String,
+    pub model_version: String,
+    pub normaliser: RunningNormaliser,
+    pub scorer: Scorer,
+    pub events: EventTracker,
+    /// `[rows][state_len]` recurrent state after the last reading.
+    pub recurrent: Vec<f32>,
+    /// Forecast of the next reading per channel (normalised units), if any.
+    pub forecast_mean: Option<Vec<f64>>,
+    pub forecast_log_var: Option<Vec<f64>>,
+    pub last_ts: Option<i64>,
+}
+
+impl Snapshot {
+    fn fresh(record: &StreamRecord, model: &ModelInfo) -> Snapshot {
+        let channels = record.config.channels;
+        Snapshot {
+            model: model.name.clone(),
+            model_version: model.version.clone(),
+            normaliser: RunningNormaliser::new(channels),
+            scorer: Scorer::new(channels),
+            events: EventTracker::default(),
+            recurrent: vec![0.0; rows(channels, model) * model.state_len],
+            forecast_mean: None,
+            forecast_log_var: None,
+            last_ts: record.last_ts,
+        }
+    }
+
+    fn forecast(&self) -> Option<Forecast> {
+        match (&self.forecast_mean, &self.forecast_log_var) {
+            (Some(mean), Some(log_var)) => Some(Forecast { mean: mean.clone(), log_var: log_var.clone() }),
+            _ => None,
+        }
+    }
+}
+
+/// Independent sequences a stream needs: one per channel for a univariate model, one for a
+/// model that reads all channels at once.
+fn rows(channels: usize, model: &ModelInfo) -> usize {
+    channels / model.input_size
+}
+
+/// Index of channel `c` at step `t` in `[rows][steps][input_size]`.
+fn index(model: &ModelInfo, steps: usize, t: usize, c: usize) -> usize {
+    let width = model.input_size;
+    ((c / width) * steps + t) * width + c % width
+}
+
+pub(super) struct Actor {
+    name: String,
+    record: StreamRecord,
+    model: Arc<ModelInfo>,
+    state: Snapshot,
+    shared: Arc<Shared>,
+}
+
+impl Actor {
+    /// Restores the stream from its stored snapshot, re-warming the recurrent state from
+    /// stored readings when the snapshot belongs to another model version.
+    #[instrument(skip_all, fields(stream = %record.name))]
+    pub(super) async fn start(record: StreamRecord, shared: Arc<Shared>) -> Result<Actor, IngestError> {
+        let model = shared.model(&record.config.model)?;
+        if record.config.channels % model.input_size != 0 {
+            return Err(IngestError::Config(format!(
+                "model {} reads {} channels per step; the stream has {}",
+                model.name, model.input_size, record.config.channels
+            )));
+        }
+        let stored: Option<Snapshot> = record.snapshot.as_deref().and_then(|text| match serde_json::from_str(text) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(error = %e, "stored snapshot unreadable; rebuilding from history");
+                None
+            }
+        });
+        let expected_state = rows(record.config.channels, &model) * model.state_len;
+        let state = match stored {
+            Some(s)
+                if s.model == model.name
+                    && s.model_version == model.version
+                    && s.recurrent.len() == expected_state
+                    && s.normaliser.channels() == record.config.channels =>
+            {
+                s
+            }
+            other => Self::rewarm(&record, &model, other, &shared).await?,
+        };
+        Ok(Actor { name: record.name.clone(), record, model, state, shared })
+    }
+
+    /// Rebuilds recurrent state and forecast by replaying the stream's recent stored
+    /// readings through `model`; keeps the normaliser and scorer of `previous` if usable.
+    async fn rewarm(
+        record: &StreamRecord,
+        model: &Arc<ModelInfo>,
+        previous: Option<Snapshot>,
+        shared: &Shared,
+    ) -> Result<Snapshot, IngestError> {
+        let mut state = Snapshot::fresh(record, model);
+        if let Some(prev) = previous.filter(|p| p.normaliser.channels() == record.config.channels) {
+            state.normaliser = prev.normaliser;
+            state.scorer = prev.scorer;
+            state.events = prev.events;
+        }
+        let history = shared.storage.recent_readings(record.id, REWARM_READINGS).await?;
+        if history.is_empty() {
+            return Ok(state);
+        }
+        let channels = record.config.channels;
+        let steps = history.len();
+        let mut inputs = vec![0f32; rows(channels, model) * steps * model.input_size];
+        let fresh_normaliser = state.normaliser.count() == 0;
+        for (t, row) in history.iter().enumerate() {
+            let values = row.channels.as_ref().map_or_else(|| vec![row.value], |c| c.values.clone());
+            if values.len() != channels {
+                return Err(IngestError::Config("stored readings have another channel count".into()));
+            }
+            if fresh_normaliser {
+                state.normaliser.update(&values);
+            }
+            for (c, v) in values.iter().enumerate() {
+                inputs[index(model, steps, t, c)] =
+                    state.normaliser.normalise(c, *v).clamp(-INPUT_CLAMP, INPUT_CLAMP) as f32;
+            }
+        }
+        let result =
+            shared.inference.run(model.clone(), rows(channels, model), steps, inputs, state.recurrent.clone()).await?;
+        state.recurrent = result.state;
+        let last = |v: &[f32]| (0..channels).map(|c| v[index(model, steps, steps - 1, c)] as f64).collect::<Vec<_>>();
+        state.forecast_mean = Some(last(&result.mean));
+        state.forecast_log_var = Some(last(&result.log_var));
+        state.last_ts = history.last().map(|r| r.ts);
+        debug!(readings = steps, "re-warmed recurrent state from stored history");
+        Ok(state)
+    }
+
+    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Command>, generation: u64) {
+        loop {
+            let command = tokio::select! {
+                command = rx.recv() => command,
+                _ = tokio::time::sleep(self.shared.idle_evict) => {
+                    if self.shared.evict(&self.name, generation, &rx) {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let Some(command) = command else { break };
+            match command {
+                Command::Ingest { readings, arrived, reply } => self.ingest(readings, arrived, reply).await,
+                Command::Describe { reply } => {
+                    let _ = reply.send(self.status());
+                }
+                Command::Stop { reply } => {
+                    let _ = reply.send(());
+                    break;
+                }
+            }
+        }
+        self.shared.metrics.active_streams.dec();
+    }
+
+    fn status(&self) -> StreamStatus {
+        StreamStatus {
+            record: self.record.clone(),
+            model_version: self.model.version.clone(),
+            judged: self.state.scorer.readings(),
+            last_ts: self.state.last_ts,
+        }
+    }
+
+    #[instrument(skip_all, fields(stream = %self.name, readings = readings.len()))]
+    async fn ingest(
+        &mut self,
+        readings: Vec<Reading>,
+        arrived: Instant,
+        reply: oneshot::Sender<Result<Prepared, IngestError>>,
+    ) {
+        let prepared = match self.prepare(&readings, arrived).await {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let (state, batch, verdicts) = prepared;
+        let (decide, decision) = oneshot::channel();
+        if reply.send(Ok(Prepared { batch, verdicts, decide })).is_err() {
+            return; // the request is gone; nothing was stored
+        }
+        match tokio::time::timeout(DECISION_TIMEOUT, decision).await {
+            Ok(Ok(true)) => {
+                self.record.readings_count += readings.len() as i64;
+                self.record.last_ts = state.last_ts;
+                self.state = state;
+            }
+            _ => debug!("ingest discarded: not committed"),
+        }
+    }
+
+    /// Judges `readings` on a copy of the state. Returns the new state, the rows to store
+    /// and the verdicts.
+    async fn prepare(
+        &self,
+        readings: &[Reading],
+        arrived: Instant,
+    ) -> Result<(Snapshot, WriteBatch, Vec<ReadingVerdict>), IngestError> {
+        let channels = self.record.config.channels;
+        let (first, last) = match (readings.first(), readings.last()) {
+            (Some(f), Some(l)) => (f, l),
+            _ => return Err(IngestError::Invalid("no readings".into())),
+        };
+        if let Some(bad) = readings.iter().find(|r| r.values.len() != channels) {
+            return Err(IngestError::Invalid(format!(
+                "stream has {channels} channel(s); a reading has {}",
+                bad.values.len()
+            )));
+        }
+        if let Some(prev) = self.state.last_ts.filter(|prev| first.ts <= *prev) {
+            return Err(IngestError::OutOfOrder { ts: first.ts, last: prev });
+        }
+        let model = &self.model;
+        let steps = readings.len();
+        let mut next = self.state.clone();
+        // Normalise sequentially, keeping the normaliser each forecast is made under.
+        let mut norms = Vec::with_capacity(steps);
+        let mut inputs = vec![0f32; rows(channels, model) * steps * model.input_size];
+        for (t, r) in readings.iter().enumerate() {
+            next.normaliser.update(&r.values);
+            for (c, v) in r.values.iter().enumerate() {
+                inputs[index(model, steps, t, c)] =
+                    next.normaliser.normalise(c, *v).clamp(-INPUT_CLAMP, INPUT_CLAMP) as f32;
+            }
+            norms.push(next.normaliser.clone());
+        }
+        let result = self
+            .shared
+            .inference
+            .run(model.clone(), rows(channels, model), steps, inputs, self.state.recurrent.clone())
+            .await?;
+        let scorer_config = ScorerConfig {
+            warmup: self.record.config.warmup,
+            sensitivity: self.record.config.sensitivity,
+            ..ScorerConfig::default()
+        };
+        let event_config = EventConfig::default();
+        let mut verdicts = Vec::with_capacity(steps);
+        let mut rows_out = Vec::with_capacity(steps);
+        let mut events: BTreeMap<i64, EventRow> = BTreeMap::new();
+        let mut opened = 0;
+        let mut forecast = self.state.forecast();
+        let mut forecast_norm = self.state.normaliser.clone();
+        for (t, r) in readings.iter().enumerate() {
+            let verdict = next.scorer.judge(&scorer_config, &r.values, forecast.as_ref(), &forecast_norm);
+            if let Some(update) = next.events.observe(&event_config, r.ts, &r.values, &verdict) {
+                let (event, open) = match update {
+                    EventUpdate::Opened(e) => {
+                        opened += 1;
+                        (e, true)
+                    }
+                    EventUpdate::Updated(e) => (e, true),
+                    EventUpdate::Closed(e) => (e, false),
+                };
+                events.insert(
+                    event.start_ts,
+                    EventRow {
+                        start_ts: event.start_ts,
+                        end_ts: event.end_ts,
+                        peak_ts: event.peak_ts,
+                        peak_score: event.peak_score,
+                        actual: event.actual,
+                        expected: event.expected,
+                        model: model.name.clone(),
+                        model_version: model.version.clone(),
+                        open,
+                    },
+                );
+            }
+            rows_out.push(ReadingRow {
+                ts: r.ts,
+                value: r.values[0],
+                expected: verdict.expected[0],
+                lower: verdict.lower[0],
+                upper: verdict.upper[0],
+                score: verdict.score,
+                anomaly: verdict.anomaly,
+                channels: (channels > 1).then(|| ChannelValues {
+                    values: r.values.clone(),
+                    expected: verdict.expected.clone(),
+                    lower: verdict.lower.clone(),
+                    upper: verdict.upper.clone(),
+                }),
+            });
+            verdicts.push(ReadingVerdict { ts: r.ts, values: r.values.clone(), verdict });
+            let at = |v: &[f32]| (0..channels).map(|c| v[index(model, steps, t, c)] as f64).collect::<Vec<_>>();
+            forecast = Some(Forecast { mean: at(&result.mean), log_var: at(&result.log_var) });
+            forecast_norm = norms[t].clone();
+        }
+        let latency = arrived.elapsed().as_secs_f64();
+        for _ in 0..steps {
+            self.shared.metrics.verdict_latency.observe(latency);
+        }
+        next.recurrent = result.state;
+        next.forecast_mean = forecast.as_ref().map(|f| f.mean.clone());
+        next.forecast_log_var = forecast.map(|f| f.log_var);
+        next.last_ts = Some(last.ts);
+        let snapshot = serde_json::to_string(&next).map_err(|e| IngestError::Internal(e.to_string()))?;
+        let batch = WriteBatch {
+            stream_id: self.record.id,
+            readings: rows_out,
+            events: events.into_values().collect(),
+            update: StreamUpdate { last_ts: last.ts, readings_added: steps as i64, anomalies_added: opened, snapshot },
+        };
+        Ok((next, batch, verdicts))
+    }
+}

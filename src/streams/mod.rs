@@ -1,0 +1,414 @@
+//! The streams of a running service: a registry of per-stream actors ([`actor`]), created on
+//! demand, evicted when idle, restored from storage when they come back.
+//!
+//! [`Streams::ingest`] is the ingest path: it asks every stream in a request to judge its
+//! readings, commits all their rows in one transaction through the writer, then tells each
+//! stream to apply its new state. Nothing here knows about HTTP.
+pub mod actor;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
+
+use crate::inference::{InferenceError, InferencePool, ModelCatalog, ModelInfo};
+use crate::metrics::Metrics;
+use crate::scoring::Verdict;
+use crate::storage::{Storage, StorageError, StreamConfig, StreamRecord, Writer};
+use actor::{Actor, Command, Prepared};
+
+/// One validated reading: a timestamp (Unix ms) and a value per channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    pub ts: i64,
+    pub values: Vec<f64>,
+}
+
+/// A reading with its verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadingVerdict {
+    pub ts: i64,
+    pub values: Vec<f64>,
+    pub verdict: Verdict,
+}
+
+/// The result of ingesting one stream's readings.
+#[derive(Debug, Clone)]
+pub struct IngestOutcome {
+    pub stream: String,
+    pub accepted: usize,
+    pub verdicts: Vec<ReadingVerdict>,
+}
+
+/// What a stream reports about itself.
+#[derive(Debug, Clone)]
+pub struct StreamStatus {
+    pub record: StreamRecord,
+    pub model_version: String,
+    /// Readings judged since the stream was created (including warm-up).
+    pub judged: u64,
+    pub last_ts: Option<i64>,
+}
+
+/// Why readings were not accepted. Nothing was stored in any case.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("timestamp {ts} is not after the stream's last reading ({last})")]
+    OutOfOrder { ts: i64, last: i64 },
+    #[error("stream {0} does not exist")]
+    UnknownStream(String),
+    #[error("{0}")]
+    Config(String),
+    #[error("overloaded: {0}")]
+    Overloaded(&'static str),
+    #[error(transparent)]
+    Inference(#[from] InferenceError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+#[derive(Clone)]
+struct Handle {
+    tx: mpsc::Sender<Command>,
+    generation: u64,
+}
+
+/// State shared by the registry and every actor.
+pub(crate) struct Shared {
+    /// Actors in memory, by stream name.
+    actors: Mutex<HashMap<String, Handle>>,
+    /// Active model of each name, read once from disk.
+    models: Mutex<HashMap<String, Arc<ModelInfo>>>,
+    catalog: ModelCatalog,
+    pub(crate) storage: Storage,
+    writer: Writer,
+    pub(crate) inference: InferencePool,
+    pub(crate) metrics: Metrics,
+    mailbox: usize,
+    max_active: usize,
+    pub(crate) idle_evict: Duration,
+    generation: AtomicU64,
+    /// Serialises the judge phase of multi-stream requests: two of them waiting on each
+    /// other's streams would deadlock; single-stream requests never wait on another stream.
+    multi: tokio::sync::Mutex<()>,
+    tracker: TaskTracker,
+}
+
+impl Shared {
+    pub(crate) fn model(&self, name: &str) -> Result<Arc<ModelInfo>, IngestError> {
+        if let Some(m) = self.models.lock().expect("model cache lock").get(name) {
+            return Ok(m.clone());
+        }
+        let model = self.catalog.active(name).map_err(|e| IngestError::Config(e.to_string()))?;
+        self.models.lock().expect("model cache lock").insert(name.to_string(), model.clone());
+        Ok(model)
+    }
+
+    /// Removes an idle actor from the registry unless a message is waiting for it.
+    pub(crate) fn evict(&self, name: &str, generation: u64, rx: &mpsc::Receiver<Command>) -> bool {
+        let mut actors = self.actors.lock().expect("actor registry lock");
+        if !rx.is_empty() {
+            return false;
+        }
+        if actors.get(name).is_some_and(|h| h.generation == generation) {
+            actors.remove(name);
+        }
+        true
+    }
+}
+
+/// Defaults for streams created by their first reading.
+#[derive(Debug, Clone)]
+pub struct StreamDefaults {
+    pub model: String,
+    pub warmup: u64,
+    pub sensitivity: f64,
+}
+
+/// The registry of streams. Cheap to clone.
+#[derive(Clone)]
+pub struct Streams {
+    shared: Arc<Shared>,
+    defaults: StreamDefaults,
+}
+
+/// Tuning of the registry.
+#[derive(Debug, Clone)]
+pub struct StreamLimits {
+    pub mailbox: usize,
+    pub max_active: usize,
+    pub idle_evict: Duration,
+}
+
+fn now_ms() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
+}
+
+impl Streams {
+    pub fn new(
+        storage: Storage,
+        writer: Writer,
+        inference: InferencePool,
+        catalog: ModelCatalog,
+        metrics: Metrics,
+        limits: StreamLimits,
+        defaults: StreamDefaults,
+    ) -> Streams {
+        let shared = Shared {
+            actors: Mutex::new(HashMap::new()),
+            models: Mutex::new(HashMap::new()),
+            catalog,
+            storage,
+            writer,
+            inference,
+            metrics,
+            mailbox: limits.mailbox,
+            max_active: limits.max_active,
+            idle_evict: limits.idle_evict,
+            generation: AtomicU64::new(0),
+            multi: tokio::sync::Mutex::new(()),
+            tracker: TaskTracker::new(),
+        };
+        Streams { shared: Arc::new(shared), defaults }
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.shared.storage
+    }
+
+    /// The configuration a stream gets when its first reading creates it.
+    pub fn default_config(&self, channels: usize) -> StreamConfig {
+        StreamConfig {
+            channels,
+            model: self.defaults.model.clone(),
+            sensitivity: self.defaults.sensitivity,
+            warmup: self.defaults.warmup,
+            auto_train: true,
+        }
+    }
+
+    /// Checks that `config` can be served (the model exists and fits the channels).
+    pub fn check_config(&self, config: &StreamConfig) -> Result<Arc<ModelInfo>, IngestError> {
+        let model = self.shared.model(&config.model)?;
+        if config.channels % model.input_size != 0 {
+            return Err(IngestError::Config(format!(
+                "model {} reads {} channel(s) per step; {} channel(s) do not divide into it",
+                model.name, model.input_size, config.channels
+            )));
+        }
+        Ok(model)
+    }
+
+    /// The active model of `name`.
+    pub fn model(&self, name: &str) -> Result<Arc<ModelInfo>, IngestError> {
+        self.shared.model(name)
+    }
+
+    /// Streams held in memory.
+    pub fn active(&self) -> usize {
+        self.shared.actors.lock().expect("actor registry lock").len()
+    }
+
+    async fn handle(&self, name: &str, create_channels: Option<usize>) -> Result<Handle, IngestError> {
+        if let Some(h) = self.shared.actors.lock().expect("actor registry lock").get(name) {
+            return Ok(h.clone());
+        }
+        let record = match create_channels {
+            Some(channels) => {
+                let config = self.default_config(channels);
+                self.check_config(&config)?;
+                self.shared.storage.create_stream_if_missing(name, &config, now_ms()).await?
+            }
+            None => self.shared.storage.stream(name).await?.ok_or_else(|| IngestError::UnknownStream(name.into()))?,
+        };
+        // Start (and restore) the actor before registering it, outside the lock.
+        let actor = Actor::start(record, self.shared.clone()).await?;
+        let mut actors = self.shared.actors.lock().expect("actor registry lock");
+        if let Some(h) = actors.get(name) {
+            return Ok(h.clone()); // another request started it meanwhile
+        }
+        if actors.len() >= self.shared.max_active {
+            return Err(IngestError::Overloaded("too many active streams"));
+        }
+        let (tx, rx) = mpsc::channel(self.shared.mailbox);
+        let generation = self.shared.generation.fetch_add(1, Ordering::Relaxed);
+        let handle = Handle { tx, generation };
+        actors.insert(name.to_string(), handle.clone());
+        self.shared.metrics.active_streams.inc();
+        self.shared.tracker.spawn(actor.run(rx, generation));
+        Ok(handle)
+    }
+
+    /// Sends `make(reply)` to the stream's actor, starting it if needed, and awaits the reply.
+    async fn ask<T>(
+        &self,
+        name: &str,
+        create_channels: Option<usize>,
+        make: impl Fn(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, IngestError> {
+        for _ in 0..3 {
+            let handle = self.handle(name, create_channels).await?;
+            let (reply, answer) = oneshot::channel();
+            let queued = self.shared.mailbox - handle.tx.capacity();
+            self.shared.metrics.mailbox_depth.observe(queued as f64);
+            match handle.tx.try_send(make(reply)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => return Err(IngestError::Overloaded("stream mailbox full")),
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.forget(name, handle.generation);
+                    continue; // evicted or stopped just now: start it again
+                }
+            }
+            match answer.await {
+                Ok(value) => return Ok(value),
+                Err(_) => {
+                    self.forget(name, handle.generation);
+                    continue;
+                }
+            }
+        }
+        Err(IngestError::Internal(format!("stream {name} kept stopping")))
+    }
+
+    fn forget(&self, name: &str, generation: u64) {
+        let mut actors = self.shared.actors.lock().expect("actor registry lock");
+        if actors.get(name).is_some_and(|h| h.generation == generation) {
+            actors.remove(name);
+        }
+    }
+
+    /// Ingests readings for one or more streams, all or nothing: every stream judges its
+    /// readings, all rows are committed in one transaction, then every stream applies its
+    /// new state. Streams are created on first use with `channels` of their first reading.
+    pub async fn ingest(&self, groups: Vec<(String, Vec<Reading>)>) -> Result<Vec<IngestOutcome>, IngestError> {
+        let arrived = Instant::now();
+        let guard = if groups.len() > 1 { Some(self.shared.multi.lock().await) } else { None };
+        let judged = futures::future::join_all(groups.iter().map(|(name, readings)| {
+            let channels = readings.first().map_or(1, |r| r.values.len());
+            let readings = readings.clone();
+            async move {
+                self.ask(name, Some(channels), move |reply| Command::Ingest {
+                    readings: readings.clone(),
+                    arrived,
+                    reply,
+                })
+                .await
+                .and_then(|r| r)
+            }
+        }))
+        .await;
+        drop(guard);
+        let mut prepared: Vec<Prepared> = Vec::with_capacity(judged.len());
+        let mut first_error = None;
+        for result in judged {
+            match result {
+                Ok(p) => prepared.push(p),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            // Dropping the prepared ingests discards them.
+            return Err(e);
+        }
+        // Commit in a task of its own: a client that disconnects must not leave rows
+        // committed but streams not told.
+        let writer = self.shared.writer.clone();
+        let metrics = self.shared.metrics.clone();
+        let names: Vec<String> = groups.into_iter().map(|(name, _)| name).collect();
+        let task = self.shared.tracker.spawn(async move {
+            let batches = prepared.iter().map(|p| p.batch.clone()).collect();
+            let committed = writer.commit(batches).await;
+            let ok = committed.is_ok();
+            let mut outcomes = Vec::with_capacity(prepared.len());
+            for (p, name) in prepared.into_iter().zip(names) {
+                let _ = p.decide.send(ok);
+                if ok {
+                    let flagged = p.verdicts.iter().filter(|v| v.verdict.anomaly).count();
+                    metrics.readings.inc_by(p.verdicts.len() as u64);
+                    metrics.anomalies.inc_by(flagged as u64);
+                    metrics.events.inc_by(p.batch.update.anomalies_added as u64);
+                    outcomes.push(IngestOutcome { stream: name, accepted: p.verdicts.len(), verdicts: p.verdicts });
+                }
+            }
+            committed.map(|()| outcomes)
+        });
+        match task.await {
+            Ok(result) => result.map_err(|e| match e {
+                StorageError::WriterFull => IngestError::Overloaded("storage writer queue full"),
+                other => IngestError::Storage(other),
+            }),
+            Err(e) => Err(IngestError::Internal(e.to_string())),
+        }
+    }
+
+    /// A stream's configuration and live state; `None` if it does not exist.
+    pub async fn describe(&self, name: &str) -> Result<Option<StreamStatus>, IngestError> {
+        let Some(record) = self.shared.storage.stream(name).await? else { return Ok(None) };
+        let active = self.shared.actors.lock().expect("actor registry lock").contains_key(name);
+        if active {
+            if let Ok(mut status) = self.ask(name, None, |reply| Command::Describe { reply }).await {
+                status.record = record;
+                return Ok(Some(status));
+            }
+        }
+        let model_version = self.shared.model(&record.config.model).map(|m| m.version.clone()).unwrap_or_default();
+        let judged = record.readings_count as u64;
+        let last_ts = record.last_ts;
+        Ok(Some(StreamStatus { record, model_version, judged, last_ts }))
+    }
+
+    /// Stops a stream's actor (if in memory), so the next request restores it from storage.
+    pub async fn stop(&self, name: &str) {
+        let handle = self.shared.actors.lock().expect("actor registry lock").remove(name);
+        if let Some(handle) = handle {
+            let (reply, done) = oneshot::channel();
+            if handle.tx.send(Command::Stop { reply }).await.is_ok() {
+                let _ = done.await;
+            }
+        }
+    }
+
+    /// Creates or reconfigures a stream. A running actor is restarted with the new settings.
+    pub async fn put(&self, name: &str, config: &StreamConfig) -> Result<StreamRecord, IngestError> {
+        self.check_config(config)?;
+        if let Some(existing) = self.shared.storage.stream(name).await? {
+            if existing.config.channels != config.channels && existing.readings_count > 0 {
+                return Err(IngestError::Config(format!(
+                    "stream {name} has readings with {} channel(s); its channel count cannot change",
+                    existing.config.channels
+                )));
+            }
+        }
+        self.stop(name).await;
+        Ok(self.shared.storage.put_stream(name, config, now_ms()).await?)
+    }
+
+    /// Deletes a stream and everything stored for it. False if it did not exist.
+    pub async fn delete(&self, name: &str) -> Result<bool, IngestError> {
+        self.stop(name).await;
+        let Some(record) = self.shared.storage.stream(name).await? else { return Ok(false) };
+        Ok(self.shared.storage.delete_stream(record.id).await?)
+    }
+
+    /// Stops every actor and waits for in-flight commits (graceful shutdown).
+    pub async fn shutdown(&self) {
+        let handles: Vec<(String, Handle)> = self.shared.actors.lock().expect("actor registry lock").drain().collect();
+        for (_, handle) in handles {
+            let (reply, done) = oneshot::channel();
+            if handle.tx.send(Command::Stop { reply }).await.is_ok() {
+                let _ = done.await;
+            }
+        }
+        self.shared.tracker.close();
+        self.shared.tracker.wait().await;
+    }
+}
