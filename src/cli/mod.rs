@@ -1,5 +1,6 @@
 //! The `tsad` command line: argument parsing and the subcommands' edges. Errors are
 //! printed as one line; usage and input errors exit with status 2.
+mod bench;
 mod serve;
 mod train;
 
@@ -17,6 +18,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Measure the inference core or HTTP ingest (prints a table, optionally JSON).
+    Bench(bench::BenchArgs),
     /// Run the detection service (HTTP API, streams, storage, metrics).
     Serve(crate::config::ServeArgs),
     /// Train a next-step forecaster on one column of a CSV file and save it as a model
@@ -52,6 +55,7 @@ pub fn main() -> ExitCode {
             println!();
             return ExitCode::SUCCESS;
         }
+        Some(Command::Bench(args)) => bench::run(args),
         Some(Command::Serve(args)) => serve::run(args),
         Some(Command::Train(args)) => train::run(args),
     };

@@ -7,7 +7,7 @@
 //! length of the stream.
 //!
 //! Method (constants below; the numbers come from simulated streams, reproduced by the
-//! scorer's `measure` test):
+//! scorer's `measure_…` test):
 //! 1. `a`, the mean of the last [`SHORT_WINDOW`] surprises. Surprise is the mean squared
 //!    standardised residual, so for a calibrated Gaussian forecast `a` is χ²ₖ/k;
 //! 2. `t = ∛a`, the Wilson–Hilferty transform, which makes χ²ₖ/k nearly Gaussian far into
@@ -73,15 +73,28 @@ impl Likelihood {
     /// Scores `surprise` (finite, ≥ 0) against the history so far, then learns from it.
     /// Returns a score in [0, 1]; 0 until [`MIN_HISTORY`] values have been learnt.
     pub(super) fn observe(&mut self, surprise: f64) -> f64 {
+        self.observe_with_own(surprise).0
+    }
+
+    /// Like [`Likelihood::observe`], also returning how far this reading's own surprise
+    /// alone stands above the long-run level, in long-run spreads. A window made anomalous
+    /// by an earlier reading gives ordinary readings a high score for a few steps; the
+    /// scorer uses this to flag only readings that are surprising themselves.
+    pub(super) fn observe_with_own(&mut self, surprise: f64) -> (f64, f64) {
         if self.recent.len() >= SHORT_WINDOW {
             self.recent.pop_front();
         }
         self.recent.push_back(surprise);
         let average = self.recent.iter().sum::<f64>() / self.recent.len() as f64;
         let t = average.cbrt();
-        let score = if self.learned >= MIN_HISTORY { score_of_sigmas((t - self.mean) / self.spread()) } else { 0.0 };
+        let (score, own) = if self.learned >= MIN_HISTORY {
+            let spread = self.spread();
+            (score_of_sigmas((t - self.mean) / spread), (surprise.cbrt() - self.mean) / spread)
+        } else {
+            (0.0, 0.0)
+        };
         self.learn(t);
-        score
+        (score, own)
     }
 
     /// Long-run σ of `t`, with its floor.

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
-pub use writer::{StreamUpdate, WriteBatch, Writer};
+pub use writer::{NewStream, StreamUpdate, WriteBatch, Writer};
 
 /// Storage failures. The API maps them to 503 (unavailable) or 500.
 #[derive(Debug, thiserror::Error)]
@@ -192,29 +192,6 @@ impl Storage {
     pub async fn ping(&self) -> Result<(), StorageError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
-    }
-
-    /// Creates the stream with `config` if it does not exist; returns the stored row.
-    pub async fn create_stream_if_missing(
-        &self,
-        name: &str,
-        config: &StreamConfig,
-        now_ms: i64,
-    ) -> Result<StreamRecord, StorageError> {
-        sqlx::query(
-            "INSERT INTO streams (name, channels, model, sensitivity, warmup, auto_train, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(name)
-        .bind(config.channels as i64)
-        .bind(config.model.clone())
-        .bind(config.sensitivity)
-        .bind(config.warmup as i64)
-        .bind(i64::from(config.auto_train))
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await?;
-        self.stream(name).await?.ok_or_else(|| StorageError::Corrupt(format!("stream {name} vanished")))
     }
 
     /// Creates the stream or replaces its configuration.

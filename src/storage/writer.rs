@@ -6,11 +6,11 @@
 //! the others. The queue is bounded: a full queue is refused at once (the API answers 429).
 use std::time::Instant;
 
-use sqlx::{Any, QueryBuilder};
+use sqlx::{query, Any};
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
-use super::{EventRow, ReadingRow, Storage, StorageError};
+use super::{EventRow, ReadingRow, Storage, StorageError, StreamConfig};
 use crate::metrics::Metrics;
 
 /// Readings per INSERT statement (9 parameters each; SQLite allows 32,766).
@@ -18,10 +18,22 @@ const ROWS_PER_STATEMENT: usize = 1000;
 /// Readings gathered into one transaction before it is committed.
 const ROWS_PER_TRANSACTION: usize = 50_000;
 
+/// A stream that first exists when its first readings are committed.
+#[derive(Debug, Clone)]
+pub struct NewStream {
+    pub name: String,
+    pub config: StreamConfig,
+    pub created_at: i64,
+}
+
 /// What one stream asks to be committed.
 #[derive(Debug, Clone)]
 pub struct WriteBatch {
+    /// The stream's id; ignored when `create` is set.
     pub stream_id: i64,
+    /// Create the stream (if still missing) in the same transaction as its readings, so a
+    /// request that fails leaves no empty stream behind.
+    pub create: Option<NewStream>,
     pub readings: Vec<ReadingRow>,
     /// Events opened, extended or closed by these readings (upserted by start).
     pub events: Vec<EventRow>,
@@ -40,7 +52,7 @@ pub struct StreamUpdate {
 
 struct Job {
     batches: Vec<WriteBatch>,
-    reply: oneshot::Sender<Result<(), (bool, String)>>,
+    reply: oneshot::Sender<Result<Vec<i64>, (bool, String)>>,
 }
 
 /// A handle on the writer task. Cheap to clone.
@@ -57,15 +69,16 @@ impl Writer {
         (Writer { tx }, task)
     }
 
-    /// Commits `batches` (all or nothing) and waits for the commit.
-    pub async fn commit(&self, batches: Vec<WriteBatch>) -> Result<(), StorageError> {
+    /// Commits `batches` (all or nothing) and waits for the commit; returns each batch's
+    /// stream id.
+    pub async fn commit(&self, batches: Vec<WriteBatch>) -> Result<Vec<i64>, StorageError> {
         let (reply, done) = oneshot::channel();
         self.tx.try_send(Job { batches, reply }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => StorageError::WriterFull,
             mpsc::error::TrySendError::Closed(_) => StorageError::WriterGone,
         })?;
         match done.await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(ids)) => Ok(ids),
             Ok(Err((true, message))) => Err(StorageError::Unavailable(message)),
             Ok(Err((false, message))) => Err(StorageError::Corrupt(message)),
             Err(_) => Err(StorageError::WriterGone),
@@ -94,11 +107,13 @@ async fn run(storage: Storage, mut rx: mpsc::Receiver<Job>, metrics: Metrics) {
         let started = Instant::now();
         let all: Vec<&WriteBatch> = jobs.iter().flat_map(|j| &j.batches).collect();
         match write(&storage, &all).await {
-            Ok(()) => {
+            Ok(ids) => {
                 metrics.commit_latency.observe(started.elapsed().as_secs_f64());
                 metrics.commit_rows.observe(rows as f64);
+                let mut ids = ids.into_iter();
                 for job in jobs {
-                    let _ = job.reply.send(Ok(()));
+                    let mine: Vec<i64> = ids.by_ref().take(job.batches.len()).collect();
+                    let _ = job.reply.send(Ok(mine));
                 }
             }
             Err(group_error) if jobs.len() > 1 => {
@@ -119,29 +134,37 @@ async fn run(storage: Storage, mut rx: mpsc::Receiver<Job>, metrics: Metrics) {
     }
 }
 
-async fn write(storage: &Storage, batches: &[&WriteBatch]) -> Result<(), StorageError> {
+async fn write(storage: &Storage, batches: &[&WriteBatch]) -> Result<Vec<i64>, StorageError> {
     let mut tx = storage.pool().begin().await?;
+    let mut ids = Vec::with_capacity(batches.len());
     for batch in batches {
+        let stream_id = match &batch.create {
+            Some(new) => create_stream(&mut tx, new).await?,
+            None => batch.stream_id,
+        };
+        ids.push(stream_id);
         for chunk in batch.readings.chunks(ROWS_PER_STATEMENT) {
-            let mut insert: QueryBuilder<Any> = QueryBuilder::new(
-                "INSERT INTO readings (stream_id, ts, value, expected, lower, upper, score, anomaly, channels_json) ",
-            );
-            insert.push_values(chunk, |mut row, r: &ReadingRow| {
+            // Written out with `$n` placeholders: sqlx's QueryBuilder over `Any` emits `?`,
+            // which PostgreSQL does not accept.
+            let sql = insert_readings_sql(chunk.len());
+            let mut insert = query(sql.as_str());
+            for r in chunk {
                 let channels = r.channels.as_ref().map(|c| serde_json::to_string(c).unwrap_or_default());
-                row.push_bind(batch.stream_id)
-                    .push_bind(r.ts)
-                    .push_bind(r.value)
-                    .push_bind(r.expected)
-                    .push_bind(r.lower)
-                    .push_bind(r.upper)
-                    .push_bind(r.score)
-                    .push_bind(i64::from(r.anomaly))
-                    .push_bind(channels);
-            });
-            insert.build().execute(&mut *tx).await?;
+                insert = insert
+                    .bind(stream_id)
+                    .bind(r.ts)
+                    .bind(r.value)
+                    .bind(r.expected)
+                    .bind(r.lower)
+                    .bind(r.upper)
+                    .bind(r.score)
+                    .bind(i64::from(r.anomaly))
+                    .bind(channels);
+            }
+            insert.execute(&mut *tx).await?;
         }
         for event in &batch.events {
-            upsert_event(&mut tx, batch.stream_id, event).await?;
+            upsert_event(&mut tx, stream_id, event).await?;
         }
         let u = &batch.update;
         sqlx::query(
@@ -152,12 +175,50 @@ async fn write(storage: &Storage, batches: &[&WriteBatch]) -> Result<(), Storage
         .bind(u.readings_added)
         .bind(u.anomalies_added)
         .bind(u.snapshot.clone())
-        .bind(batch.stream_id)
+        .bind(stream_id)
         .execute(&mut *tx)
         .await?;
     }
     tx.commit().await?;
-    Ok(())
+    Ok(ids)
+}
+
+async fn create_stream(tx: &mut sqlx::Transaction<'_, Any>, new: &NewStream) -> Result<i64, StorageError> {
+    let c = &new.config;
+    query(
+        "INSERT INTO streams (name, channels, model, sensitivity, warmup, auto_train, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(new.name.clone())
+    .bind(c.channels as i64)
+    .bind(c.model.clone())
+    .bind(c.sensitivity)
+    .bind(c.warmup as i64)
+    .bind(i64::from(c.auto_train))
+    .bind(new.created_at)
+    .execute(&mut **tx)
+    .await?;
+    let row = query("SELECT id FROM streams WHERE name = $1").bind(new.name.clone()).fetch_one(&mut **tx).await?;
+    Ok(sqlx::Row::try_get(&row, "id")?)
+}
+
+/// `INSERT … VALUES ($1, …, $9), ($10, …)` for `rows` readings.
+fn insert_readings_sql(rows: usize) -> String {
+    const COLUMNS: usize = 9;
+    let mut sql = String::from(
+        "INSERT INTO readings (stream_id, ts, value, expected, lower, upper, score, anomaly, channels_json) VALUES ",
+    );
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..COLUMNS {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", r * COLUMNS + c + 1));
+        }
+        sql.push(')');
+    }
+    sql
 }
 
 async fn upsert_event(tx: &mut sqlx::Transaction<'_, Any>, stream_id: i64, e: &EventRow) -> Result<(), StorageError> {

@@ -18,13 +18,15 @@ use tracing::{debug, instrument, warn};
 use super::{IngestError, Reading, ReadingVerdict, Shared, StreamStatus};
 use crate::inference::ModelInfo;
 use crate::scoring::{EventConfig, EventTracker, EventUpdate, Forecast, RunningNormaliser, Scorer, ScorerConfig};
-use crate::storage::{ChannelValues, EventRow, ReadingRow, StreamRecord, StreamUpdate, WriteBatch};
+use crate::storage::{ChannelValues, EventRow, NewStream, ReadingRow, StreamRecord, StreamUpdate, WriteBatch};
 
 /// Normalised inputs are clamped to this magnitude: a wild value still reads as extreme
 /// to the network without pushing its state somewhere it never learnt.
 const INPUT_CLAMP: f64 = 50.0;
 /// Readings replayed through the network to rebuild recurrent state for a new model.
 pub const REWARM_READINGS: i64 = 512;
+/// The id of a stream that exists only in memory until its first readings are committed.
+pub const UNSTORED: i64 = 0;
 /// How long a prepared ingest waits for its commit decision before giving up.
 const DECISION_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -42,8 +44,8 @@ pub enum Command {
 pub struct Prepared {
     pub batch: WriteBatch,
     pub verdicts: Vec<ReadingVerdict>,
-    /// Send `true` once `batch` is committed, `false` (or drop) to discard.
-    pub decide: oneshot::Sender<bool>,
+    /// Send the stream's id once `batch` is committed, `None` (or drop) to discard.
+    pub decide: oneshot::Sender<Option<i64>>,
 }
 
 /// The scoring state of a stream, persisted with every commit.
@@ -154,6 +156,9 @@ impl Actor {
             state.scorer = prev.scorer;
             state.events = prev.events;
         }
+        if record.id == UNSTORED {
+            return Ok(state);
+        }
         let history = shared.storage.recent_readings(record.id, REWARM_READINGS).await?;
         if history.is_empty() {
             return Ok(state);
@@ -241,7 +246,8 @@ impl Actor {
             return; // the request is gone; nothing was stored
         }
         match tokio::time::timeout(DECISION_TIMEOUT, decision).await {
-            Ok(Ok(true)) => {
+            Ok(Ok(Some(id))) => {
+                self.record.id = id;
                 self.record.readings_count += readings.len() as i64;
                 self.record.last_ts = state.last_ts;
                 self.state = state;
@@ -359,6 +365,11 @@ impl Actor {
         let snapshot = serde_json::to_string(&next).map_err(|e| IngestError::Internal(e.to_string()))?;
         let batch = WriteBatch {
             stream_id: self.record.id,
+            create: (self.record.id == UNSTORED).then(|| NewStream {
+                name: self.record.name.clone(),
+                config: self.record.config.clone(),
+                created_at: self.record.created_at,
+            }),
             readings: rows_out,
             events: events.into_values().collect(),
             update: StreamUpdate { last_ts: last.ts, readings_added: steps as i64, anomalies_added: opened, snapshot },

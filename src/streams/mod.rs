@@ -220,13 +220,24 @@ impl Streams {
         if let Some(h) = self.shared.actors.lock().expect("actor registry lock").get(name) {
             return Ok(h.clone());
         }
-        let record = match create_channels {
-            Some(channels) => {
+        let record = match (self.shared.storage.stream(name).await?, create_channels) {
+            (Some(record), _) => record,
+            // A new stream lives in memory until its first readings are committed with it.
+            (None, Some(channels)) => {
                 let config = self.default_config(channels);
                 self.check_config(&config)?;
-                self.shared.storage.create_stream_if_missing(name, &config, now_ms()).await?
+                StreamRecord {
+                    id: actor::UNSTORED,
+                    name: name.to_string(),
+                    config,
+                    created_at: now_ms(),
+                    last_ts: None,
+                    readings_count: 0,
+                    anomalies_count: 0,
+                    snapshot: None,
+                }
             }
-            None => self.shared.storage.stream(name).await?.ok_or_else(|| IngestError::UnknownStream(name.into()))?,
+            (None, None) => return Err(IngestError::UnknownStream(name.into())),
         };
         // Start (and restore) the actor before registering it, outside the lock.
         let actor = Actor::start(record, self.shared.clone()).await?;
@@ -327,11 +338,12 @@ impl Streams {
         let task = self.shared.tracker.spawn(async move {
             let batches = prepared.iter().map(|p| p.batch.clone()).collect();
             let committed = writer.commit(batches).await;
-            let ok = committed.is_ok();
+            let ids = committed.as_ref().ok().cloned().unwrap_or_default();
             let mut outcomes = Vec::with_capacity(prepared.len());
-            for (p, name) in prepared.into_iter().zip(names) {
-                let _ = p.decide.send(ok);
-                if ok {
+            for (i, (p, name)) in prepared.into_iter().zip(names).enumerate() {
+                let id = ids.get(i).copied();
+                let _ = p.decide.send(id);
+                if id.is_some() {
                     let flagged = p.verdicts.iter().filter(|v| v.verdict.anomaly).count();
                     metrics.readings.inc_by(p.verdicts.len() as u64);
                     metrics.anomalies.inc_by(flagged as u64);
@@ -339,7 +351,7 @@ impl Streams {
                     outcomes.push(IngestOutcome { stream: name, accepted: p.verdicts.len(), verdicts: p.verdicts });
                 }
             }
-            committed.map(|()| outcomes)
+            committed.map(|_| outcomes)
         });
         match task.await {
             Ok(result) => result.map_err(|e| match e {

@@ -106,3 +106,25 @@ fn bad_flags_and_bad_csv_give_one_error_line_and_exit_2() {
         assert!(!out_dir.exists(), "{args:?} wrote a model");
     }
 }
+
+#[test]
+fn serve_refuses_bad_configuration_with_one_line_and_exit_2() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let toml = dir.path().join("tsad.toml");
+    std::fs::write(&toml, "max_batch = \"lots\"\n").expect("write");
+    let toml = toml.to_str().expect("utf-8 path");
+    for (args, needle) in [
+        (vec!["serve", "--listen", "0.0.0.0:18080"], "without API keys"),
+        (vec!["serve", "--listen", "nowhere"], "listen"),
+        (vec!["serve", "--sensitivity", "7"], "sensitivity"),
+        (vec!["serve", "--api-keys", "root:0123456789abcdef0"], "scope"),
+        (vec!["serve", "--database-url", "mysql://x"], "database_url"),
+        (vec!["serve", "--config", toml], "tsad.toml"),
+    ] {
+        let result = tsad(&args);
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?} should mention {needle}: {stderr}");
+    }
+}

@@ -1,4 +1,5 @@
 //! Integration tests: one binary, one module per subject.
+mod app;
 mod bptt;
 mod checkpoint;
 mod cli;
@@ -6,4 +7,6 @@ mod configs;
 mod learning;
 mod lecture;
 mod pytorch;
+mod service;
 mod support;
+mod synthetic;

@@ -1,0 +1,167 @@
+//! `spawn_app()`: a real `tsad serve` on port 0 with a fresh database — a SQLite file in a
+//! temp directory, or a new PostgreSQL database on the server `TSAD_TEST_DATABASE_URL`
+//! names. Without that variable the PostgreSQL tests say so and skip, unless
+//! `TSAD_REQUIRE_POSTGRES=1` (scripts/test.sh and CI), where its absence fails them.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tsad::app::Application;
+use tsad::config::{parse_api_keys, Settings};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A running service and what is needed to restart it on the same database.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub database_url: String,
+    pub keys: Option<String>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: Option<std::sync::Arc<tempfile::TempDir>>,
+}
+
+/// The shipped models, or `TSAD_TEST_MODELS_DIR` when set.
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("TSAD_TEST_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models"))
+}
+
+/// A fresh database URL for `backend`, or `None` (after saying so) when PostgreSQL is absent.
+pub async fn fresh_database(backend: Backend) -> Option<(String, Option<std::sync::Arc<tempfile::TempDir>>)> {
+    match backend {
+        Backend::Sqlite => {
+            let dir = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
+            let url = format!("sqlite://{}", dir.path().join("tsad.db").display());
+            Some((url, Some(dir)))
+        }
+        Backend::Postgres => {
+            let Ok(server) = std::env::var("TSAD_TEST_DATABASE_URL") else {
+                let required = std::env::var("TSAD_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
+                assert!(!required, "TSAD_REQUIRE_POSTGRES=1 but TSAD_TEST_DATABASE_URL is not set");
+                eprintln!("SKIPPED: PostgreSQL test: TSAD_TEST_DATABASE_URL is not set");
+                return None;
+            };
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&server).await.expect("PostgreSQL reachable");
+            let name = format!("tsad_test_{}", std::process::id()) + &format!("_{}", rand::random::<u64>());
+            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
+            let base = server.rsplit_once('/').map_or(server.as_str(), |(base, _)| base).to_string();
+            Some((format!("{base}/{name}"), None))
+        }
+    }
+}
+
+impl TestApp {
+    /// Starts a service on `database_url` with optional API keys.
+    pub async fn start(database_url: &str, keys: Option<&str>) -> TestApp {
+        Self::start_with(database_url, keys, |_| {}).await
+    }
+
+    /// Like [`TestApp::start`], with `tweak` applied to the settings.
+    pub async fn start_with(database_url: &str, keys: Option<&str>, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+        // Logs of the service under test: TSAD_LOG=debug cargo test … -- --nocapture
+        let filter = std::env::var("TSAD_LOG").unwrap_or_else(|_| "warn".into());
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+        let mut settings = Settings::for_tests(database_url, models_dir());
+        if let Some(keys) = keys {
+            settings.api_keys = parse_api_keys(keys).expect("valid test keys");
+        }
+        settings.inference_threads = 1;
+        tweak(&mut settings);
+        let app = Application::build(settings).await.expect("app builds");
+        let addr = app.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until(async move {
+            let _ = stopped.await;
+        }));
+        TestApp {
+            addr,
+            client: reqwest::Client::new(),
+            database_url: database_url.to_string(),
+            keys: keys.map(str::to_string),
+            stop: Some(stop),
+            task: Some(task),
+            _dir: None,
+        }
+    }
+
+    /// Stops the service gracefully and waits for it.
+    pub async fn stop(mut self) -> Option<std::sync::Arc<tempfile::TempDir>> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server ran cleanly");
+        }
+        self._dir.take()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self.client.post(self.url(path)).json(body).send().await.expect("request sent");
+        decode(response).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self.client.get(self.url(path)).send().await.expect("request sent");
+        decode(response).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self.client.put(self.url(path)).json(body).send().await.expect("request sent");
+        decode(response).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let response = self.client.delete(self.url(path)).send().await.expect("request sent");
+        decode(response).await
+    }
+}
+
+/// Status and JSON body (`Null` when empty or not JSON).
+pub async fn decode(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Starts a service on a fresh database of `backend`; `None` if that backend is absent.
+pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    spawn_app_with_keys(backend, None).await
+}
+
+pub async fn spawn_app_with_keys(backend: Backend, keys: Option<&str>) -> Option<TestApp> {
+    spawn_app_with(backend, keys, |_| {}).await
+}
+
+pub async fn spawn_app_with(
+    backend: Backend,
+    keys: Option<&str>,
+    tweak: impl FnOnce(&mut Settings),
+) -> Option<TestApp> {
+    let (url, dir) = fresh_database(backend).await?;
+    let mut app = TestApp::start_with(&url, keys, tweak).await;
+    app._dir = dir;
+    Some(app)
+}
+
+/// Restarts a stopped app's database with a new service.
+pub async fn restart(app: TestApp) -> TestApp {
+    let url = app.database_url.clone();
+    let keys = app.keys.clone();
+    let dir = app.stop().await;
+    let mut app = TestApp::start(&url, keys.as_deref()).await;
+    app._dir = dir;
+    app
+}

@@ -1,0 +1,465 @@
+//! The streaming service end to end over HTTP, on SQLite and on PostgreSQL.
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal};
+use serde_json::{json, Value};
+
+use crate::app::{restart, spawn_app, spawn_app_with, spawn_app_with_keys, Backend, TestApp};
+
+/// A noisy seasonal sensor: level 10, amplitude 3, period 60 readings, noise σ = 0.3.
+fn seasonal(len: usize, seed: u64) -> Vec<f64> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let noise = Normal::new(0.0, 0.3).expect("valid normal");
+    (0..len)
+        .map(|t| 10.0 + 3.0 * (2.0 * std::f64::consts::PI * t as f64 / 60.0).sin() + noise.sample(&mut rng))
+        .collect()
+}
+
+/// Timestamps one second apart from 2026-01-01.
+fn ts(i: usize) -> i64 {
+    1_767_225_600_000 + i as i64 * 1000
+}
+
+fn body(values: &[f64], start: usize) -> Value {
+    let readings: Vec<Value> =
+        values.iter().enumerate().map(|(i, v)| json!({"ts": ts(start + i), "value": v})).collect();
+    json!({ "readings": readings })
+}
+
+/// Posts `values` from index `start` in requests of `chunk`; returns the flagged indices.
+async fn feed(app: &TestApp, stream: &str, values: &[f64], start: usize, chunk: usize) -> Vec<usize> {
+    let mut flagged = Vec::new();
+    for (c, part) in values.chunks(chunk).enumerate() {
+        let offset = start + c * chunk;
+        let (status, reply) = app.post(&format!("/v1/streams/{stream}/readings"), &body(part, offset)).await;
+        assert_eq!(status, 200, "{reply}");
+        assert_eq!(reply["accepted"], part.len());
+        for a in reply["anomalies"].as_array().expect("anomalies array") {
+            let at = a["ts"].as_str().expect("ts string");
+            let index = (0..part.len()).find(|i| tsad::api::wire::format_ts(ts(offset + i)) == at).expect("known ts");
+            flagged.push(offset + index);
+        }
+    }
+    flagged
+}
+
+async fn the_whole_api_works(app: TestApp) {
+    let (status, created) = app.put("/v1/streams/pump-1", &json!({"sensitivity": 0.6, "warmup": 50})).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!((created["channels"].as_u64(), created["warmup"].as_u64()), (Some(1), Some(50)));
+    let (status, _) = app.put("/v1/streams/pump-1", &json!({"sensitivity": 0.5})).await;
+    assert_eq!(status, 200);
+
+    let series = seasonal(710, 1);
+    let values = &series[..300];
+    let (status, reply) = app.post("/v1/streams/pump-1/readings?verdicts=all", &body(values, 0)).await;
+    assert_eq!(status, 200, "{reply}");
+    let verdicts = reply["verdicts"].as_array().expect("verdicts");
+    assert_eq!(verdicts.len(), 300);
+    for v in verdicts.iter().skip(60) {
+        for field in ["expected", "lower", "upper", "score"] {
+            assert!(v[field].is_number(), "{field} in {v}");
+        }
+        let (lo, hi, score) =
+            (v["lower"].as_f64().unwrap(), v["upper"].as_f64().unwrap(), v["score"].as_f64().unwrap());
+        assert!(lo <= v["expected"].as_f64().unwrap() && v["expected"].as_f64().unwrap() <= hi);
+        assert!((0.0..=1.0).contains(&score));
+    }
+
+    // NDJSON, one reading a line.
+    let ndjson: String = series[300..310]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| format!("{{\"ts\":{},\"value\":{v}}}\n", ts(300 + i)))
+        .collect();
+    let response = app
+        .client
+        .post(app.url("/v1/streams/pump-1/readings"))
+        .header("content-type", "application/x-ndjson")
+        .body(ndjson)
+        .send()
+        .await
+        .expect("sent");
+    let (status, reply) = crate::app::decode(response).await;
+    assert_eq!((status, reply["accepted"].as_u64()), (200, Some(10)), "{reply}");
+
+    let (status, stream) = app.get("/v1/streams/pump-1").await;
+    assert_eq!(status, 200);
+    assert_eq!((stream["readings"].as_u64(), stream["state"].as_str()), (Some(310), Some("scoring")), "{stream}");
+    assert_eq!(stream["model"], "default");
+
+    // Stored readings, paged by cursor, and a time range.
+    let mut seen = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/streams/pump-1/readings?limit=100&cursor={c}"),
+            None => "/v1/streams/pump-1/readings?limit=100".to_string(),
+        };
+        let (status, page) = app.get(&path).await;
+        assert_eq!(status, 200, "{page}");
+        seen += page["readings"].as_array().expect("readings").len();
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, 310);
+    let (_, range) = app.get(&format!("/v1/streams/pump-1/readings?from={}&to={}", ts(10), ts(20))).await;
+    assert_eq!(range["readings"].as_array().expect("readings").len(), 10);
+    assert_eq!(range["readings"][0]["ts"], tsad::api::wire::format_ts(ts(10)));
+
+    // Two spikes, far apart: two events, newest first, paged one at a time.
+    let mut tail = series[310..].to_vec();
+    tail[10] += 8.0;
+    tail[300] -= 8.0;
+    let flagged = feed(&app, "pump-1", &tail, 310, 100).await;
+    assert!(flagged.contains(&320) && flagged.contains(&610), "flagged {flagged:?}");
+    let (status, page) = app.get("/v1/anomalies?limit=1").await;
+    assert_eq!(status, 200, "{page}");
+    let first = page["anomalies"][0].clone();
+    assert_eq!(
+        (first["stream"].as_str(), first["start"].as_str()),
+        (Some("pump-1"), Some(tsad::api::wire::format_ts(ts(610)).as_str()))
+    );
+    let cursor = page["next_cursor"].as_str().expect("a second page");
+    let (_, page2) = app.get(&format!("/v1/anomalies?limit=1&cursor={cursor}")).await;
+    assert_eq!(page2["anomalies"][0]["start"], tsad::api::wire::format_ts(ts(320)));
+    let (_, by_stream) = app.get("/v1/streams/pump-1/anomalies").await;
+    assert_eq!(by_stream["anomalies"].as_array().expect("anomalies").len(), 2);
+    for field in ["id", "end", "peak_ts", "peak_score", "actual", "expected", "model", "model_version", "status"] {
+        assert!(!first[field].is_null(), "{field} in {first}");
+    }
+
+    // Feedback.
+    let id = first["id"].as_i64().expect("id");
+    let (status, with_feedback) = app
+        .post(&format!("/v1/anomalies/{id}/feedback"), &json!({"label": "true_positive", "note": "pump seized"}))
+        .await;
+    assert_eq!((status, with_feedback["feedback"].as_str()), (200, Some("true_positive")), "{with_feedback}");
+    let (status, _) = app.post(&format!("/v1/anomalies/{id}/feedback"), &json!({"label": "maybe"})).await;
+    assert_eq!(status, 422);
+    let (status, _) = app.post("/v1/anomalies/999999/feedback", &json!({"label": "false_positive"})).await;
+    assert_eq!(status, 404);
+
+    // Many streams in one body; streams are created by their first reading.
+    let (status, reply) = app
+        .post(
+            "/v1/readings",
+            &json!({"readings": [
+                {"stream": "a", "ts": ts(0), "value": 1.0},
+                {"stream": "b", "ts": ts(0), "values": [1.0, 2.0]},
+                {"stream": "a", "ts": ts(1), "value": 1.5},
+            ]}),
+        )
+        .await;
+    assert_eq!((status, reply["accepted"].as_u64()), (200, Some(3)), "{reply}");
+    let (_, list) = app.get("/v1/streams").await;
+    let names: Vec<&str> =
+        list["streams"].as_array().expect("streams").iter().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(names, ["a", "b", "pump-1"]);
+    assert_eq!(list["streams"][1]["channels"], 2);
+
+    // Health, readiness, metrics.
+    assert_eq!(app.get("/healthz").await.0, 200);
+    assert_eq!(app.get("/readyz").await.0, 200);
+    let metrics = app.client.get(app.url("/metrics")).send().await.expect("sent").text().await.expect("text");
+    assert!(metrics.contains("tsad_readings_total 713"), "{metrics}");
+    assert!(metrics.contains("route=\"/v1/streams/{stream}/readings\""));
+    assert!(!metrics.contains("pump-1"), "no stream names in metrics");
+
+    // Delete.
+    assert_eq!(app.delete("/v1/streams/pump-1").await.0, 204);
+    assert_eq!(app.get("/v1/streams/pump-1").await.0, 404);
+    assert_eq!(app.delete("/v1/streams/pump-1").await.0, 404);
+    let (_, after) = app.get("/v1/anomalies").await;
+    assert_eq!(after["anomalies"].as_array().expect("anomalies").len(), 0, "its anomalies went with it");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_api_works_on_sqlite() {
+    the_whole_api_works(spawn_app(Backend::Sqlite).await.expect("sqlite is always there")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_api_works_on_postgres() {
+    let Some(app) = spawn_app(Backend::Postgres).await else { return };
+    the_whole_api_works(app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spike_and_a_level_shift_are_flagged_as_events_with_the_right_start() {
+    let app = spawn_app(Backend::Sqlite).await.expect("sqlite");
+    let mut values = seasonal(6000, 7);
+    values[3000] += 5.0; // ≈ 17 σ of the noise
+    for v in &mut values[4500..] {
+        *v += 3.0; // a lasting level shift of 10 σ
+    }
+    let flagged = feed(&app, "line-4", &values, 0, 100).await;
+    assert!(flagged.iter().all(|&i| i >= 3000), "false alarms before the spike: {flagged:?}");
+    let (_, events) = app.get("/v1/streams/line-4/anomalies?limit=1000").await;
+    let starts: Vec<String> = events["anomalies"]
+        .as_array()
+        .expect("anomalies")
+        .iter()
+        .map(|a| a["start"].as_str().expect("start").to_string())
+        .collect();
+    let at = |i: usize| tsad::api::wire::format_ts(ts(i));
+    assert!(starts.contains(&at(3000)), "the spike's event starts at the spike: {starts:?}");
+    assert!((4500..4503).any(|i| starts.contains(&at(i))), "the level shift's event starts at the shift: {starts:?}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_seasonal_stream_of_50000_readings_raises_at_most_5_flags() {
+    let app = spawn_app(Backend::Sqlite).await.expect("sqlite");
+    let values = seasonal(50_200, 11);
+    let flagged = feed(&app, "clean", &values, 0, 1000).await;
+    eprintln!("clean stream: {} flagged of 50,000 after warm-up: {flagged:?}", flagged.len());
+    assert!(flagged.len() <= 5, "{} false flags: {flagged:?}", flagged.len());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multichannel_streams_get_a_verdict_per_channel() {
+    let app = spawn_app(Backend::Sqlite).await.expect("sqlite");
+    let (status, _) = app.put("/v1/streams/imu", &json!({"channels": 3, "warmup": 100})).await;
+    assert_eq!(status, 201);
+    let (a, b, c) = (seasonal(600, 1), seasonal(600, 2), seasonal(600, 3));
+    let mut readings: Vec<Value> =
+        (0..600).map(|i| json!({"ts": ts(i), "values": [a[i], b[i] * 2.0, c[i] - 5.0]})).collect();
+    readings[500]["values"][1] = json!(b[500] * 2.0 + 12.0);
+    let (status, reply) = app.post("/v1/streams/imu/readings?verdicts=all", &json!({ "readings": readings })).await;
+    assert_eq!(status, 200, "{reply}");
+    let v = &reply["verdicts"][300];
+    for field in ["values", "expected", "lower", "upper"] {
+        assert_eq!(v[field].as_array().map(Vec::len), Some(3), "{field} in {v}");
+    }
+    let flagged: Vec<&str> =
+        reply["anomalies"].as_array().expect("anomalies").iter().filter_map(|a| a["ts"].as_str()).collect();
+    assert!(flagged.contains(&tsad::api::wire::format_ts(ts(500)).as_str()), "{flagged:?}");
+    let (_, stored) = app.get("/v1/streams/imu/readings?limit=1").await;
+    assert_eq!(stored["readings"][0]["values"].as_array().map(Vec::len), Some(3));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_input_gets_a_problem_and_changes_nothing() {
+    let app = spawn_app_with(Backend::Sqlite, None, |s| s.max_body_bytes = 1 << 20).await.expect("sqlite");
+    let good = body(&seasonal(5, 1), 100);
+    assert_eq!(app.post("/v1/streams/s/readings", &good).await.0, 200);
+    let raw = |path: &str, content_type: &str, text: String| {
+        let request = app.client.post(app.url(path)).header("content-type", content_type).body(text);
+        async move { crate::app::decode(request.send().await.expect("sent")).await }
+    };
+    let many: Vec<Value> = (0..10_001).map(|i| json!({"ts": ts(1000 + i), "value": 1.0})).collect();
+    let cases: Vec<(u16, (u16, Value))> = vec![
+        (400, raw("/v1/streams/s/readings", "application/json", "{\"readings\": [".into()).await),
+        (400, raw("/v1/streams/s/readings", "application/json", "{\"readings\": [{\"ts\": 1, \"value\": 1e999}]}".into()).await),
+        (400, raw("/v1/streams/s/readings", "application/x-ndjson", format!("{{\"ts\":{},\"value\":1}}\nnot json\n", ts(200))).await),
+        (415, raw("/v1/streams/s/readings", "text/csv", "ts,value\n1,2\n".into()).await),
+        (400, app.post("/v1/streams/s/readings", &json!({"data": []})).await),
+        (422, app.post("/v1/streams/s/readings", &json!({"readings": []})).await),
+        (422, app.post("/v1/streams/s/readings", &json!({"readings": [{"ts": ts(200), "value": "NaN"}]})).await),
+        (422, app.post("/v1/streams/s/readings", &json!({"readings": [{"ts": ts(200), "value": "abc"}]})).await),
+        (422, app.post("/v1/streams/s/readings", &json!({"readings": [{"ts": ts(200), "values": [1.0, 2.0]}]})).await),
+        (422, app.post("/v1/streams/s/readings", &json!({"readings": [{"ts": ts(200), "value": 1, "values": [1]}]})).await),
+        (422, app.post("/v1/streams/s/readings", &json!({"readings": [{"ts": ts(200), "value": 1, "extra": 1}]})).await),
+        (422, app.post("/v1/streams/s/readings", &json!({"readings": [{"ts": "yesterday", "value": 1}]})).await),
+        (422, app.post("/v1/streams/s/readings", &json!({"readings": [{"ts": -5, "value": 1}]})).await),
+        (422, app.post("/v1/streams/s/readings", &json!({"readings": [{"value": 1}, {"value": 2}]})).await),
+        (422, app.post("/v1/streams/s/readings", &json!({"readings": [{"ts": ts(300), "value": 1}, {"ts": ts(299), "value": 2}]})).await),
+        (409, app.post("/v1/streams/s/readings", &json!({"readings": [{"ts": ts(50), "value": 1}]})).await),
+        (409, app.post("/v1/streams/s/readings", &json!({"readings": [{"ts": ts(104), "value": 1}]})).await),
+        (422, app.post("/v1/streams/bad%20name/readings", &good).await),
+        (422, app.post(&format!("/v1/streams/{}/readings", "x".repeat(129)), &good).await),
+        (422, app.post("/v1/streams/s/readings", &json!({ "readings": many })).await),
+        (413, raw("/v1/streams/s/readings", "application/json", " ".repeat(1_100_000)).await),
+        (422, app.post("/v1/readings", &json!({"readings": [{"ts": ts(200), "value": 1}]})).await),
+        (409, app.post("/v1/readings", &json!({"readings": [{"stream": "new-one", "ts": ts(200), "value": 1}, {"stream": "s", "ts": ts(1), "value": 1}]})).await),
+        (404, app.get("/v1/streams/nope").await),
+        (404, app.get("/v1/streams/nope/readings").await),
+        (404, app.get("/v1/streams/nope/anomalies").await),
+        (400, app.get("/v1/streams/s/readings?limit=0").await),
+        (400, app.get("/v1/streams/s/readings?from=never").await),
+        (400, app.get("/v1/anomalies?cursor=zzz").await),
+        (422, app.put("/v1/streams/s", &json!({"sensitivity": 2.0})).await),
+        (422, app.put("/v1/streams/s", &json!({"channels": 0})).await),
+        (422, app.put("/v1/streams/s", &json!({"channels": 4})).await),
+        (422, app.put("/v1/streams/t", &json!({"model": "no-such-model"})).await),
+        (400, app.put("/v1/streams/t", &json!({"colour": "red"})).await),
+        (404, app.get("/v1/nothing-here").await),
+    ];
+    for (i, (expected, (status, problem))) in cases.iter().enumerate() {
+        assert_eq!(status, expected, "case {i}: {problem}");
+        assert_eq!(problem["status"].as_u64(), Some(*expected as u64), "case {i} is problem+json: {problem}");
+        assert!(problem["detail"].is_string() && problem["title"].is_string(), "case {i}: {problem}");
+    }
+    // Nothing changed: the five good readings, one stream.
+    let (_, stream) = app.get("/v1/streams/s").await;
+    assert_eq!((stream["readings"].as_u64(), stream["channels"].as_u64()), (Some(5), Some(1)), "{stream}");
+    let (_, list) = app.get("/v1/streams").await;
+    assert_eq!(list["streams"].as_array().map(Vec::len), Some(1), "{list}");
+    // And the stream still takes good readings.
+    assert_eq!(app.post("/v1/streams/s/readings", &body(&[1.0], 105)).await.0, 200);
+    app.stop().await;
+}
+
+const READ: &str = "read-key-0123456789";
+const WRITE: &str = "write-key-0123456789";
+const ADMIN: &str = "admin-key-0123456789";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_checks_its_scope() {
+    let keys = format!("read:{READ},write:{WRITE},admin:{ADMIN}");
+    let app = spawn_app_with_keys(Backend::Sqlite, Some(&keys)).await.expect("sqlite");
+    // Some data to act on, written with the admin key.
+    let admin_post = app
+        .client
+        .post(app.url("/v1/streams/s/readings"))
+        .bearer_auth(ADMIN)
+        .json(&body(&[1.0, 2.0], 0))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(admin_post.status(), 200);
+    #[derive(Clone, Copy, PartialEq)]
+    enum Need {
+        Open,
+        Read,
+        Write,
+        Admin,
+    }
+    let routes: Vec<(&str, String, Need, Option<Value>)> = vec![
+        ("POST", "/v1/streams/s/readings".into(), Need::Write, Some(body(&[3.0], 10))),
+        (
+            "POST",
+            "/v1/readings".into(),
+            Need::Write,
+            Some(json!({"readings": [{"stream": "s2", "ts": ts(0), "value": 1}]})),
+        ),
+        ("PUT", "/v1/streams/s3".into(), Need::Write, Some(json!({}))),
+        ("POST", "/v1/anomalies/1/feedback".into(), Need::Write, Some(json!({"label": "false_positive"}))),
+        ("GET", "/v1/streams".into(), Need::Read, None),
+        ("GET", "/v1/streams/s".into(), Need::Read, None),
+        ("GET", "/v1/streams/s/readings".into(), Need::Read, None),
+        ("GET", "/v1/streams/s/anomalies".into(), Need::Read, None),
+        ("GET", "/v1/anomalies".into(), Need::Read, None),
+        ("DELETE", "/v1/streams/s9".into(), Need::Admin, None),
+        ("GET", "/healthz".into(), Need::Open, None),
+        ("GET", "/readyz".into(), Need::Open, None),
+        ("GET", "/metrics".into(), Need::Open, None),
+    ];
+    for (method, path, need, payload) in routes {
+        for (key, scope) in [
+            (None, None),
+            (Some("wrong-key-0123456789"), None),
+            (Some(READ), Some(Need::Read)),
+            (Some(WRITE), Some(Need::Write)),
+            (Some(ADMIN), Some(Need::Admin)),
+        ] {
+            let mut request = app.client.request(method.parse().expect("method"), app.url(&path));
+            if let Some(k) = key {
+                request = request.bearer_auth(k);
+            }
+            if let Some(p) = &payload {
+                request = request.json(p);
+            }
+            let status = request.send().await.expect("sent").status().as_u16();
+            let expected_auth = match (need, scope) {
+                (Need::Open, _) => None,
+                (_, None) => Some(401),
+                (_, Some(Need::Admin)) => None,
+                (n, Some(s)) if n == s => None,
+                _ => Some(403),
+            };
+            match expected_auth {
+                Some(code) => assert_eq!(status, code, "{method} {path} with {key:?}"),
+                None => assert!(status != 401 && status != 403, "{method} {path} with {key:?} got {status}"),
+            }
+        }
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_streams_and_anomalies_and_resumes_scoring_without_a_new_warmup() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let Some(app) = spawn_app(backend).await else { continue };
+        let mut values = seasonal(700, 5);
+        values[400] += 6.0;
+        let flagged = feed(&app, "boiler", &values, 0, 50).await;
+        assert!(flagged.contains(&400), "{backend:?}: {flagged:?}");
+        let app = restart(app).await;
+        let (_, stream) = app.get("/v1/streams/boiler").await;
+        assert_eq!((stream["readings"].as_u64(), stream["state"].as_str()), (Some(700), Some("scoring")), "{stream}");
+        let (_, events) = app.get("/v1/streams/boiler/anomalies").await;
+        assert!(!events["anomalies"].as_array().expect("anomalies").is_empty(), "anomalies survive a restart");
+        // The very next readings are scored: a spike right after the restart is flagged.
+        let mut more = seasonal(720, 5)[700..].to_vec();
+        more[3] += 6.0;
+        let flagged = feed(&app, "boiler", &more, 700, 20).await;
+        assert!(flagged.contains(&703), "{backend:?}: scoring resumed at once: {flagged:?}");
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_streams_leave_memory_and_come_back_from_storage() {
+    let app = spawn_app_with(Backend::Sqlite, None, |s| s.idle_evict = std::time::Duration::from_millis(200))
+        .await
+        .expect("sqlite");
+    let values = seasonal(400, 8);
+    feed(&app, "idle", &values[..300], 0, 100).await;
+    let active = |app: &TestApp| {
+        let request = app.client.get(app.url("/readyz"));
+        async move { crate::app::decode(request.send().await.expect("sent")).await.1["active_streams"].as_u64() }
+    };
+    assert_eq!(active(&app).await, Some(1));
+    let mut evicted = false;
+    for _ in 0..100 {
+        if active(&app).await == Some(0) {
+            evicted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(evicted, "the idle stream was evicted");
+    // It comes back with its state: scoring (no new warm-up), and a spike is flagged.
+    let mut rest = values[300..].to_vec();
+    rest[5] += 5.0;
+    let flagged = feed(&app, "idle", &rest, 300, 100).await;
+    assert!(flagged.contains(&305), "{flagged:?}");
+    let (_, stream) = app.get("/v1/streams/idle").await;
+    assert_eq!(stream["readings"].as_u64(), Some(400));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_beyond_the_queues_gets_429_with_retry_after_and_loses_nothing_acknowledged() {
+    let app = spawn_app_with(Backend::Sqlite, None, |s| s.mailbox = 1).await.expect("sqlite");
+    let values = seasonal(64, 9);
+    // Many requests for one stream at once: its mailbox holds one, the rest are refused.
+    let requests = (0..64).map(|i| {
+        let request = app.client.post(app.url("/v1/streams/burst/readings")).json(&body(&values[i..i + 1], i));
+        async move { request.send().await.expect("sent") }
+    });
+    let responses = futures::future::join_all(requests).await;
+    let mut accepted = 0;
+    let mut refused = 0;
+    for r in responses {
+        match r.status().as_u16() {
+            200 => accepted += 1,
+            429 => {
+                assert_eq!(r.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+                refused += 1;
+            }
+            409 => {} // a later timestamp committed first
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(refused > 0, "the burst overflowed the mailbox");
+    let (_, stream) = app.get("/v1/streams/burst").await;
+    assert_eq!(stream["readings"].as_u64(), Some(accepted), "every acknowledged reading is stored");
+    app.stop().await;
+}
