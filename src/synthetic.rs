@@ -334,7 +334,8 @@ impl SyntheticSpec {
     }
 
     /// The typical standard deviation of the series' stationary components (seasonalities,
-    /// AR(1), steps, noise), in shape units: what quantisation is relative to.
+    /// AR(1), steps, noise), in shape units: what the skew, the floor and the quantisation
+    /// are relative to.
     pub fn spread(&self) -> f64 {
         let seasonal: f64 = self.seasonalities.iter().map(|s| s.amplitude * s.amplitude / 2.0).sum();
         let ar = if self.ar_coefficient > 0.0 {
@@ -448,25 +449,38 @@ pub const CLEAN_START: f64 = 0.2;
 const LABELLED_STREAM: u64 = u64::MAX;
 
 /// A test stream of `rows` readings with injected anomalies, and where each starts (sorted
-/// by position). The base is a series of the corpus mix without its own level shifts,
-/// steps, volatility spells or heavy tails, so the labels are its only anomalies. The first
+/// by position). The base is a series of the corpus mix's mixed family without its own
+/// level shifts, volatility spells or heavy tails, so the labels are its only anomalies. The first
 /// [`CLEAN_START`] of the rows is clean; then one anomaly in each stretch of at least
 /// [`ANOMALY_SPACING`] rows, cycling spike, level shift, noise burst. 1,200 rows or more
 /// hold all three kinds; under 375 rows there are none.
 pub fn labelled_stream(seed: u64, rows: usize) -> (Vec<f64>, Vec<(usize, AnomalyKind)>) {
+    let (_, values, labels) = labelled_stream_and_base(seed, rows);
+    (values, labels)
+}
+
+/// [`labelled_stream`] together with its base: the same stream before the anomalies were
+/// injected (what a perfect detector's forecast would follow).
+pub fn labelled_stream_and_base(seed: u64, rows: usize) -> (Vec<f64>, Vec<f64>, Vec<(usize, AnomalyKind)>) {
     let mut rng = series_rng(seed, LABELLED_STREAM);
-    let mut spec = SyntheticSpec::sample(&mut rng);
-    spec.step_hold = 0.0;
+    // A series of the mixed family (step-like ones jump by design).
+    let mut spec = loop {
+        let spec = SyntheticSpec::sample(&mut rng);
+        if spec.step_hold == 0.0 {
+            break spec;
+        }
+    };
     spec.shift_rate = 0.0;
     spec.heavy_tails = false;
     if matches!(spec.noise_variance, NoiseVariance::Bursty { .. }) {
         spec.noise_variance = NoiseVariance::Constant;
     }
-    let mut values = spec.generate(rows, &mut rng);
+    let base = spec.generate(rows, &mut rng);
+    let mut values = base.clone();
     let sd = std_dev(&values).max(spec.scale * 1e-3);
     let start = (rows as f64 * CLEAN_START).ceil() as usize;
     let stretches = rows.saturating_sub(start) / ANOMALY_SPACING;
-    let length = if stretches > 0 { (rows - start) / stretches } else { 0 };
+    let length = rows.saturating_sub(start).checked_div(stretches).unwrap_or(0);
     let kinds = [AnomalyKind::Spike, AnomalyKind::LevelShift, AnomalyKind::NoiseBurst];
     let mut labels = Vec::with_capacity(stretches);
     for i in 0..stretches {
@@ -489,7 +503,7 @@ pub fn labelled_stream(seed: u64, rows: usize) -> (Vec<f64>, Vec<(usize, Anomaly
         }
         labels.push((at, kind));
     }
-    (values, labels)
+    (base, values, labels)
 }
 
 /// Population standard deviation (0 for fewer than two values).
@@ -581,9 +595,10 @@ mod tests {
             assert!(values.iter().all(|v| v.is_finite()));
             assert!(labels.len() >= 3, "seed {seed}: {labels:?}");
             assert!(labels[0].0 >= 600);
-            assert!(labels.windows(2).all(|w| w[1].0 >= w[0].0 + NOISE_BURST_ROWS + 1));
+            assert!(labels.windows(2).all(|w| w[1].0 > w[0].0 + NOISE_BURST_ROWS));
             assert!(labels.iter().all(|(at, _)| at + NOISE_BURST_ROWS <= 3000));
         }
+        assert_eq!(labelled_stream(1, 0), (vec![], vec![]));
         assert!(labelled_stream(1, 374).1.is_empty());
         assert!(!labelled_stream(1, 375).1.is_empty());
     }

@@ -72,6 +72,7 @@ impl Default for Likelihood {
 impl Likelihood {
     /// Scores `surprise` (finite, ≥ 0) against the history so far, then learns from it.
     /// Returns a score in [0, 1]; 0 until [`MIN_HISTORY`] values have been learnt.
+    #[cfg(test)]
     pub(super) fn observe(&mut self, surprise: f64) -> f64 {
         self.observe_with_own(surprise).0
     }
