@@ -95,25 +95,60 @@ impl ModelCatalog {
         &self.root
     }
 
+    /// The versions of `name` that have a `model.json`, in order (numeric where they are
+    /// numbers).
+    pub fn versions(&self, name: &str) -> Result<Vec<String>, InferenceError> {
+        let dir = self.root.join(name);
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| InferenceError::Model(name.to_string(), format!("{}: {e}", dir.display())))?;
+        let mut versions: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.path().join("model.json").is_file())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        versions.sort_by_key(|v| (v.parse::<u64>().unwrap_or(0), v.clone()));
+        Ok(versions)
+    }
+
+    /// Names of the models in the catalog, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.root)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.path().is_dir())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
     /// The active version of `name`: the one named in `<name>/ACTIVE` if present, else the
     /// highest version (numeric order where versions are numbers).
     pub fn active(&self, name: &str) -> Result<Arc<ModelInfo>, InferenceError> {
         let dir = self.root.join(name);
-        let missing = |e: String| InferenceError::Model(name.to_string(), e);
         let version = match std::fs::read_to_string(dir.join("ACTIVE")) {
             Ok(text) => text.trim().to_string(),
-            Err(_) => {
-                let entries = std::fs::read_dir(&dir).map_err(|e| missing(format!("{}: {e}", dir.display())))?;
-                let mut versions: Vec<String> = entries
-                    .filter_map(Result::ok)
-                    .filter(|e| e.path().join("model.json").is_file())
-                    .filter_map(|e| e.file_name().into_string().ok())
-                    .collect();
-                versions.sort_by_key(|v| (v.parse::<u64>().unwrap_or(0), v.clone()));
-                versions.pop().ok_or_else(|| missing(format!("no versions in {}", dir.display())))?
-            }
+            Err(_) => self
+                .versions(name)?
+                .pop()
+                .ok_or_else(|| InferenceError::Model(name.to_string(), format!("no versions in {}", dir.display())))?,
         };
         Ok(Arc::new(ModelInfo::load(name, &version, &dir.join(&version))?))
+    }
+
+    /// Makes `version` the active version of `name` (written atomically to `<name>/ACTIVE`)
+    /// after checking it can serve streams.
+    pub fn activate(&self, name: &str, version: &str) -> Result<Arc<ModelInfo>, InferenceError> {
+        let dir = self.root.join(name);
+        let info = Arc::new(ModelInfo::load(name, version, &dir.join(version))?);
+        let fail = |e: std::io::Error| InferenceError::Model(name.to_string(), e.to_string());
+        let staging = dir.join(".ACTIVE.tmp");
+        std::fs::write(&staging, format!("{version}\n")).map_err(fail)?;
+        std::fs::rename(&staging, dir.join("ACTIVE")).map_err(fail)?;
+        Ok(info)
     }
 }
 

@@ -1,6 +1,7 @@
 //! All HTTP: the v1 API of DESIGN.md §5, health and metrics endpoints, authentication and
 //! the middleware stack. Handlers validate at the edge and call into `streams` and
 //! `storage`; every error leaves as problem+json through [`ApiError`].
+mod admin;
 mod anomalies;
 mod auth;
 pub mod error;
@@ -47,7 +48,7 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
     let write =
         scoped(Scope::Write, readings::routes().merge(streams::write_routes()).merge(anomalies::write_routes()));
     let read = scoped(Scope::Read, streams::read_routes().merge(anomalies::read_routes()));
-    let admin = scoped(Scope::Admin, streams::admin_routes());
+    let admin = scoped(Scope::Admin, streams::admin_routes().merge(admin::routes()));
     let request_id = axum::http::HeaderName::from_static("x-request-id");
     Router::new()
         .merge(write)

@@ -191,6 +191,11 @@ impl Actor {
         Ok(state)
     }
 
+    /// The name of the model scoring this stream.
+    pub(super) fn model_name(&self) -> &str {
+        &self.model.name
+    }
+
     pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Command>, generation: u64) {
         loop {
             let command = tokio::select! {

@@ -78,6 +78,8 @@ pub enum IngestError {
 struct Handle {
     tx: mpsc::Sender<Command>,
     generation: u64,
+    /// The model the stream is bound to, to find the streams a model swap concerns.
+    model: String,
 }
 
 /// State shared by the registry and every actor.
@@ -250,7 +252,7 @@ impl Streams {
         }
         let (tx, rx) = mpsc::channel(self.shared.mailbox);
         let generation = self.shared.generation.fetch_add(1, Ordering::Relaxed);
-        let handle = Handle { tx, generation };
+        let handle = Handle { tx, generation, model: actor.model_name().to_string() };
         actors.insert(name.to_string(), handle.clone());
         self.shared.metrics.active_streams.inc();
         self.shared.tracker.spawn(actor.run(rx, generation));
@@ -409,6 +411,34 @@ impl Streams {
         self.stop(name).await;
         let Some(record) = self.shared.storage.stream(name).await? else { return Ok(false) };
         Ok(self.shared.storage.delete_stream(record.id).await?)
+    }
+
+    /// Makes `version` the active version of `model` and hot-swaps every stream bound to it:
+    /// each stream's actor finishes the messages already in its mailbox, stops, and the next
+    /// request starts it on the new version, re-warming its recurrent state from its stored
+    /// recent readings (normaliser and scorer carry over). No reading is dropped or scored
+    /// twice: requests that find the old actor gone retry on the new one.
+    pub async fn activate(&self, model: &str, version: &str) -> Result<Arc<ModelInfo>, IngestError> {
+        let info = self.shared.catalog.activate(model, version).map_err(|e| IngestError::Config(e.to_string()))?;
+        self.shared.models.lock().expect("model cache lock").insert(model.to_string(), info.clone());
+        let bound: Vec<String> = self
+            .shared
+            .actors
+            .lock()
+            .expect("actor registry lock")
+            .iter()
+            .filter(|(_, h)| h.model == model)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in bound {
+            self.stop(&name).await;
+        }
+        Ok(info)
+    }
+
+    /// The model catalog.
+    pub fn catalog(&self) -> &ModelCatalog {
+        &self.shared.catalog
     }
 
     /// Stops every actor and waits for in-flight commits (graceful shutdown).

@@ -346,6 +346,8 @@ async fn every_route_checks_its_scope() {
         ("GET", "/v1/streams/s/anomalies".into(), Need::Read, None),
         ("GET", "/v1/anomalies".into(), Need::Read, None),
         ("DELETE", "/v1/streams/s9".into(), Need::Admin, None),
+        ("GET", "/admin/v1/models".into(), Need::Admin, None),
+        ("POST", "/admin/v1/models/default/versions/9/activate".into(), Need::Admin, None),
         ("GET", "/healthz".into(), Need::Open, None),
         ("GET", "/readyz".into(), Need::Open, None),
         ("GET", "/metrics".into(), Need::Open, None),
@@ -461,5 +463,47 @@ async fn a_burst_beyond_the_queues_gets_429_with_retry_after_and_loses_nothing_a
     assert!(refused > 0, "the burst overflowed the mailbox");
     let (_, stream) = app.get("/v1/streams/burst").await;
     assert_eq!(stream["readings"].as_u64(), Some(accepted), "every acknowledged reading is stored");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activating_a_model_version_hot_swaps_its_streams_without_losing_a_reading() {
+    // Two versions of the default model (same weights, so the test is about the swap).
+    let models = tempfile::tempdir().expect("temp dir");
+    for version in ["1", "2"] {
+        let dir = models.path().join("default").join(version);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for file in ["model.json", "weights.safetensors"] {
+            std::fs::copy(crate::app::models_dir().join("default/1").join(file), dir.join(file)).expect("copy");
+        }
+    }
+    let root = models.path().to_path_buf();
+    let app = spawn_app_with(Backend::Sqlite, None, move |s| s.models_dir = root).await.expect("sqlite");
+    let values = seasonal(800, 12);
+    feed(&app, "swap", &values[..400], 0, 100).await;
+    let (_, stream) = app.get("/v1/streams/swap").await;
+    assert_eq!(stream["model_version"], "2", "the highest version is active by default");
+
+    let (status, listed) = app.get("/admin/v1/models").await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["models"][0]["name"], "default");
+    assert_eq!(listed["models"][0]["active_version"], "2");
+    assert_eq!(listed["models"][0]["versions"].as_array().map(Vec::len), Some(2));
+
+    // Roll back to version 1 while readings keep arriving.
+    let (status, model) = app.post("/admin/v1/models/default/versions/1/activate", &json!({})).await;
+    assert_eq!((status, model["active_version"].as_str()), (200, Some("1")), "{model}");
+    let mut rest = values[400..].to_vec();
+    rest[10] += 5.0;
+    let flagged = feed(&app, "swap", &rest, 400, 100).await;
+    assert!(flagged.contains(&410), "scoring continues at once on the new version: {flagged:?}");
+    let (_, stream) = app.get("/v1/streams/swap").await;
+    assert_eq!((stream["model_version"].as_str(), stream["readings"].as_u64()), (Some("1"), Some(800)), "{stream}");
+    let (_, stored) = app.get("/v1/streams/swap/readings?limit=10000").await;
+    assert_eq!(stored["readings"].as_array().map(Vec::len), Some(800), "no reading dropped or stored twice");
+
+    assert_eq!(app.post("/admin/v1/models/default/versions/7/activate", &json!({})).await.0, 404);
+    assert_eq!(app.post("/admin/v1/models/nope/versions/1/activate", &json!({})).await.0, 404);
+    assert_eq!(app.post("/admin/v1/models/default/versions/../activate", &json!({})).await.0, 404);
     app.stop().await;
 }
