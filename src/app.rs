@@ -22,6 +22,7 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     streams: Streams,
+    jobs: crate::training::Jobs,
     writer_task: tokio::task::JoinHandle<()>,
 }
 
@@ -55,8 +56,10 @@ impl Application {
         if settings.api_keys.is_empty() {
             warn!(listen = %settings.listen, "no API keys configured: every route is open (loopback only)");
         }
+        let jobs = crate::training::Jobs::start(streams.clone(), settings.training_jobs).await?;
         let state = AppState {
             streams: streams.clone(),
+            jobs: jobs.clone(),
             metrics,
             keys: Arc::new(settings.api_keys.clone()),
             max_body_bytes: settings.max_body_bytes,
@@ -65,7 +68,7 @@ impl Application {
         let router = api::router(state, &settings);
         let listener =
             TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
-        Ok(Application { listener, router, streams, writer_task })
+        Ok(Application { listener, router, streams, jobs, writer_task })
     }
 
     /// The address actually bound (the real port when configured with port 0).
@@ -76,11 +79,16 @@ impl Application {
     /// Serves until `shutdown` completes, then drains and flushes.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         info!(addr = %self.local_addr(), "tsad serving");
-        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await.context("serving HTTP")?;
-        info!("shutting down: draining streams");
-        self.streams.shutdown().await;
-        drop(self.streams);
-        if tokio::time::timeout(std::time::Duration::from_secs(30), self.writer_task).await.is_err() {
+        let Application { listener, router, streams, jobs, writer_task } = self;
+        axum::serve(listener, router).with_graceful_shutdown(shutdown).await.context("serving HTTP")?;
+        info!("shutting down: stopping training jobs, draining streams");
+        jobs.shutdown().await;
+        drop(jobs);
+        streams.shutdown().await;
+        // The writer ends once the last handle on it (held through `streams`) is gone and
+        // its queue is empty.
+        drop(streams);
+        if tokio::time::timeout(std::time::Duration::from_secs(30), writer_task).await.is_err() {
             warn!("storage writer did not finish within 30 s");
         }
         info!("shutdown complete");

@@ -97,6 +97,9 @@ pub struct ServeArgs {
     /// Writer requests queued before ingest answers 429 [default: 4096].
     #[arg(long, env = "TSAD_WRITER_QUEUE", value_name = "N")]
     pub writer_queue: Option<usize>,
+    /// Training jobs run at once; more wait queued [default: 1].
+    #[arg(long, env = "TSAD_TRAINING_JOBS", value_name = "N")]
+    pub training_jobs: Option<usize>,
 }
 
 /// The subset of settings a TOML file may hold (all optional; flags and env win).
@@ -119,6 +122,7 @@ struct FileSettings {
     warmup: Option<u64>,
     sensitivity: Option<f64>,
     writer_queue: Option<usize>,
+    training_jobs: Option<usize>,
 }
 
 /// Validated settings of a running service.
@@ -140,6 +144,7 @@ pub struct Settings {
     pub warmup: u64,
     pub sensitivity: f64,
     pub writer_queue: usize,
+    pub training_jobs: usize,
 }
 
 impl Settings {
@@ -228,6 +233,7 @@ impl ServeArgs {
         let warmup = pick!(warmup, 200);
         let sensitivity = pick!(sensitivity, 0.5);
         let writer_queue = pick!(writer_queue, 4096);
+        let training_jobs = pick!(training_jobs, 1);
         let in_range = |name: &str, v: usize, lo: usize, hi: usize| {
             if (lo..=hi).contains(&v) {
                 Ok(())
@@ -242,6 +248,7 @@ impl ServeArgs {
         in_range("mailbox", mailbox, 1, 1 << 20)?;
         in_range("max_active_streams", max_active_streams, 1, 100_000_000)?;
         in_range("writer_queue", writer_queue, 1, 1 << 24)?;
+        in_range("training_jobs", training_jobs, 1, 64)?;
         if batch_wait_us > 1_000_000 {
             return Err(bad("batch_wait_us must be at most 1000000"));
         }
@@ -280,6 +287,7 @@ impl ServeArgs {
             warmup,
             sensitivity,
             writer_queue,
+            training_jobs,
         })
     }
 }

@@ -18,3 +18,4 @@ pub mod scoring;
 pub mod storage;
 pub mod streams;
 pub mod synthetic;
+pub mod training;

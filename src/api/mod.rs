@@ -34,6 +34,7 @@ use crate::streams::Streams;
 #[derive(Clone)]
 pub struct AppState {
     pub streams: Streams,
+    pub jobs: crate::training::Jobs,
     pub metrics: Metrics,
     pub keys: Arc<Vec<ApiKey>>,
     pub max_body_bytes: usize,
@@ -48,7 +49,7 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
     let write =
         scoped(Scope::Write, readings::routes().merge(streams::write_routes()).merge(anomalies::write_routes()));
     let read = scoped(Scope::Read, streams::read_routes().merge(anomalies::read_routes()));
-    let admin = scoped(Scope::Admin, streams::admin_routes().merge(admin::routes()));
+    let admin = scoped(Scope::Admin, streams::admin_routes().merge(admin::routes()).merge(admin::job_routes()));
     let request_id = axum::http::HeaderName::from_static("x-request-id");
     Router::new()
         .merge(write)

@@ -409,3 +409,124 @@ fn anomaly_from_row(row: &AnyRow) -> Result<AnomalyRecord, StorageError> {
         feedback: row.try_get("feedback")?,
     })
 }
+
+/// A training job as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    pub id: i64,
+    pub model: String,
+    pub status: String,
+    /// The request's parameters (JSON).
+    pub params: String,
+    /// The last reported progress (JSON).
+    pub progress: Option<String>,
+    pub error: Option<String>,
+    pub version: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+const JOB_COLUMNS: &str = "id, model, status, params, progress, error, version, created_at, started_at, finished_at";
+
+fn job_from_row(row: &AnyRow) -> Result<JobRecord, StorageError> {
+    Ok(JobRecord {
+        id: row.try_get("id")?,
+        model: row.try_get("model")?,
+        status: row.try_get("status")?,
+        params: row.try_get("params")?,
+        progress: row.try_get("progress")?,
+        error: row.try_get("error")?,
+        version: row.try_get("version")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
+impl Storage {
+    /// Records a new queued job; returns it.
+    pub async fn insert_job(&self, model: &str, params: &str, now_ms: i64) -> Result<JobRecord, StorageError> {
+        let row = sqlx::query(&format!(
+            "INSERT INTO jobs (model, status, params, created_at) VALUES ($1, 'queued', $2, $3) RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(model)
+        .bind(params)
+        .bind(now_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        job_from_row(&row)
+    }
+
+    /// One job by id.
+    pub async fn job(&self, id: i64) -> Result<Option<JobRecord>, StorageError> {
+        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// The most recent jobs, newest first.
+    pub async fn jobs(&self, limit: i64) -> Result<Vec<JobRecord>, StorageError> {
+        let rows = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY id DESC LIMIT $1"))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    /// Moves a job to `status`, recording progress, error, version and times as given.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn update_job(
+        &self,
+        id: i64,
+        status: &str,
+        progress: Option<&str>,
+        error: Option<&str>,
+        version: Option<&str>,
+        started_at: Option<i64>,
+        finished_at: Option<i64>,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE jobs SET status = $1, progress = COALESCE($2, progress), error = COALESCE($3, error),
+                version = COALESCE($4, version), started_at = COALESCE($5, started_at),
+                finished_at = COALESCE($6, finished_at) WHERE id = $7",
+        )
+        .bind(status)
+        .bind(progress.map(str::to_string))
+        .bind(error.map(str::to_string))
+        .bind(version.map(str::to_string))
+        .bind(started_at)
+        .bind(finished_at)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks jobs left queued or running by a previous process as failed ("interrupted").
+    pub async fn fail_interrupted_jobs(&self, now_ms: i64) -> Result<u64, StorageError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET status = 'failed', error = 'interrupted: the service stopped before the job finished',
+                finished_at = $1 WHERE status IN ('queued', 'running')",
+        )
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Names of the streams matching any of `patterns` (`*` and `?` globs), sorted.
+    pub async fn stream_names_matching(&self, patterns: &[String]) -> Result<Vec<(i64, String)>, StorageError> {
+        let rows = sqlx::query("SELECT id, name FROM streams ORDER BY name").fetch_all(&self.pool).await?;
+        let mut out = Vec::new();
+        for row in &rows {
+            let name: String = row.try_get("name")?;
+            if patterns.iter().any(|p| glob::Pattern::new(p).is_ok_and(|p| p.matches(&name))) {
+                out.push((row.try_get("id")?, name));
+            }
+        }
+        Ok(out)
+    }
+}

@@ -104,6 +104,11 @@ impl TestApp {
         self._dir.take()
     }
 
+    /// Keeps `dir` (the SQLite file's directory) alive as long as this app.
+    pub fn keep(&mut self, dir: Option<std::sync::Arc<tempfile::TempDir>>) {
+        self._dir = dir;
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }

@@ -348,6 +348,10 @@ async fn every_route_checks_its_scope() {
         ("DELETE", "/v1/streams/s9".into(), Need::Admin, None),
         ("GET", "/admin/v1/models".into(), Need::Admin, None),
         ("POST", "/admin/v1/models/default/versions/9/activate".into(), Need::Admin, None),
+        ("POST", "/admin/v1/models/m/train".into(), Need::Admin, Some(json!({"streams": []}))),
+        ("GET", "/admin/v1/jobs".into(), Need::Admin, None),
+        ("GET", "/admin/v1/jobs/1".into(), Need::Admin, None),
+        ("DELETE", "/admin/v1/jobs/1".into(), Need::Admin, None),
         ("GET", "/healthz".into(), Need::Open, None),
         ("GET", "/readyz".into(), Need::Open, None),
         ("GET", "/metrics".into(), Need::Open, None),
@@ -505,5 +509,124 @@ async fn activating_a_model_version_hot_swaps_its_streams_without_losing_a_readi
     assert_eq!(app.post("/admin/v1/models/default/versions/7/activate", &json!({})).await.0, 404);
     assert_eq!(app.post("/admin/v1/models/nope/versions/1/activate", &json!({})).await.0, 404);
     assert_eq!(app.post("/admin/v1/models/default/versions/../activate", &json!({})).await.0, 404);
+    app.stop().await;
+}
+
+/// A models directory of its own holding a copy of the shipped default model.
+fn scratch_models() -> tempfile::TempDir {
+    let models = tempfile::tempdir().expect("temp dir");
+    let dir = models.path().join("default").join("1");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for file in ["model.json", "weights.safetensors"] {
+        std::fs::copy(crate::app::models_dir().join("default/1").join(file), dir.join(file)).expect("copy");
+    }
+    models
+}
+
+/// Polls a job until it leaves queued/running (bounded: 120 s).
+async fn finished_job(app: &TestApp, id: i64) -> Value {
+    for _ in 0..1200 {
+        let (status, job) = app.get(&format!("/admin/v1/jobs/{id}")).await;
+        assert_eq!(status, 200, "{job}");
+        if !matches!(job["status"].as_str(), Some("queued" | "running")) {
+            return job;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("job {id} did not finish");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_jobs_train_register_and_activate_a_model_from_stored_streams() {
+    let models = scratch_models();
+    let root = models.path().to_path_buf();
+    let app = spawn_app_with(Backend::Sqlite, None, move |s| s.models_dir = root).await.expect("sqlite");
+    for (name, seed) in [("plant-a", 21), ("plant-b", 22), ("other", 23)] {
+        feed(&app, name, &seasonal(1200, seed), 0, 400).await;
+    }
+    let request = json!({"architecture": "gru", "hidden": 8, "layers": 1, "window": 16, "epochs": 2,
+                         "learning_rate": 0.01, "streams": ["plant-*"], "activate": true});
+    let (status, job) = app.post("/admin/v1/models/plant/train", &request).await;
+    assert_eq!((status, job["status"].as_str()), (202, Some("queued")), "{job}");
+    let job = finished_job(&app, job["id"].as_i64().expect("id")).await;
+    assert_eq!((job["status"].as_str(), job["version"].as_str()), (Some("succeeded"), Some("1")), "{job}");
+    assert_eq!(job["progress"]["epochs"], 2);
+    assert!(job["progress"]["val_loss"].is_number(), "{job}");
+    let (_, models_list) = app.get("/admin/v1/models").await;
+    let plant = models_list["models"].as_array().expect("models").iter().find(|m| m["name"] == "plant").cloned();
+    let plant = plant.expect("the new model is registered");
+    assert_eq!(plant["active_version"], "1");
+    assert_eq!(plant["versions"][0]["architecture"], "gru");
+    assert!(plant["versions"][0]["data"]["source"].as_str().is_some_and(|s| s.contains("2 series")), "{plant}");
+    // A stream configured with the new model is scored by it.
+    assert_eq!(app.put("/v1/streams/plant-c", &json!({"model": "plant"})).await.0, 201);
+    feed(&app, "plant-c", &seasonal(300, 24), 0, 100).await;
+    let (_, stream) = app.get("/v1/streams/plant-c").await;
+    assert_eq!((stream["model"].as_str(), stream["model_version"].as_str()), (Some("plant"), Some("1")));
+
+    // Cancel a long job.
+    let long = json!({"hidden": 32, "window": 32, "epochs": 5000, "streams": ["*"]});
+    let (_, job) = app.post("/admin/v1/models/long/train", &long).await;
+    let id = job["id"].as_i64().expect("id");
+    let (status, _) = app.delete(&format!("/admin/v1/jobs/{id}")).await;
+    assert_eq!(status, 200);
+    let job = finished_job(&app, id).await;
+    assert_eq!(job["status"], "cancelled", "{job}");
+
+    // A job with no matching data fails with its reason.
+    let (_, job) = app.post("/admin/v1/models/empty/train", &json!({"streams": ["nothing-*"], "epochs": 1})).await;
+    let job = finished_job(&app, job["id"].as_i64().expect("id")).await;
+    assert_eq!(job["status"], "failed");
+    assert!(job["error"].as_str().is_some_and(|e| e.contains("no stored readings")), "{job}");
+
+    let (_, jobs) = app.get("/admin/v1/jobs").await;
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(3));
+    assert_eq!(app.get("/admin/v1/jobs/999").await.0, 404);
+    assert_eq!(app.delete("/admin/v1/jobs/999").await.0, 404);
+
+    // Bad parameters are refused before anything is queued, naming the field.
+    for (body, needle) in [
+        (json!({"streams": ["a"], "architecture": "transformer"}), "architecture"),
+        (json!({"streams": ["a"], "hidden": 0}), "hidden"),
+        (json!({"streams": ["a"], "layers": 99}), "layers"),
+        (json!({"streams": ["a"], "window": 1}), "window"),
+        (json!({"streams": ["a"], "epochs": 0}), "epochs"),
+        (json!({"streams": ["a"], "learning_rate": 0.0}), "learning_rate"),
+        (json!({"streams": []}), "streams"),
+        (json!({}), "streams"),
+        (json!({"streams": ["a b"]}), "streams"),
+        (json!({"streams": ["a"], "from": "2026-02-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}), "to"),
+        (json!({"streams": ["a"], "from": "soon"}), "from"),
+    ] {
+        let (status, problem) = app.post("/admin/v1/models/x/train", &body).await;
+        assert_eq!(status, 422, "{body}: {problem}");
+        assert!(problem["detail"].as_str().is_some_and(|d| d.contains(needle)), "{body}: {problem}");
+    }
+    let (_, jobs) = app.get("/admin/v1/jobs").await;
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(3), "nothing queued by bad requests");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_marks_jobs_left_running_as_interrupted() {
+    let app = spawn_app(Backend::Sqlite).await.expect("sqlite");
+    // What a crash leaves behind: a job recorded as running.
+    let url = app.database_url.clone();
+    let app = {
+        let dir = app.stop().await;
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("sqlite");
+        sqlx::query("INSERT INTO jobs (model, status, params, created_at) VALUES ('m', 'running', '{}', 0)")
+            .execute(&mut conn)
+            .await
+            .expect("insert");
+        let mut app = TestApp::start(&url, None).await;
+        app.keep(dir);
+        app
+    };
+    let (_, jobs) = app.get("/admin/v1/jobs").await;
+    let job = &jobs["jobs"][0];
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(job["error"].as_str().is_some_and(|e| e.contains("interrupted")), "{job}");
     app.stop().await;
 }
