@@ -57,6 +57,21 @@ impl Application {
             warn!(listen = %settings.listen, "no API keys configured: every route is open (loopback only)");
         }
         let jobs = crate::training::Jobs::start(streams.clone(), settings.training_jobs).await?;
+        jobs.start_auto_fit(
+            settings.auto_train_jobs,
+            crate::training::TrainRequest {
+                architecture: crate::model::Architecture::Lstm,
+                hidden: 32,
+                layers: 1,
+                window: 64,
+                epochs: settings.auto_train_epochs,
+                learning_rate: 5e-3,
+                streams: Vec::new(),
+                from: None,
+                to: None,
+                activate: true,
+            },
+        );
         let state = AppState {
             streams: streams.clone(),
             jobs: jobs.clone(),

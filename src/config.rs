@@ -100,6 +100,13 @@ pub struct ServeArgs {
     /// Training jobs run at once; more wait queued [default: 1].
     #[arg(long, env = "TSAD_TRAINING_JOBS", value_name = "N")]
     pub training_jobs: Option<usize>,
+    /// Streams fitted a model of their own at once after warm-up (auto_train); 0 turns
+    /// automatic fitting off [default: 1].
+    #[arg(long, env = "TSAD_AUTO_TRAIN_JOBS", value_name = "N")]
+    pub auto_train_jobs: Option<usize>,
+    /// Most epochs of an automatic fit (early stopping usually ends it sooner) [default: 30].
+    #[arg(long, env = "TSAD_AUTO_TRAIN_EPOCHS", value_name = "N")]
+    pub auto_train_epochs: Option<usize>,
 }
 
 /// The subset of settings a TOML file may hold (all optional; flags and env win).
@@ -123,6 +130,8 @@ struct FileSettings {
     sensitivity: Option<f64>,
     writer_queue: Option<usize>,
     training_jobs: Option<usize>,
+    auto_train_jobs: Option<usize>,
+    auto_train_epochs: Option<usize>,
 }
 
 /// Validated settings of a running service.
@@ -145,6 +154,8 @@ pub struct Settings {
     pub sensitivity: f64,
     pub writer_queue: usize,
     pub training_jobs: usize,
+    pub auto_train_jobs: usize,
+    pub auto_train_epochs: usize,
 }
 
 impl Settings {
@@ -154,6 +165,8 @@ impl Settings {
         s.listen = "127.0.0.1:0".parse().expect("valid address");
         s.database_url = database_url.to_string();
         s.models_dir = models_dir;
+        // Tests and benchmarks turn automatic fitting on only where they test it.
+        s.auto_train_jobs = 0;
         s
     }
 }
@@ -234,6 +247,8 @@ impl ServeArgs {
         let sensitivity = pick!(sensitivity, 0.5);
         let writer_queue = pick!(writer_queue, 4096);
         let training_jobs = pick!(training_jobs, 1);
+        let auto_train_jobs = pick!(auto_train_jobs, 1);
+        let auto_train_epochs = pick!(auto_train_epochs, 30);
         let in_range = |name: &str, v: usize, lo: usize, hi: usize| {
             if (lo..=hi).contains(&v) {
                 Ok(())
@@ -249,6 +264,8 @@ impl ServeArgs {
         in_range("max_active_streams", max_active_streams, 1, 100_000_000)?;
         in_range("writer_queue", writer_queue, 1, 1 << 24)?;
         in_range("training_jobs", training_jobs, 1, 64)?;
+        in_range("auto_train_jobs", auto_train_jobs, 0, 64)?;
+        in_range("auto_train_epochs", auto_train_epochs, 1, 10_000)?;
         if batch_wait_us > 1_000_000 {
             return Err(bad("batch_wait_us must be at most 1000000"));
         }
@@ -288,6 +305,8 @@ impl ServeArgs {
             sensitivity,
             writer_queue,
             training_jobs,
+            auto_train_jobs,
+            auto_train_epochs,
         })
     }
 }

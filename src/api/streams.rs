@@ -38,7 +38,7 @@ struct StreamSettings {
     auto_train: Option<bool>,
 }
 
-fn status_json(s: &StreamStatus) -> Value {
+fn status_json(state: &AppState, s: &StreamStatus) -> Value {
     let r = &s.record;
     let warming = s.judged < r.config.warmup;
     json!({
@@ -54,6 +54,7 @@ fn status_json(s: &StreamStatus) -> Value {
         "anomalies": r.anomalies_count,
         "last_ts": r.last_ts.map(format_ts),
         "created_at": format_ts(r.created_at),
+        "fit_pending": state.jobs.fit_pending(&r.name),
     })
 }
 
@@ -87,7 +88,7 @@ async fn put_stream(
     state.streams.put(&stream, &config).await?;
     let status = state.streams.describe(&stream).await?.ok_or_else(|| ApiError::Internal("stream vanished".into()))?;
     let code = if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((code, Json(status_json(&status))))
+    Ok((code, Json(status_json(&state, &status))))
 }
 
 async fn list_streams(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
@@ -99,7 +100,7 @@ async fn list_streams(State(state): State<AppState>) -> Result<Json<Value>, ApiE
                 state.streams.model(&record.config.model).map(|m| m.version.clone()).unwrap_or_default();
             let judged = record.readings_count as u64;
             let last_ts = record.last_ts;
-            status_json(&StreamStatus { record, model_version, judged, last_ts })
+            status_json(&state, &StreamStatus { record, model_version, judged, last_ts })
         })
         .collect();
     Ok(Json(json!({ "streams": streams })))
@@ -108,7 +109,9 @@ async fn list_streams(State(state): State<AppState>) -> Result<Json<Value>, ApiE
 async fn get_stream(State(state): State<AppState>, Path(stream): Path<String>) -> Result<Json<Value>, ApiError> {
     stream_name(&stream)?;
     let status = state.streams.describe(&stream).await?;
-    status.map(|s| Json(status_json(&s))).ok_or_else(|| ApiError::NotFound(format!("stream {stream} does not exist")))
+    status
+        .map(|s| Json(status_json(&state, &s)))
+        .ok_or_else(|| ApiError::NotFound(format!("stream {stream} does not exist")))
 }
 
 async fn delete_stream(State(state): State<AppState>, Path(stream): Path<String>) -> Result<StatusCode, ApiError> {

@@ -106,6 +106,8 @@ pub(super) struct Actor {
     model: Arc<ModelInfo>,
     state: Snapshot,
     shared: Arc<Shared>,
+    /// Whether this actor already announced the stream for automatic fitting.
+    fit_requested: bool,
 }
 
 impl Actor {
@@ -139,7 +141,7 @@ impl Actor {
             }
             other => Self::rewarm(&record, &model, other, &shared).await?,
         };
-        Ok(Actor { name: record.name.clone(), record, model, state, shared })
+        Ok(Actor { name: record.name.clone(), record, model, state, shared, fit_requested: false })
     }
 
     /// Rebuilds recurrent state and forecast by replaying the stream's recent stored
@@ -222,6 +224,21 @@ impl Actor {
         self.shared.metrics.active_streams.dec();
     }
 
+    /// Announces the stream for a model of its own once it has passed its warm-up, if it
+    /// asked for one and is still scored by a model it did not get that way.
+    fn maybe_request_fit(&mut self) {
+        let config = &self.record.config;
+        let own_model = config.model.starts_with(super::AUTO_MODEL_PREFIX);
+        let enough = config.warmup.max(super::AUTO_FIT_MIN_READINGS);
+        if self.fit_requested || !config.auto_train || own_model || self.state.scorer.readings() < enough {
+            return;
+        }
+        if let Some(tx) = self.shared.auto_fit.lock().expect("auto-fit lock").as_ref() {
+            let _ = tx.send(self.name.clone());
+            self.fit_requested = true;
+        }
+    }
+
     fn status(&self) -> StreamStatus {
         StreamStatus {
             record: self.record.clone(),
@@ -256,6 +273,7 @@ impl Actor {
                 self.record.readings_count += readings.len() as i64;
                 self.record.last_ts = state.last_ts;
                 self.state = state;
+                self.maybe_request_fit();
             }
             _ => debug!("ingest discarded: not committed"),
         }

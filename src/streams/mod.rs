@@ -20,6 +20,13 @@ use crate::scoring::Verdict;
 use crate::storage::{Storage, StorageError, StreamConfig, StreamRecord, Writer};
 use actor::{Actor, Command, Prepared};
 
+/// Models fitted to one stream by automatic training are named this plus the stream's id.
+pub const AUTO_MODEL_PREFIX: &str = "auto-";
+
+/// Fewest readings a stream needs before it is fitted a model of its own (whatever its
+/// warm-up): enough for training and validation windows of the automatic fit.
+pub const AUTO_FIT_MIN_READINGS: u64 = 512;
+
 /// One validated reading: a timestamp (Unix ms) and a value per channel.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reading {
@@ -84,6 +91,9 @@ struct Handle {
 
 /// State shared by the registry and every actor.
 pub(crate) struct Shared {
+    /// Where actors announce streams that reached their warm-up with `auto_train` on;
+    /// `None` when automatic fitting is off.
+    pub(crate) auto_fit: Mutex<Option<mpsc::UnboundedSender<String>>>,
     /// Actors in memory, by stream name.
     actors: Mutex<HashMap<String, Handle>>,
     /// Active model of each name, read once from disk.
@@ -164,6 +174,7 @@ impl Streams {
         defaults: StreamDefaults,
     ) -> Streams {
         let shared = Shared {
+            auto_fit: Mutex::new(None),
             actors: Mutex::new(HashMap::new()),
             models: Mutex::new(HashMap::new()),
             catalog,
@@ -434,6 +445,33 @@ impl Streams {
             self.stop(&name).await;
         }
         Ok(info)
+    }
+
+    /// Receives the names of streams that reached their warm-up with `auto_train` on and
+    /// are still scored by the default model (each announced once per actor start).
+    pub fn auto_fit_requests(&self) -> mpsc::UnboundedReceiver<String> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.shared.auto_fit.lock().expect("auto-fit lock") = Some(tx);
+        rx
+    }
+
+    /// Stops announcing streams for automatic fitting (shutdown).
+    pub fn stop_auto_fit(&self) {
+        self.shared.auto_fit.lock().expect("auto-fit lock").take();
+    }
+
+    /// The name of the model new streams start with.
+    pub fn default_model(&self) -> &str {
+        &self.defaults.model
+    }
+
+    /// Binds a stored stream to `model` (restarting its actor on it).
+    pub async fn bind_model(&self, name: &str, model: &str) -> Result<(), IngestError> {
+        let Some(record) = self.shared.storage.stream(name).await? else {
+            return Err(IngestError::UnknownStream(name.to_string()));
+        };
+        let config = StreamConfig { model: model.to_string(), ..record.config };
+        self.put(name, &config).await.map(|_| ())
     }
 
     /// The model catalog.

@@ -76,6 +76,8 @@ struct Inner {
     live: Mutex<HashMap<i64, Live>>,
     /// Every job's task, so shutdown can wait for them.
     tasks: tokio_util::task::TaskTracker,
+    /// Streams with an automatic fit queued or running.
+    fitting: Mutex<std::collections::HashSet<String>>,
 }
 
 /// The job manager. Cheap to clone.
@@ -103,12 +105,24 @@ impl Jobs {
                 permits: Semaphore::new(concurrency.max(1)),
                 live: Mutex::new(HashMap::new()),
                 tasks: tokio_util::task::TaskTracker::new(),
+                fitting: Mutex::new(std::collections::HashSet::new()),
             }),
         })
     }
 
     /// Queues a job training a new version of `model`; it starts when a slot is free.
     pub async fn submit(&self, model: &str, request: TrainRequest) -> Result<JobRecord, JobError> {
+        Ok(self.submit_watched(model, request).await?.0)
+    }
+
+    /// Like [`Jobs::submit`], with a receiver that gets the new version (or `None`) when the
+    /// job ends.
+    async fn submit_watched(
+        &self,
+        model: &str,
+        request: TrainRequest,
+    ) -> Result<(JobRecord, tokio::sync::oneshot::Receiver<Option<String>>), JobError> {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let params = serde_json::to_string(&request).map_err(|e| StorageError::Corrupt(e.to_string()))?;
         let job = self.inner.streams.storage().insert_job(model, &params, now_ms()).await?;
         let live = Live { cancel: CancelToken::new(), progress: Arc::new(Mutex::new(None)) };
@@ -122,6 +136,7 @@ impl Jobs {
             let last = last.and_then(|p| serde_json::to_string(&p).ok());
             let storage = jobs.inner.streams.storage();
             let finished = Some(now_ms());
+            let version = outcome.as_ref().ok().cloned();
             let result = match outcome {
                 Ok(version) => {
                     info!(job = id, %model, %version, "training job succeeded");
@@ -143,8 +158,67 @@ impl Jobs {
                 warn!(job = id, error = %e, "could not record the job's outcome");
             }
             jobs.inner.live.lock().expect("jobs lock").remove(&id);
+            let _ = done_tx.send(version);
         });
-        Ok(job)
+        Ok((job, done_rx))
+    }
+
+    /// Fits a model of its own to every stream the registry announces (warm-up passed,
+    /// `auto_train` on), at most `concurrency` at once, then binds the stream to it.
+    /// `concurrency` 0 turns automatic fitting off.
+    pub fn start_auto_fit(&self, concurrency: usize, request: TrainRequest) {
+        if concurrency == 0 {
+            return;
+        }
+        let mut requests = self.inner.streams.auto_fit_requests();
+        let jobs = self.clone();
+        let slots = Arc::new(Semaphore::new(concurrency));
+        self.inner.tasks.spawn(async move {
+            while let Some(name) = requests.recv().await {
+                if jobs.inner.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                if !jobs.inner.fitting.lock().expect("fitting lock").insert(name.clone()) {
+                    continue; // already being fitted
+                }
+                let (jobs, slots, request) = (jobs.clone(), slots.clone(), request.clone());
+                jobs.inner.tasks.clone().spawn(async move {
+                    if let Ok(_slot) = slots.acquire().await {
+                        if jobs.inner.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                            jobs.inner.fitting.lock().expect("fitting lock").remove(&name);
+                            return;
+                        }
+                        if let Err(e) = jobs.auto_fit(&name, request).await {
+                            warn!(stream = %name, error = %e, "automatic fit failed");
+                        }
+                    }
+                    jobs.inner.fitting.lock().expect("fitting lock").remove(&name);
+                });
+            }
+        });
+    }
+
+    async fn auto_fit(&self, name: &str, mut request: TrainRequest) -> Result<(), String> {
+        let streams = &self.inner.streams;
+        let record = streams.storage().stream(name).await.map_err(|e| e.to_string())?;
+        let Some(record) = record else { return Ok(()) };
+        let model = format!("{}{}", crate::streams::AUTO_MODEL_PREFIX, record.id);
+        let fitted = streams.catalog().versions(&model).is_ok_and(|v| !v.is_empty());
+        if !fitted {
+            request.streams = vec![name.to_string()];
+            request.activate = true;
+            let (job, done) = self.submit_watched(&model, request).await.map_err(|e| e.to_string())?;
+            info!(stream = %name, job = job.id, %model, "fitting a model of the stream's own");
+            if done.await.ok().flatten().is_none() {
+                return Err(format!("job {} did not produce a model", job.id));
+            }
+        }
+        streams.bind_model(name, &model).await.map_err(|e| e.to_string())
+    }
+
+    /// Whether an automatic fit for `stream` is queued or running.
+    pub fn fit_pending(&self, stream: &str) -> bool {
+        self.inner.fitting.lock().expect("fitting lock").contains(stream)
     }
 
     async fn run(
@@ -263,6 +337,7 @@ impl Jobs {
     pub async fn shutdown(&self) {
         self.inner.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
         self.inner.permits.close();
+        self.inner.streams.stop_auto_fit();
         for live in self.inner.live.lock().expect("jobs lock").values() {
             live.cancel.cancel();
         }

@@ -630,3 +630,41 @@ async fn a_restart_marks_jobs_left_running_as_interrupted() {
     assert!(job["error"].as_str().is_some_and(|e| e.contains("interrupted")), "{job}");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_past_its_warmup_gets_a_model_of_its_own_and_keeps_scoring() {
+    let models = scratch_models();
+    let root = models.path().to_path_buf();
+    let app = spawn_app_with(Backend::Sqlite, None, move |s| {
+        s.models_dir = root;
+        s.auto_train_jobs = 1;
+        s.auto_train_epochs = 30;
+    })
+    .await
+    .expect("sqlite");
+    assert_eq!(app.put("/v1/streams/fit-me", &json!({"warmup": 300})).await.0, 201);
+    assert_eq!(app.put("/v1/streams/keep-default", &json!({"warmup": 300, "auto_train": false})).await.0, 201);
+    let values = seasonal(1000, 31);
+    feed(&app, "fit-me", &values[..600], 0, 100).await;
+    feed(&app, "keep-default", &values[..600], 0, 100).await;
+    let mut stream = Value::Null;
+    for _ in 0..1200 {
+        stream = app.get("/v1/streams/fit-me").await.1;
+        if stream["model"].as_str().is_some_and(|m| m.starts_with("auto-")) && stream["fit_pending"] == false {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(stream["model"].as_str().is_some_and(|m| m.starts_with("auto-")), "{stream}");
+    assert_eq!(stream["model_version"], "1");
+    let (_, other) = app.get("/v1/streams/keep-default").await;
+    assert_eq!(other["model"], "default", "auto_train false keeps the shared model");
+    // Scoring goes on with the stream's own model, without a new warm-up.
+    let mut rest = values[600..].to_vec();
+    rest[50] += 5.0;
+    let flagged = feed(&app, "fit-me", &rest, 600, 100).await;
+    assert!(flagged.contains(&650), "{flagged:?}");
+    let (_, jobs) = app.get("/admin/v1/jobs").await;
+    assert_eq!(jobs["jobs"][0]["status"], "succeeded", "{jobs}");
+    app.stop().await;
+}
