@@ -128,7 +128,7 @@ async fn post_feedback(
     if feedback.note.as_ref().is_some_and(|n| n.chars().count() > 2000) {
         return Err(ApiError::Unprocessable("note may have at most 2000 characters".into()));
     }
-    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000;
+    let now = crate::storage::now_ms();
     let storage = state.streams.storage();
     if !storage.add_feedback(id, &feedback.label, feedback.note.as_deref(), now).await? {
         return Err(ApiError::NotFound(format!("no anomaly {id}")));

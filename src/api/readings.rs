@@ -67,7 +67,7 @@ fn parse_reading(
     let ts = match fields.get("ts") {
         Some(v) => wire::timestamp(v).map_err(at)?,
         // A lone reading may leave the time to the server; in a batch order must be explicit.
-        None if single => time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000,
+        None if single => crate::storage::now_ms(),
         None => return Err(at("\"ts\" is required when a request carries several readings".into())),
     };
     let number = |v: &Value| -> Result<f64, ApiError> {

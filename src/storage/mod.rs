@@ -49,6 +49,11 @@ impl StorageError {
     }
 }
 
+/// The current time in Unix milliseconds, the unit of every stored timestamp.
+pub fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
 /// Which database we talk to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::inference::{InferenceError, InferencePool, ModelCatalog, ModelInfo};
 use crate::metrics::Metrics;
 use crate::scoring::Verdict;
-use crate::storage::{Storage, StorageError, StreamConfig, StreamRecord, Writer};
+use crate::storage::{now_ms, Storage, StorageError, StreamConfig, StreamRecord, Writer};
 use actor::{Actor, Command, Prepared};
 
 /// Models fitted to one stream by automatic training are named this plus the stream's id.
@@ -157,10 +157,6 @@ pub struct StreamLimits {
     pub mailbox: usize,
     pub max_active: usize,
     pub idle_evict: Duration,
-}
-
-fn now_ms() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
 }
 
 impl Streams {

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use crate::model::forecast::{train_forecaster_on_corpus, ForecastData};
 use crate::model::series::Series;
 use crate::model::{Architecture, CancelToken, ModelError, NetworkConfig, TrainConfig};
-use crate::storage::{JobRecord, StorageError};
+use crate::storage::{now_ms, JobRecord, StorageError};
 use crate::streams::Streams;
 
 /// Rows read from the database per query while loading training data.
@@ -84,10 +84,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct Jobs {
     inner: Arc<Inner>,
-}
-
-fn now_ms() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
 }
 
 impl Jobs {
