@@ -17,19 +17,20 @@ use crate::metrics::Metrics;
 use crate::storage::{Storage, Writer};
 use crate::streams::{StreamDefaults, StreamLimits, Streams};
 
-/// A bound, ready-to-serve tsad.
-pub struct Application {
-    listener: TcpListener,
-    router: axum::Router,
-    streams: Streams,
-    jobs: crate::training::Jobs,
+/// The service without HTTP: storage, writer, inference threads, stream registry and
+/// training jobs (with automatic fitting). `tsad serve` puts the API in front of it;
+/// `tsad eval` replays data through it directly.
+pub struct Core {
+    pub streams: Streams,
+    pub jobs: crate::training::Jobs,
+    pub metrics: Metrics,
     writer_task: tokio::task::JoinHandle<()>,
 }
 
-impl Application {
-    /// Connects to the database (applying migrations), checks the default model, starts the
-    /// background parts and binds the listener.
-    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+impl Core {
+    /// Connects to the database (applying migrations), checks the default model and starts
+    /// the background parts.
+    pub async fn start(settings: &Settings) -> anyhow::Result<Core> {
         let metrics = Metrics::new();
         let storage = Storage::connect(&settings.database_url)
             .await
@@ -53,29 +54,48 @@ impl Application {
             },
             StreamDefaults { model: "default".into(), warmup: settings.warmup, sensitivity: settings.sensitivity },
         );
-        if settings.api_keys.is_empty() {
-            warn!(listen = %settings.listen, "no API keys configured: every route is open (loopback only)");
-        }
         let jobs = crate::training::Jobs::start(streams.clone(), settings.training_jobs).await?;
         jobs.start_auto_fit(
             settings.auto_train_jobs,
-            crate::training::TrainRequest {
-                architecture: crate::model::Architecture::Lstm,
-                hidden: 32,
-                layers: 1,
-                window: 64,
-                epochs: settings.auto_train_epochs,
-                learning_rate: 5e-3,
-                streams: Vec::new(),
-                from: None,
-                to: None,
-                activate: true,
-            },
+            crate::training::TrainRequest::auto_fit(settings.auto_train_epochs),
         );
+        Ok(Core { streams, jobs, metrics, writer_task })
+    }
+
+    /// Stops training jobs, drains the streams and flushes the writer.
+    pub async fn shutdown(self) {
+        let Core { streams, jobs, metrics, writer_task } = self;
+        drop(metrics);
+        jobs.shutdown().await;
+        drop(jobs);
+        streams.shutdown().await;
+        // The writer ends once the last handle on it (held through `streams`) is gone and
+        // its queue is empty.
+        drop(streams);
+        if tokio::time::timeout(std::time::Duration::from_secs(30), writer_task).await.is_err() {
+            warn!("storage writer did not finish within 30 s");
+        }
+    }
+}
+
+/// A bound, ready-to-serve tsad.
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    core: Core,
+}
+
+impl Application {
+    /// Starts the [`Core`] and binds the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let core = Core::start(&settings).await?;
+        if settings.api_keys.is_empty() {
+            warn!(listen = %settings.listen, "no API keys configured: every route is open (loopback only)");
+        }
         let state = AppState {
-            streams: streams.clone(),
-            jobs: jobs.clone(),
-            metrics,
+            streams: core.streams.clone(),
+            jobs: core.jobs.clone(),
+            metrics: core.metrics.clone(),
             keys: Arc::new(settings.api_keys.clone()),
             max_body_bytes: settings.max_body_bytes,
             max_readings: settings.max_readings,
@@ -83,7 +103,7 @@ impl Application {
         let router = api::router(state, &settings);
         let listener =
             TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
-        Ok(Application { listener, router, streams, jobs, writer_task })
+        Ok(Application { listener, router, core })
     }
 
     /// The address actually bound (the real port when configured with port 0).
@@ -94,18 +114,10 @@ impl Application {
     /// Serves until `shutdown` completes, then drains and flushes.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         info!(addr = %self.local_addr(), "tsad serving");
-        let Application { listener, router, streams, jobs, writer_task } = self;
+        let Application { listener, router, core } = self;
         axum::serve(listener, router).with_graceful_shutdown(shutdown).await.context("serving HTTP")?;
         info!("shutting down: stopping training jobs, draining streams");
-        jobs.shutdown().await;
-        drop(jobs);
-        streams.shutdown().await;
-        // The writer ends once the last handle on it (held through `streams`) is gone and
-        // its queue is empty.
-        drop(streams);
-        if tokio::time::timeout(std::time::Duration::from_secs(30), writer_task).await.is_err() {
-            warn!("storage writer did not finish within 30 s");
-        }
+        core.shutdown().await;
         info!("shutdown complete");
         Ok(())
     }

@@ -103,6 +103,7 @@ impl ModelCatalog {
             .map_err(|e| InferenceError::Model(name.to_string(), format!("{}: {e}", dir.display())))?;
         let mut versions: Vec<String> = entries
             .filter_map(Result::ok)
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
             .filter(|e| e.path().join("model.json").is_file())
             .filter_map(|e| e.file_name().into_string().ok())
             .collect();
@@ -137,6 +138,18 @@ impl ModelCatalog {
                 .ok_or_else(|| InferenceError::Model(name.to_string(), format!("no versions in {}", dir.display())))?,
         };
         Ok(Arc::new(ModelInfo::load(name, &version, &dir.join(&version))?))
+    }
+
+    /// Writes `<name>/ACTIVE` naming the version active now, if there is none yet, so that
+    /// adding a newer version does not change which one serves. A model with no versions
+    /// yet is left alone.
+    pub fn pin(&self, name: &str) -> Result<(), InferenceError> {
+        let dir = self.root.join(name);
+        if dir.join("ACTIVE").exists() || self.versions(name).map_or(true, |v| v.is_empty()) {
+            return Ok(());
+        }
+        let version = self.active(name)?.version.clone();
+        self.activate(name, &version).map(|_| ())
     }
 
     /// Makes `version` the active version of `name` (written atomically to `<name>/ACTIVE`)

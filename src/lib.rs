@@ -10,6 +10,7 @@ pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod eval;
 pub mod import;
 pub mod inference;
 pub mod metrics;

@@ -2,7 +2,7 @@
 //! several apps in one process do not share counters). Label sets are bounded on purpose:
 //! routes are matched route templates, never raw paths, and no stream name is a label.
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// Every metric the service exports. Cheap to clone (the metrics are shared handles).
@@ -35,6 +35,14 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     /// Requests refused because a queue was full.
     pub overloaded: IntCounter,
+    /// Training jobs by state (refreshed from the database at each scrape).
+    pub jobs: IntGaugeVec,
+    /// Seconds per training epoch, over every job.
+    pub training_epoch: Histogram,
+    /// Models in the registry with a version that serves (refreshed at each scrape).
+    pub models_active: IntGauge,
+    /// Streams with an automatic fit queued or running (refreshed at each scrape).
+    pub auto_fits_pending: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -77,7 +85,22 @@ impl Metrics {
         )
         .expect("static metric");
         registry.register(Box::new(http_duration.clone())).expect("unique");
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("static metric definition");
+            registry.register(Box::new(g.clone())).expect("metric names are unique");
+            g
+        };
+        let jobs = IntGaugeVec::new(Opts::new("jobs", "Training jobs by state"), &["state"]).expect("static metric");
+        registry.register(Box::new(jobs.clone())).expect("unique");
         Metrics {
+            jobs,
+            training_epoch: histogram(
+                "training_epoch_seconds",
+                "Seconds per training epoch",
+                exponential(0.01, 2.0, 16),
+            ),
+            models_active: gauge("models_active", "Models in the registry with a version that serves"),
+            auto_fits_pending: gauge("auto_fits_pending", "Streams with an automatic fit queued or running"),
             readings: counter("readings_total", "Readings accepted and committed"),
             anomalies: counter("anomalous_readings_total", "Readings flagged anomalous"),
             events: counter("anomaly_events_total", "Anomaly events opened"),

@@ -197,6 +197,7 @@ fn job_error(e: JobError) -> ApiError {
     match e {
         JobError::Storage(s) => s.into(),
         JobError::Unknown(id) => ApiError::NotFound(format!("no job {id}")),
+        e @ JobError::Finished(..) => ApiError::Conflict(e.to_string()),
     }
 }
 

@@ -28,6 +28,20 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
     }
 }
 
+/// Gauges that describe stored state are refreshed here, at scrape time, so they are never
+/// stale and cost nothing between scrapes.
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let metrics = &state.metrics;
+    let counts = tokio::time::timeout(Duration::from_secs(1), state.streams.storage().job_counts()).await;
+    if let Ok(Ok(counts)) = counts {
+        for job_state in ["queued", "running", "succeeded", "failed", "cancelled"] {
+            let n = counts.iter().find(|(s, _)| s == job_state).map_or(0, |(_, n)| *n);
+            metrics.jobs.with_label_values(&[job_state]).set(n);
+        }
+    }
+    let catalog = state.streams.catalog();
+    let serving = catalog.names().iter().filter(|name| catalog.versions(name).is_ok_and(|v| !v.is_empty())).count();
+    metrics.models_active.set(serving as i64);
+    metrics.auto_fits_pending.set(state.streams.fits_pending() as i64);
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }

@@ -54,7 +54,7 @@ fn status_json(state: &AppState, s: &StreamStatus) -> Value {
         "anomalies": r.anomalies_count,
         "last_ts": r.last_ts.map(format_ts),
         "created_at": format_ts(r.created_at),
-        "fit_pending": state.jobs.fit_pending(&r.name),
+        "fit_pending": state.streams.fit_pending(&r.name),
     })
 }
 

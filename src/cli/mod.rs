@@ -1,6 +1,8 @@
 //! The `tsad` command line: argument parsing and the subcommands' edges. Errors are
 //! printed as one line; usage and input errors exit with status 2.
+mod admin;
 mod bench;
+mod eval;
 mod serve;
 mod train;
 
@@ -20,6 +22,12 @@ pub struct Cli {
 enum Command {
     /// Measure the inference core or HTTP ingest (prints a table, optionally JSON).
     Bench(bench::BenchArgs),
+    /// Measure detection quality on labelled data (NAB) through the streaming core.
+    Eval(eval::EvalArgs),
+    /// Training jobs of a running server: list, show, cancel, watch.
+    Jobs(admin::JobsArgs),
+    /// Models of a running server: list, activate a version, train a new one.
+    Models(admin::ModelsArgs),
     /// Run the detection service (HTTP API, streams, storage, metrics).
     Serve(crate::config::ServeArgs),
     /// Train a next-step forecaster on one column of a CSV file and save it as a model
@@ -56,6 +64,9 @@ pub fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Some(Command::Bench(args)) => bench::run(args),
+        Some(Command::Eval(args)) => eval::run(args),
+        Some(Command::Jobs(args)) => admin::jobs(args),
+        Some(Command::Models(args)) => admin::models(args),
         Some(Command::Serve(args)) => serve::run(args),
         Some(Command::Train(args)) => train::run(args),
     };

@@ -510,6 +510,12 @@ impl Storage {
         Ok(())
     }
 
+    /// How many jobs are in each state.
+    pub async fn job_counts(&self) -> Result<Vec<(String, i64)>, StorageError> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok((r.try_get("status")?, r.try_get("n")?))).collect()
+    }
+
     /// Marks jobs left queued or running by a previous process as failed ("interrupted").
     pub async fn fail_interrupted_jobs(&self, now_ms: i64) -> Result<u64, StorageError> {
         let done = sqlx::query(

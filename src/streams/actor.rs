@@ -234,7 +234,10 @@ impl Actor {
             return;
         }
         if let Some(tx) = self.shared.auto_fit.lock().expect("auto-fit lock").as_ref() {
-            let _ = tx.send(self.name.clone());
+            // Announced once however often the actor restarts while a fit is pending.
+            if self.shared.fitting.lock().expect("fitting lock").insert(self.name.clone()) {
+                let _ = tx.send(self.name.clone());
+            }
             self.fit_requested = true;
         }
     }

@@ -94,6 +94,10 @@ pub(crate) struct Shared {
     /// Where actors announce streams that reached their warm-up with `auto_train` on;
     /// `None` when automatic fitting is off.
     pub(crate) auto_fit: Mutex<Option<mpsc::UnboundedSender<String>>>,
+    /// Streams announced for automatic fitting whose fit has not ended yet. Entered by the
+    /// actor when it announces (so there is no moment a fit is due but not visible), left
+    /// by the fitter.
+    pub(crate) fitting: Mutex<std::collections::HashSet<String>>,
     /// Actors in memory, by stream name.
     actors: Mutex<HashMap<String, Handle>>,
     /// Active model of each name, read once from disk.
@@ -171,6 +175,7 @@ impl Streams {
     ) -> Streams {
         let shared = Shared {
             auto_fit: Mutex::new(None),
+            fitting: Mutex::new(std::collections::HashSet::new()),
             actors: Mutex::new(HashMap::new()),
             models: Mutex::new(HashMap::new()),
             catalog,
@@ -190,6 +195,10 @@ impl Streams {
 
     pub fn storage(&self) -> &Storage {
         &self.shared.storage
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
     }
 
     /// The configuration a stream gets when its first reading creates it.
@@ -449,6 +458,21 @@ impl Streams {
         let (tx, rx) = mpsc::unbounded_channel();
         *self.shared.auto_fit.lock().expect("auto-fit lock") = Some(tx);
         rx
+    }
+
+    /// Whether an automatic fit of `name` is due, queued or running.
+    pub fn fit_pending(&self, name: &str) -> bool {
+        self.shared.fitting.lock().expect("fitting lock").contains(name)
+    }
+
+    /// How many automatic fits are due, queued or running.
+    pub fn fits_pending(&self) -> usize {
+        self.shared.fitting.lock().expect("fitting lock").len()
+    }
+
+    /// Records that the automatic fit of `name` has ended (whatever its outcome).
+    pub(crate) fn fit_ended(&self, name: &str) {
+        self.shared.fitting.lock().expect("fitting lock").remove(name);
     }
 
     /// Stops announcing streams for automatic fitting (shutdown).

@@ -41,6 +41,24 @@ pub struct TrainRequest {
     pub activate: bool,
 }
 
+impl TrainRequest {
+    /// What an automatic fit of one stream trains (the stream is filled in per fit).
+    pub fn auto_fit(epochs: usize) -> TrainRequest {
+        TrainRequest {
+            architecture: Architecture::Lstm,
+            hidden: 32,
+            layers: 1,
+            window: 64,
+            epochs,
+            learning_rate: 5e-3,
+            streams: Vec::new(),
+            from: None,
+            to: None,
+            activate: true,
+        }
+    }
+}
+
 /// Live progress of a running job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
@@ -61,6 +79,8 @@ pub enum JobError {
     Storage(#[from] StorageError),
     #[error("job {0} does not exist")]
     Unknown(i64),
+    #[error("job {0} has already {1}")]
+    Finished(i64, String),
 }
 
 struct Live {
@@ -76,8 +96,6 @@ struct Inner {
     live: Mutex<HashMap<i64, Live>>,
     /// Every job's task, so shutdown can wait for them.
     tasks: tokio_util::task::TaskTracker,
-    /// Streams with an automatic fit queued or running.
-    fitting: Mutex<std::collections::HashSet<String>>,
 }
 
 /// The job manager. Cheap to clone.
@@ -101,7 +119,6 @@ impl Jobs {
                 permits: Semaphore::new(concurrency.max(1)),
                 live: Mutex::new(HashMap::new()),
                 tasks: tokio_util::task::TaskTracker::new(),
-                fitting: Mutex::new(std::collections::HashSet::new()),
             }),
         })
     }
@@ -174,21 +191,18 @@ impl Jobs {
                 if jobs.inner.stopping.load(std::sync::atomic::Ordering::Relaxed) {
                     break;
                 }
-                if !jobs.inner.fitting.lock().expect("fitting lock").insert(name.clone()) {
-                    continue; // already being fitted
-                }
                 let (jobs, slots, request) = (jobs.clone(), slots.clone(), request.clone());
                 jobs.inner.tasks.clone().spawn(async move {
                     if let Ok(_slot) = slots.acquire().await {
                         if jobs.inner.stopping.load(std::sync::atomic::Ordering::Relaxed) {
-                            jobs.inner.fitting.lock().expect("fitting lock").remove(&name);
+                            jobs.inner.streams.fit_ended(&name);
                             return;
                         }
                         if let Err(e) = jobs.auto_fit(&name, request).await {
                             warn!(stream = %name, error = %e, "automatic fit failed");
                         }
                     }
-                    jobs.inner.fitting.lock().expect("fitting lock").remove(&name);
+                    jobs.inner.streams.fit_ended(&name);
                 });
             }
         });
@@ -210,11 +224,6 @@ impl Jobs {
             }
         }
         streams.bind_model(name, &model).await.map_err(|e| e.to_string())
-    }
-
-    /// Whether an automatic fit for `stream` is queued or running.
-    pub fn fit_pending(&self, stream: &str) -> bool {
-        self.inner.fitting.lock().expect("fitting lock").contains(stream)
     }
 
     async fn run(
@@ -246,12 +255,20 @@ impl Jobs {
             .max()
             .map_or(1, |v| v + 1)
             .to_string();
+        // A version trained without `activate` must not become active by being the newest:
+        // pin the version serving now before the new one appears.
+        if !request.activate {
+            catalog.pin(model).map_err(|e| ModelError::Data(e.to_string()))?;
+        }
         let out = catalog.root().join(model).join(&version);
+        let epoch_seconds = self.inner.streams.metrics().training_epoch.clone();
+        let staging = out.with_file_name(format!(".{version}.partial"));
         let command =
             format!("POST /admin/v1/models/{model}/train {}", serde_json::to_string(&request).unwrap_or_default());
         let source = format!("streams {:?} ({} series, {rows} rows)", request.streams, corpus.len());
         let trained = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
+            let mut epoch_started = Instant::now();
             let config = NetworkConfig::forecaster(request.architecture, request.hidden, request.layers);
             let data = ForecastData::new(request.window);
             let train =
@@ -266,6 +283,8 @@ impl Jobs {
                 &command,
                 &cancel,
                 |p| {
+                    epoch_seconds.observe(epoch_started.elapsed().as_secs_f64());
+                    epoch_started = Instant::now();
                     let elapsed = started.elapsed().as_secs_f64();
                     let eta = elapsed / p.epoch as f64 * (p.epochs - p.epoch) as f64;
                     *progress.lock().expect("progress lock") = Some(Progress {
@@ -279,7 +298,17 @@ impl Jobs {
                     });
                 },
             )?;
-            trained.network.save(&out, &trained.card)?;
+            // Written beside the registry and renamed into place, so a failed write (disk
+            // full, unwritable folder) never leaves a half version behind.
+            let _ = std::fs::remove_dir_all(&staging);
+            let saved = trained.network.save(&staging, &trained.card).and_then(|()| {
+                std::fs::rename(&staging, &out)
+                    .map_err(|e| ModelError::Data(format!("cannot move the new version to {}: {e}", out.display())))
+            });
+            if saved.is_err() {
+                let _ = std::fs::remove_dir_all(&staging);
+            }
+            saved?;
             Ok::<_, ModelError>(())
         })
         .await
@@ -297,15 +326,20 @@ impl Jobs {
         let storage = self.inner.streams.storage();
         let mut corpus = Vec::new();
         for (id, _) in storage.stream_names_matching(&request.streams).await? {
-            let mut channels: Vec<Vec<f64>> = Vec::new();
+            // The newest MAX_ROWS_PER_STREAM readings, kept in a ring while paging so a long
+            // series never sits in memory whole.
+            let mut channels: Vec<std::collections::VecDeque<f64>> = Vec::new();
             let mut after = None;
             loop {
                 let page = storage.readings(id, request.from, request.to, after, PAGE).await?;
                 for r in &page {
                     let values = r.channels.as_ref().map_or_else(|| vec![r.value], |c| c.values.clone());
-                    channels.resize_with(values.len(), Vec::new);
+                    channels.resize_with(values.len(), std::collections::VecDeque::new);
                     for (c, v) in values.into_iter().enumerate() {
-                        channels[c].push(v);
+                        if channels[c].len() == MAX_ROWS_PER_STREAM {
+                            channels[c].pop_front();
+                        }
+                        channels[c].push_back(v);
                     }
                 }
                 after = page.last().map(|r| r.ts);
@@ -313,11 +347,8 @@ impl Jobs {
                     break;
                 }
             }
-            for mut values in channels {
-                if values.len() > MAX_ROWS_PER_STREAM {
-                    values.drain(..values.len() - MAX_ROWS_PER_STREAM);
-                }
-                corpus.push(Series::univariate(values));
+            for values in channels {
+                corpus.push(Series::univariate(values.into()));
             }
         }
         Ok(corpus)
@@ -345,6 +376,9 @@ impl Jobs {
     pub async fn cancel(&self, id: i64) -> Result<JobRecord, JobError> {
         let storage = self.inner.streams.storage();
         let job = storage.job(id).await?.ok_or(JobError::Unknown(id))?;
+        if !matches!(job.status.as_str(), "queued" | "running") {
+            return Err(JobError::Finished(id, job.status));
+        }
         if let Some(live) = self.inner.live.lock().expect("jobs lock").get(&id) {
             live.cancel.cancel();
         }

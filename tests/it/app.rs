@@ -163,10 +163,15 @@ pub async fn spawn_app_with(
 
 /// Restarts a stopped app's database with a new service.
 pub async fn restart(app: TestApp) -> TestApp {
+    restart_with(app, |_| {}).await
+}
+
+/// Like [`restart`], with `tweak` applied to the new service's settings.
+pub async fn restart_with(app: TestApp, tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let url = app.database_url.clone();
     let keys = app.keys.clone();
     let dir = app.stop().await;
-    let mut app = TestApp::start(&url, keys.as_deref()).await;
+    let mut app = TestApp::start_with(&url, keys.as_deref(), tweak).await;
     app._dir = dir;
     app
 }

@@ -128,3 +128,64 @@ fn serve_refuses_bad_configuration_with_one_line_and_exit_2() {
         assert!(stderr.contains(needle), "{args:?} should mention {needle}: {stderr}");
     }
 }
+
+/// A NAB-layout corpus of two small files (one labelled window with a spike in one of them).
+fn tiny_nab(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let data = dir.join("data");
+    let mut windows = serde_json::Map::new();
+    for (category, file, spike) in [("synthetic", "calm.csv", None), ("synthetic", "spiky.csv", Some(900))] {
+        std::fs::create_dir_all(data.join(category)).expect("mkdir");
+        let values = noisy_sine(1200, 7);
+        let start = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).expect("date").and_hms_opt(0, 0, 0).expect("time");
+        let stamp = |i: usize| (start + chrono::Duration::minutes(5 * i as i64)).format("%Y-%m-%d %H:%M:%S");
+        let mut text = String::from("timestamp,value\n");
+        for (i, v) in values.iter().enumerate() {
+            let v = if Some(i) == spike { v + 8.0 } else { *v };
+            text.push_str(&format!("{},{v}\n", stamp(i)));
+        }
+        std::fs::write(data.join(category).join(file), text).expect("write csv");
+        let labelled: Vec<serde_json::Value> = spike
+            .map(|i| vec![serde_json::json!([stamp(i - 20).to_string(), stamp(i + 20).to_string()])])
+            .unwrap_or_default();
+        windows.insert(format!("{category}/{file}"), serde_json::Value::Array(labelled));
+    }
+    let labels = dir.join("windows.json");
+    std::fs::write(&labels, serde_json::Value::Object(windows).to_string()).expect("write labels");
+    (data, labels)
+}
+
+#[test]
+fn eval_nab_replays_every_row_writes_nab_results_and_scores_both_detectors() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (data, labels) = tiny_nab(dir.path());
+    let out = dir.path().join("out");
+    let args = ["eval", "nab", "--data", data.to_str().expect("utf-8"), "--labels", labels.to_str().expect("utf-8")];
+    let run = tsad(&[&args[..], &["--out", out.to_str().expect("utf-8"), "--fit-jobs", "1"]].concat());
+    let (stdout, stderr) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+    assert!(run.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("tsad") && stdout.contains("windowedGaussian") && stdout.contains("standard"), "{stdout}");
+    for detector in ["tsad", "windowedGaussian"] {
+        let csv = std::fs::read_to_string(out.join(detector).join("synthetic").join(format!("{detector}_spiky.csv")))
+            .expect("results written");
+        let rows: Vec<&str> = csv.lines().skip(1).collect();
+        assert_eq!(rows.len(), 1200, "one row per input row");
+        assert_eq!(csv.lines().next(), Some("timestamp,value,anomaly_score,label"));
+        let scores: Vec<f64> =
+            rows.iter().map(|r| r.split(',').nth(2).expect("score").parse().expect("number")).collect();
+        assert!(scores.iter().all(|s| (0.0..=1.0).contains(s)), "scores in [0, 1]");
+        assert_eq!(rows.iter().filter(|r| r.ends_with(",1")).count(), 41, "the labelled window");
+        if detector == "tsad" {
+            // The spike stands out of everything after the probationary period.
+            let best = scores[180..].iter().cloned().fold(0.0, f64::max);
+            assert_eq!(scores[900], best, "{}", scores[900]);
+        }
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("scores.json")).expect("scores.json")).expect("json");
+    assert_eq!(report["rows"], 2400);
+    assert_eq!(report["detectors"]["tsad"].as_array().map(Vec::len), Some(3), "{report}");
+    assert!(report["models"]["synthetic/spiky.csv"].as_str().is_some_and(|m| m.starts_with("auto-")), "{report}");
+    // Bad input: a missing folder is a usage error.
+    let missing = tsad(&["eval", "nab", "--data", "/nonexistent", "--labels", "/nonexistent", "--out", "/tmp/x"]);
+    assert_eq!(missing.status.code(), Some(2));
+}

@@ -3,7 +3,7 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use serde_json::{json, Value};
 
-use crate::app::{restart, spawn_app, spawn_app_with, spawn_app_with_keys, Backend, TestApp};
+use crate::app::{restart, restart_with, spawn_app, spawn_app_with, spawn_app_with_keys, Backend, TestApp};
 
 /// A noisy seasonal sensor: level 10, amplitude 3, period 60 readings, noise σ = 0.3.
 fn seasonal(len: usize, seed: u64) -> Vec<f64> {
@@ -537,10 +537,29 @@ async fn finished_job(app: &TestApp, id: i64) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn training_jobs_train_register_and_activate_a_model_from_stored_streams() {
+async fn training_jobs_on_sqlite() {
+    training_jobs_train_register_activate_and_roll_back(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_jobs_on_postgres() {
+    training_jobs_train_register_activate_and_roll_back(Backend::Postgres).await;
+}
+
+/// Runs the `tsad` binary against `app`; returns (exit code, stdout, stderr).
+async fn tsad_cli(app: &TestApp, args: &[&str]) -> (i32, String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tsad"));
+    command.args(args).arg("--server").arg(app.url("")).env_remove("TSAD_API_KEY");
+    let out = tokio::task::spawn_blocking(move || command.output()).await.expect("joined").expect("tsad runs");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+async fn training_jobs_train_register_activate_and_roll_back(backend: Backend) {
     let models = scratch_models();
     let root = models.path().to_path_buf();
-    let app = spawn_app_with(Backend::Sqlite, None, move |s| s.models_dir = root).await.expect("sqlite");
+    let again = root.clone();
+    let Some(app) = spawn_app_with(backend, None, move |s| s.models_dir = root).await else { return };
     for (name, seed) in [("plant-a", 21), ("plant-b", 22), ("other", 23)] {
         feed(&app, name, &seasonal(1200, seed), 0, 400).await;
     }
@@ -564,14 +583,48 @@ async fn training_jobs_train_register_and_activate_a_model_from_stored_streams()
     let (_, stream) = app.get("/v1/streams/plant-c").await;
     assert_eq!((stream["model"].as_str(), stream["model_version"].as_str()), (Some("plant"), Some("1")));
 
-    // Cancel a long job.
-    let long = json!({"hidden": 32, "window": 32, "epochs": 5000, "streams": ["*"]});
-    let (_, job) = app.post("/admin/v1/models/long/train", &long).await;
-    let id = job["id"].as_i64().expect("id");
-    let (status, _) = app.delete(&format!("/admin/v1/jobs/{id}")).await;
-    assert_eq!(status, 200);
-    let job = finished_job(&app, id).await;
-    assert_eq!(job["status"], "cancelled", "{job}");
+    let before = feed(&app, "plant-c", &seasonal(20, 25), 300, 20).await;
+    assert!(before.is_empty());
+
+    // A second version trained without `activate` does not serve, even after a restart
+    // (the serving version is pinned before the new one appears) ...
+    let quiet = json!({"architecture": "lstm", "hidden": 8, "window": 16, "epochs": 1, "streams": ["plant-*"]});
+    let (_, job) = app.post("/admin/v1/models/plant/train", &quiet).await;
+    let job = finished_job(&app, job["id"].as_i64().expect("id")).await;
+    assert_eq!((job["status"].as_str(), job["version"].as_str()), (Some("succeeded"), Some("2")), "{job}");
+    let app = restart_with(app, move |s| s.models_dir = again).await;
+    let (_, stream) = app.get("/v1/streams/plant-c").await;
+    assert_eq!(stream["model_version"], "1", "{stream}");
+    // ... until it is activated (hot swap), and activating version 1 again is the rollback.
+    let (status, plant) = app.post("/admin/v1/models/plant/versions/2/activate", &json!({})).await;
+    assert_eq!((status, plant["active_version"].as_str()), (200, Some("2")), "{plant}");
+    let (_, stream) = app.get("/v1/streams/plant-c").await;
+    assert_eq!((stream["model_version"].as_str(), stream["readings"].as_i64()), (Some("2"), Some(320)), "{stream}");
+    feed(&app, "plant-c", &seasonal(20, 26), 320, 20).await;
+    let (code, out, err) = tsad_cli(&app, &["models", "activate", "plant", "1"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.lines().any(|l| l.starts_with("plant") && l.contains(" 1 ") && l.contains('*')), "{out}");
+    let (_, stream) = app.get("/v1/streams/plant-c").await;
+    assert_eq!((stream["model_version"].as_str(), stream["readings"].as_i64()), (Some("1"), Some(340)), "{stream}");
+    let (code, out, _) = tsad_cli(&app, &["models"]).await;
+    assert_eq!((code, out.lines().filter(|l| l.starts_with("plant")).count()), (0, 2), "{out}");
+
+    // Cancel a running job and one queued behind it (one job runs at a time); cancelling
+    // again is a conflict.
+    let long = json!({"hidden": 64, "window": 64, "epochs": 5000, "streams": ["*"]});
+    let (_, running) = app.post("/admin/v1/models/long/train", &long).await;
+    let (_, queued) = app.post("/admin/v1/models/long/train", &long).await;
+    let (running, queued) = (running["id"].as_i64().expect("id"), queued["id"].as_i64().expect("id"));
+    assert_eq!(app.delete(&format!("/admin/v1/jobs/{running}")).await.0, 200);
+    let (code, out, err) = tsad_cli(&app, &["jobs", "cancel", &queued.to_string()]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    for id in [running, queued] {
+        let job = finished_job(&app, id).await;
+        assert_eq!(job["status"], "cancelled", "{job}");
+    }
+    let (status, problem) = app.delete(&format!("/admin/v1/jobs/{queued}")).await;
+    assert_eq!(status, 409, "{problem}");
+    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("cancelled")), "{problem}");
 
     // A job with no matching data fails with its reason.
     let (_, job) = app.post("/admin/v1/models/empty/train", &json!({"streams": ["nothing-*"], "epochs": 1})).await;
@@ -580,7 +633,20 @@ async fn training_jobs_train_register_and_activate_a_model_from_stored_streams()
     assert!(job["error"].as_str().is_some_and(|e| e.contains("no stored readings")), "{job}");
 
     let (_, jobs) = app.get("/admin/v1/jobs").await;
-    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(3));
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(5));
+    let (code, out, _) = tsad_cli(&app, &["jobs"]).await;
+    assert_eq!((code, out.lines().count()), (0, 6), "{out}");
+    assert!(out.contains("cancelled") && out.contains("failed") && out.contains("succeeded"), "{out}");
+    let (code, _, err) = tsad_cli(&app, &["jobs", "show", "999"]).await;
+    assert!(code == 1 && err.contains("404"), "{code} {err}");
+    let metrics = app.client.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    for line in
+        ["tsad_jobs{state=\"succeeded\"} 2", "tsad_jobs{state=\"cancelled\"} 2", "tsad_jobs{state=\"failed\"} 1"]
+    {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+    assert!(metrics.contains("tsad_training_epoch_seconds_count"), "{metrics}");
+    assert!(metrics.contains("tsad_models_active 2"), "default and plant serve: {metrics}");
     assert_eq!(app.get("/admin/v1/jobs/999").await.0, 404);
     assert_eq!(app.delete("/admin/v1/jobs/999").await.0, 404);
 
@@ -603,7 +669,28 @@ async fn training_jobs_train_register_and_activate_a_model_from_stored_streams()
         assert!(problem["detail"].as_str().is_some_and(|d| d.contains(needle)), "{body}: {problem}");
     }
     let (_, jobs) = app.get("/admin/v1/jobs").await;
-    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(3), "nothing queued by bad requests");
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(5), "nothing queued by bad requests");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_cannot_write_its_model_fails_and_the_active_model_stays() {
+    let models = scratch_models();
+    // A file where the model's folder must go: the version cannot be written.
+    std::fs::write(models.path().join("blocked"), "not a folder").expect("write");
+    let root = models.path().to_path_buf();
+    let app = spawn_app_with(Backend::Sqlite, None, move |s| s.models_dir = root).await.expect("sqlite");
+    feed(&app, "s", &seasonal(400, 41), 0, 200).await;
+    let request = json!({"hidden": 4, "window": 8, "epochs": 1, "streams": ["s"], "activate": true});
+    let (_, job) = app.post("/admin/v1/models/blocked/train", &request).await;
+    let job = finished_job(&app, job["id"].as_i64().expect("id")).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(job["error"].as_str().is_some_and(|e| e.contains("blocked")), "{job}");
+    let (_, stream) = app.get("/v1/streams/s").await;
+    assert_eq!((stream["model"].as_str(), stream["model_version"].as_str()), (Some("default"), Some("1")));
+    feed(&app, "s", &seasonal(100, 42), 400, 100).await; // still scored and stored
+    let leftovers: Vec<_> = std::fs::read_dir(models.path()).expect("read").filter_map(Result::ok).collect();
+    assert_eq!(leftovers.len(), 2, "nothing half-written: {leftovers:?}");
     app.stop().await;
 }
 
@@ -632,7 +719,7 @@ async fn a_restart_marks_jobs_left_running_as_interrupted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_past_its_warmup_gets_a_model_of_its_own_and_keeps_scoring() {
+async fn a_stream_past_its_warmup_gets_a_model_of_its_own_while_every_reading_is_scored_once() {
     let models = scratch_models();
     let root = models.path().to_path_buf();
     let app = spawn_app_with(Backend::Sqlite, None, move |s| {
@@ -644,26 +731,60 @@ async fn a_stream_past_its_warmup_gets_a_model_of_its_own_and_keeps_scoring() {
     .expect("sqlite");
     assert_eq!(app.put("/v1/streams/fit-me", &json!({"warmup": 300})).await.0, 201);
     assert_eq!(app.put("/v1/streams/keep-default", &json!({"warmup": 300, "auto_train": false})).await.0, 201);
-    let values = seasonal(1000, 31);
-    feed(&app, "fit-me", &values[..600], 0, 100).await;
+    let values = seasonal(20_000, 31);
     feed(&app, "keep-default", &values[..600], 0, 100).await;
-    let mut stream = Value::Null;
-    for _ in 0..1200 {
-        stream = app.get("/v1/streams/fit-me").await.1;
+    // Ingest never pauses: 20 readings a request, each answered with one verdict per
+    // reading, while the fit runs and the stream is swapped to its new model.
+    let mut fed = 0;
+    let mut versions = Vec::new();
+    let mut swapped_at = None;
+    while fed < values.len() {
+        let part = &values[fed..fed + 20];
+        let path = "/v1/streams/fit-me/readings?verdicts=all";
+        let (status, reply) = app.post(path, &body(part, fed)).await;
+        assert_eq!(status, 200, "{reply}");
+        let verdicts = reply["verdicts"].as_array().expect("verdicts");
+        assert_eq!(verdicts.len(), 20, "one verdict per reading: {reply}");
+        for (i, v) in verdicts.iter().enumerate() {
+            assert_eq!(v["ts"].as_str(), Some(tsad::api::wire::format_ts(ts(fed + i)).as_str()), "{reply}");
+        }
+        fed += 20;
+        let (_, stream) = app.get("/v1/streams/fit-me").await;
+        versions.push(stream["model"].as_str().unwrap_or("").to_string());
         if stream["model"].as_str().is_some_and(|m| m.starts_with("auto-")) && stream["fit_pending"] == false {
+            swapped_at = Some(fed);
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert!(stream["model"].as_str().is_some_and(|m| m.starts_with("auto-")), "{stream}");
-    assert_eq!(stream["model_version"], "1");
+    let swapped_at = swapped_at.expect("the fit finished while ingest ran");
+    assert!(versions.iter().filter(|m| *m == "default").count() > 15, "fitting took some requests: {versions:?}");
+    let (_, stream) = app.get("/v1/streams/fit-me").await;
+    assert_eq!((stream["model_version"].as_str(), stream["readings"].as_i64()), (Some("1"), Some(swapped_at as i64)));
     let (_, other) = app.get("/v1/streams/keep-default").await;
     assert_eq!(other["model"], "default", "auto_train false keeps the shared model");
+    // Every stored reading once, in order, each with its score.
+    let mut stored = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let query = cursor.as_ref().map_or(String::new(), |c| format!("&cursor={c}"));
+        let (status, page) = app.get(&format!("/v1/streams/fit-me/readings?limit=1000{query}")).await;
+        assert_eq!(status, 200, "{page}");
+        for r in page["readings"].as_array().expect("readings") {
+            assert!(r["score"].as_f64().is_some_and(|s| (0.0..=1.0).contains(&s)), "{r}");
+            stored.push(r["ts"].as_str().expect("ts").to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..swapped_at).map(|i| tsad::api::wire::format_ts(ts(i))).collect();
+    assert_eq!(stored, expected);
     // Scoring goes on with the stream's own model, without a new warm-up.
-    let mut rest = values[600..].to_vec();
+    let mut rest = values[swapped_at..swapped_at + 200].to_vec();
     rest[50] += 5.0;
-    let flagged = feed(&app, "fit-me", &rest, 600, 100).await;
-    assert!(flagged.contains(&650), "{flagged:?}");
+    let flagged = feed(&app, "fit-me", &rest, swapped_at, 100).await;
+    assert!(flagged.contains(&(swapped_at + 50)), "{flagged:?}");
     let (_, jobs) = app.get("/admin/v1/jobs").await;
     assert_eq!(jobs["jobs"][0]["status"], "succeeded", "{jobs}");
     app.stop().await;
