@@ -11,7 +11,7 @@ const SERIES_LIMIT: f64 = 2.0;
 /// Terms of the continued fraction: at x = 2, 60 terms converge to below 1e-15.
 const FRACTION_TERMS: u32 = 60;
 /// Upper-tail probabilities are mapped to scores on this many decades: p = 1e-10 scores 1.
-const SCORE_DECADES: f64 = 10.0;
+pub(super) const SCORE_DECADES: f64 = 10.0;
 
 /// The complementary error function `erfc(x) = 1 − erf(x)`, relative error below 1e-13 on
 /// the whole real line (0 where it underflows, beyond x ≈ 27); NaN for NaN.

