@@ -39,8 +39,13 @@ impl Core {
         let default = catalog.active("default").context("loading the default model")?;
         info!(model = "default", version = %default.version, dir = %default.dir.display(), "default model");
         let (writer, writer_task) = Writer::spawn(storage.clone(), settings.writer_queue, metrics.clone());
-        let inference =
-            InferencePool::start(settings.inference_threads, settings.max_batch, settings.batch_wait, metrics.clone());
+        let inference = InferencePool::start(
+            settings.inference_threads,
+            settings.max_batch,
+            settings.batch_wait,
+            settings.inference_device,
+            metrics.clone(),
+        );
         let streams = Streams::new(
             storage,
             writer,

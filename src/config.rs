@@ -64,6 +64,9 @@ pub struct ServeArgs {
     /// Inference threads, each owning a copy of the weights [default: CPU cores].
     #[arg(long, env = "TSAD_INFERENCE_THREADS", value_name = "N")]
     pub inference_threads: Option<usize>,
+    /// Where inference runs: auto (CUDA when libtorch sees a GPU), cpu or cuda [default: auto].
+    #[arg(long, env = "TSAD_INFERENCE_DEVICE", value_name = "DEVICE")]
+    pub inference_device: Option<String>,
     /// Most sequences stepped in one batched libtorch call [default: 1024].
     #[arg(long, env = "TSAD_MAX_BATCH", value_name = "N")]
     pub max_batch: Option<usize>,
@@ -118,6 +121,7 @@ struct FileSettings {
     models_dir: Option<PathBuf>,
     api_keys: Option<String>,
     inference_threads: Option<usize>,
+    inference_device: Option<String>,
     max_batch: Option<usize>,
     batch_wait_us: Option<u64>,
     max_body_bytes: Option<usize>,
@@ -142,6 +146,7 @@ pub struct Settings {
     pub models_dir: PathBuf,
     pub api_keys: Vec<ApiKey>,
     pub inference_threads: usize,
+    pub inference_device: tch::Device,
     pub max_batch: usize,
     pub batch_wait: Duration,
     pub max_body_bytes: usize,
@@ -235,6 +240,13 @@ impl ServeArgs {
         let api_keys = parse_api_keys(&pick!(api_keys, String::new()))?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let inference_threads = pick!(inference_threads, cores);
+        let inference_device = match pick!(inference_device, "auto".to_string()).as_str() {
+            "auto" => crate::model::default_device(),
+            "cpu" => tch::Device::Cpu,
+            "cuda" if tch::Cuda::is_available() => tch::Device::Cuda(0),
+            "cuda" => return Err(bad("inference_device is cuda but libtorch sees no CUDA device")),
+            other => return Err(bad(format!("inference_device must be auto, cpu or cuda, not {other:?}"))),
+        };
         let max_batch = pick!(max_batch, 1024);
         let batch_wait_us = pick!(batch_wait_us, 0);
         let max_body_bytes = pick!(max_body_bytes, 8 << 20);
@@ -293,6 +305,7 @@ impl ServeArgs {
             models_dir,
             api_keys,
             inference_threads,
+            inference_device,
             max_batch,
             batch_wait: Duration::from_micros(batch_wait_us),
             max_body_bytes,

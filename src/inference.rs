@@ -202,17 +202,23 @@ impl std::fmt::Debug for InferencePool {
 
 impl InferencePool {
     /// Starts `threads` inference threads. They stop when every handle is dropped.
-    pub fn start(threads: usize, max_batch: usize, batch_wait: Duration, metrics: Metrics) -> InferencePool {
+    pub fn start(
+        threads: usize,
+        max_batch: usize,
+        batch_wait: Duration,
+        device: Device,
+        metrics: Metrics,
+    ) -> InferencePool {
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
         for i in 0..threads {
             let rx = rx.clone();
             let metrics = metrics.clone();
             std::thread::Builder::new()
                 .name(format!("tsad-inference-{i}"))
-                .spawn(move || worker(rx, max_batch, batch_wait, metrics))
+                .spawn(move || worker(rx, max_batch, batch_wait, device, metrics))
                 .expect("the OS can start an inference thread");
         }
-        info!(threads, max_batch, "inference threads started");
+        info!(threads, max_batch, ?device, "inference threads started");
         InferencePool { tx }
     }
 
@@ -239,7 +245,7 @@ impl InferencePool {
 
 type ModelKey = (String, String);
 
-fn worker(rx: Receiver<InferenceRequest>, max_batch: usize, batch_wait: Duration, metrics: Metrics) {
+fn worker(rx: Receiver<InferenceRequest>, max_batch: usize, batch_wait: Duration, device: Device, metrics: Metrics) {
     // Parallelism comes from many threads each running small batches; libtorch's own
     // intra-op threads would only fight them.
     tch::set_num_threads(1);
@@ -271,7 +277,8 @@ fn worker(rx: Receiver<InferenceRequest>, max_batch: usize, batch_wait: Duration
         for (key, batch) in steps_by_model {
             let started = Instant::now();
             let total: usize = batch.iter().map(|r| r.rows).sum();
-            let result = network_for(&mut networks, &batch[0].model).and_then(|net| step_batch(net, &batch, total));
+            let result = network_for(&mut networks, &batch[0].model, device)
+                .and_then(|net| step_batch(net, &batch, total, device));
             metrics.inference_latency.observe(started.elapsed().as_secs_f64());
             metrics.inference_batch.observe(total as f64);
             match result {
@@ -290,7 +297,8 @@ fn worker(rx: Receiver<InferenceRequest>, max_batch: usize, batch_wait: Duration
         }
         for request in sequences {
             let started = Instant::now();
-            let result = network_for(&mut networks, &request.model).and_then(|net| run_sequence(net, &request));
+            let result =
+                network_for(&mut networks, &request.model, device).and_then(|net| run_sequence(net, &request, device));
             metrics.inference_latency.observe(started.elapsed().as_secs_f64());
             metrics.inference_batch.observe(request.rows as f64);
             let _ = request.reply.send(result);
@@ -301,10 +309,11 @@ fn worker(rx: Receiver<InferenceRequest>, max_batch: usize, batch_wait: Duration
 fn network_for<'a>(
     networks: &'a mut HashMap<ModelKey, Network>,
     model: &ModelInfo,
+    device: Device,
 ) -> Result<&'a Network, InferenceError> {
     let key = (model.name.clone(), model.version.clone());
     if !networks.contains_key(&key) {
-        let (network, _) = Network::load(&model.dir, Device::Cpu)
+        let (network, _) = Network::load(&model.dir, device)
             .map_err(|e| InferenceError::Model(format!("{}/{}", key.0, key.1), e.to_string()))?;
         networks.insert(key.clone(), network);
     }
@@ -316,7 +325,7 @@ fn failed(e: impl std::fmt::Display) -> InferenceError {
 }
 
 /// Packs per-sequence states (`[seq][state_len]`) into `[layers, batch, hidden]` tensors.
-fn gather_state(model: &ModelInfo, states: &[&[f32]], batch: usize) -> State {
+fn gather_state(model: &ModelInfo, states: &[&[f32]], batch: usize, device: Device) -> State {
     let (layers, hidden) = (model.layers, model.hidden);
     let plane = |offset: usize| {
         let mut flat = vec![0f32; layers * batch * hidden];
@@ -330,7 +339,7 @@ fn gather_state(model: &ModelInfo, states: &[&[f32]], batch: usize) -> State {
                 b += 1;
             }
         }
-        Tensor::from_slice(&flat).view([layers as i64, batch as i64, hidden as i64])
+        Tensor::from_slice(&flat).view([layers as i64, batch as i64, hidden as i64]).to_device(device)
     };
     State { h: plane(0), c: model.lstm.then(|| plane(layers * hidden)) }
 }
@@ -354,7 +363,7 @@ fn scatter_state(model: &ModelInfo, h: &[f32], c: Option<&[f32]>, batch: usize, 
 }
 
 fn to_f32(t: &Tensor) -> Result<Vec<f32>, InferenceError> {
-    Vec::<f32>::try_from(t.to_kind(Kind::Float).contiguous().view([-1])).map_err(failed)
+    Vec::<f32>::try_from(t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view([-1])).map_err(failed)
 }
 
 fn gaussian(output: Output) -> Result<(Tensor, Tensor), InferenceError> {
@@ -364,16 +373,21 @@ fn gaussian(output: Output) -> Result<(Tensor, Tensor), InferenceError> {
     }
 }
 
-fn step_batch(net: &Network, batch: &[InferenceRequest], total: usize) -> Result<Vec<InferenceResult>, InferenceError> {
+fn step_batch(
+    net: &Network,
+    batch: &[InferenceRequest],
+    total: usize,
+    device: Device,
+) -> Result<Vec<InferenceResult>, InferenceError> {
     let model = &batch[0].model;
     let width = model.input_size;
     let mut inputs = Vec::with_capacity(total * width);
     for r in batch {
         inputs.extend_from_slice(&r.inputs);
     }
-    let x = Tensor::from_slice(&inputs).view([total as i64, width as i64]);
+    let x = Tensor::from_slice(&inputs).view([total as i64, width as i64]).to_device(device);
     let states: Vec<&[f32]> = batch.iter().map(|r| r.state.as_slice()).collect();
-    let state = gather_state(model, &states, total);
+    let state = gather_state(model, &states, total, device);
     let (out, next) = net.step(&x, &state).map_err(failed)?;
     let (mean, log_var) = gaussian(out)?;
     let (mean, log_var) = (to_f32(&mean)?, to_f32(&log_var)?);
@@ -393,10 +407,11 @@ fn step_batch(net: &Network, batch: &[InferenceRequest], total: usize) -> Result
     Ok(results)
 }
 
-fn run_sequence(net: &Network, r: &InferenceRequest) -> Result<InferenceResult, InferenceError> {
+fn run_sequence(net: &Network, r: &InferenceRequest, device: Device) -> Result<InferenceResult, InferenceError> {
     let model = &r.model;
-    let x = Tensor::from_slice(&r.inputs).view([r.rows as i64, r.steps as i64, model.input_size as i64]);
-    let state = gather_state(model, &[r.state.as_slice()], r.rows);
+    let shape = [r.rows as i64, r.steps as i64, model.input_size as i64];
+    let x = Tensor::from_slice(&r.inputs).view(shape).to_device(device);
+    let state = gather_state(model, &[r.state.as_slice()], r.rows, device);
     let (out, next) = net.seq(&x, Some(&state)).map_err(failed)?;
     let (mean, log_var) = gaussian(out)?;
     let h = to_f32(&next.h)?;

@@ -100,6 +100,7 @@ struct TrainBody {
     from: Option<Value>,
     to: Option<Value>,
     activate: Option<bool>,
+    residual: Option<bool>,
 }
 
 fn field(name: &str, rule: &str) -> ApiError {
@@ -157,6 +158,7 @@ fn validate(body: TrainBody) -> Result<TrainRequest, ApiError> {
         from,
         to,
         activate: body.activate.unwrap_or(false),
+        residual: body.residual.unwrap_or(false),
     })
 }
 

@@ -52,6 +52,9 @@ pub struct TrainArgs {
     /// Stacked recurrent layers.
     #[arg(long, value_name = "N", default_value_t = 1)]
     layers: usize,
+    /// Forecast the change from the last reading instead of the level.
+    #[arg(long)]
+    residual: bool,
     /// Truncated-BPTT window τ (steps per training sequence).
     #[arg(long, value_name = "N", default_value_t = 64)]
     window: usize,
@@ -120,6 +123,7 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
     let usage = |e: ModelError| CliError::Usage(anyhow!(e));
     let mut network = NetworkConfig::forecaster(args.architecture, args.hidden, args.layers);
     network.input_size = 1;
+    network.residual = args.residual;
     network.validate(Usage::Streaming).map_err(usage)?;
     let max_duration = match args.max_seconds {
         Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),

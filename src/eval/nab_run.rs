@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::nab::{self, FileResult, Profile, Windows};
 use super::replay::Replay;
+use crate::streams::ReadingVerdict;
 
 /// Readings per ingest call during a replay (what a batching client would send).
 const CHUNK: usize = 10;
@@ -126,6 +127,31 @@ fn write_results(out: &Path, detector: &str, series: &Series, scores: &[f64], wi
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
 }
 
+/// Writes every verdict (forecast, band, surprise, score, flag) beside the NAB results, as
+/// `OUT/<detector>.verdicts/<category>/<file>.csv`, for looking into what was missed.
+fn write_verdicts(out: &Path, detector: &str, series: &Series, verdicts: &[ReadingVerdict]) -> anyhow::Result<()> {
+    let (category, file) = series.key.split_once('/').unwrap_or(("", &series.key));
+    let dir = out.join(format!("{detector}.verdicts")).join(category);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut text = String::from("timestamp,value,expected,lower,upper,surprise,score,anomaly\n");
+    for (t, v) in series.timestamps.iter().zip(verdicts) {
+        let d = &v.verdict;
+        text.push_str(&format!(
+            "{},{},{},{},{},{},{},{}\n",
+            t.format("%Y-%m-%d %H:%M:%S"),
+            v.values[0],
+            d.expected[0],
+            d.lower[0],
+            d.upper[0],
+            d.surprise,
+            d.score,
+            u8::from(d.anomaly)
+        ));
+    }
+    let path = dir.join(file);
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+}
+
 fn score_all(results: &[FileResult], windows: &Windows, profiles: &[Profile]) -> anyhow::Result<Vec<ProfileScore>> {
     profiles
         .iter()
@@ -177,6 +203,7 @@ impl NabRun {
                 let verdicts = replay.run(&name, &ts, &values, warmup, CHUNK).await?;
                 let model = replay.model_of(&name).await.map(|(m, v)| format!("{m}/{v}")).unwrap_or_default();
                 progress(&format!("{}: {} rows, scored by {model}", series.key, verdicts.len()));
+                write_verdicts(&self.out, &self.name, series, &verdicts)?;
                 anyhow::Ok((verdicts.iter().map(|v| v.verdict.score).collect::<Vec<f64>>(), model))
             }
         }))

@@ -80,6 +80,10 @@ impl Replay {
                 verdicts.extend(o.verdicts);
             }
             start = end;
+            // A round trip through the stream's actor: it has finished handling the commit
+            // (and announced a fit, if one is due) before this returns. Without it the next
+            // readings could race the announcement and runs would differ.
+            streams.describe(name).await.with_context(|| format!("stream {name}"))?;
             let waited = Instant::now();
             while streams.fit_pending(name) {
                 if waited.elapsed() > FIT_TIMEOUT {

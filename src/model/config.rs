@@ -121,6 +121,11 @@ pub struct NetworkConfig {
     #[serde(default)]
     pub post: Vec<usize>,
     pub head: HeadConfig,
+    /// Gaussian heads only: the forecast mean is the step's input plus the head's output,
+    /// so the network learns the change from the last reading rather than the level (it
+    /// cannot drift back to the mean of its training data when a series leaves it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub residual: bool,
 }
 
 impl NetworkConfig {
@@ -136,6 +141,7 @@ impl NetworkConfig {
             pre: Vec::new(),
             post: Vec::new(),
             head: HeadConfig::Gaussian { channels: 1 },
+            residual: false,
         }
     }
 
@@ -205,6 +211,12 @@ impl NetworkConfig {
                 if !width_ok(channels) {
                     return invalid(format!("head channels must be in 1..={MAX_WIDTH}, got {channels}"));
                 }
+                if self.residual && channels != self.input_size {
+                    return invalid(format!(
+                        "residual needs one head channel per input: head channels {channels}, input_size {}",
+                        self.input_size
+                    ));
+                }
                 if self.bidirectional {
                     // The backward direction would see the value it is asked to forecast.
                     return invalid(
@@ -213,6 +225,9 @@ impl NetworkConfig {
                 }
             }
             HeadConfig::Classifier { classes, .. } => {
+                if self.residual {
+                    return invalid("residual applies only to a Gaussian (forecasting) head".into());
+                }
                 if !(2..=MAX_WIDTH).contains(&classes) {
                     return invalid(format!("head classes must be in 2..={MAX_WIDTH}, got {classes}"));
                 }

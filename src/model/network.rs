@@ -202,7 +202,7 @@ impl Network {
             cs.extend(c);
         }
         let features = self.dense(&self.post, &x);
-        let out = self.head_output(&features);
+        let out = self.head_output(&features, xs);
         let c = (!cs.is_empty()).then(|| Tensor::stack(&cs, 0));
         Ok((out, State { h: Tensor::stack(&hs, 0), c }))
     }
@@ -224,7 +224,7 @@ impl Network {
         self.check_state(state, batch)?;
         let core_in = self.dense(&self.pre, xs);
         let (core_out, state) = self.core_by_steps(&core_in, state);
-        Ok((self.seq_head(&core_out), state))
+        Ok((self.seq_head(&core_out, xs), state))
     }
 
     fn forward(&self, xs: &Tensor, state: Option<&State>, train: bool) -> Result<(Output, State), ModelError> {
@@ -241,7 +241,7 @@ impl Network {
         self.check_state(state, batch)?;
         let core_in = self.dense(&self.pre, xs);
         let (core_out, state) = self.core_fused(&core_in, state, train);
-        Ok((self.seq_head(&core_out), state))
+        Ok((self.seq_head(&core_out, xs), state))
     }
 
     fn check_seq_input(&self, xs: &Tensor) -> Result<(), ModelError> {
@@ -376,20 +376,23 @@ impl Network {
         }
     }
 
-    fn head_output(&self, features: &Tensor) -> Output {
+    /// The head over `features`; `inputs` are the steps' inputs (same leading shape), which
+    /// a residual forecaster adds to its mean.
+    fn head_output(&self, features: &Tensor, inputs: &Tensor) -> Output {
         let z = features.linear(&self.head.ws, self.head.bs.as_ref());
         match self.config.head {
             HeadConfig::Gaussian { channels } => {
                 let parts = z.split(channels as i64, -1);
                 let (lo, hi) = LOG_VAR_RANGE;
-                Output::Gaussian { mean: parts[0].shallow_clone(), log_var: parts[1].clamp(lo, hi) }
+                let mean = if self.config.residual { &parts[0] + inputs } else { parts[0].shallow_clone() };
+                Output::Gaussian { mean, log_var: parts[1].clamp(lo, hi) }
             }
             HeadConfig::Classifier { .. } => Output::Logits(z),
         }
     }
 
     /// Post layers and head over the core's output `[batch, time, hidden × directions]`.
-    fn seq_head(&self, core_out: &Tensor) -> Output {
+    fn seq_head(&self, core_out: &Tensor, xs: &Tensor) -> Output {
         match self.config.head {
             HeadConfig::Classifier { mode: ClassifierMode::ManyToOne, .. } => {
                 // The forward direction has seen the whole sequence at its last step, the
@@ -400,9 +403,9 @@ impl Network {
                 } else {
                     core_out.select(1, -1)
                 };
-                self.head_output(&self.dense(&self.post, &last))
+                self.head_output(&self.dense(&self.post, &last), xs)
             }
-            _ => self.head_output(&self.dense(&self.post, core_out)),
+            _ => self.head_output(&self.dense(&self.post, core_out), xs),
         }
     }
 }

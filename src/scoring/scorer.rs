@@ -353,7 +353,11 @@ mod tests {
                     "{name}: spike at {at} scored {}, first flag {delay:?}",
                     judged[at].verdict.score
                 );
-                assert!(flagged(&judged, WARMUP).iter().all(|&i| i >= at), "{name}: flags before the spike");
+                assert!(
+                    flagged(&judged, WARMUP).iter().all(|&i| i >= at),
+                    "{name}: flags before the spike at {at}: {:?}",
+                    flagged(&judged, WARMUP)
+                );
             }
         }
     }

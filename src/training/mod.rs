@@ -39,6 +39,9 @@ pub struct TrainRequest {
     /// Unix ms, exclusive.
     pub to: Option<i64>,
     pub activate: bool,
+    /// Forecast the change from the last reading (see `NetworkConfig::residual`).
+    #[serde(default)]
+    pub residual: bool,
 }
 
 impl TrainRequest {
@@ -55,6 +58,7 @@ impl TrainRequest {
             from: None,
             to: None,
             activate: true,
+            residual: false,
         }
     }
 }
@@ -269,7 +273,8 @@ impl Jobs {
         let trained = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let mut epoch_started = Instant::now();
-            let config = NetworkConfig::forecaster(request.architecture, request.hidden, request.layers);
+            let mut config = NetworkConfig::forecaster(request.architecture, request.hidden, request.layers);
+            config.residual = request.residual;
             let data = ForecastData::new(request.window);
             let train =
                 TrainConfig { epochs: request.epochs, learning_rate: request.learning_rate, ..TrainConfig::default() };

@@ -53,6 +53,7 @@ fn hand_written_bptt_gradients_equal_libtorch_autograd() {
         pre: vec![],
         post: vec![],
         head: HeadConfig::Classifier { classes: CLASSES, mode: ClassifierMode::ManyToMany },
+        residual: false,
     };
     let mut net = Network::new(config, Device::Cpu, 11).expect("valid config");
     net.to_double();

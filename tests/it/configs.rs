@@ -25,6 +25,7 @@ fn config(
         pre: vec![],
         post: vec![],
         head,
+        residual: false,
     }
 }
 
@@ -208,4 +209,47 @@ fn wrong_inputs_and_states_are_errors_not_crashes() {
 fn the_default_device_is_cuda_exactly_when_libtorch_sees_one() {
     let device = tsad::model::default_device();
     assert_eq!(device.is_cuda(), tch::Cuda::is_available());
+}
+
+#[test]
+fn a_residual_forecaster_adds_each_step_input_to_its_mean_in_seq_and_step() {
+    let plain = config(Architecture::Gru, 1, 4, false, HeadConfig::Gaussian { channels: 2 });
+    let residual = NetworkConfig { residual: true, ..plain.clone() };
+    // Same seed, same weights: only the head's mean differs, by the input.
+    let (a, b) =
+        (Network::new(plain, Device::Cpu, 5).expect("valid"), Network::new(residual, Device::Cpu, 5).expect("valid"));
+    let xs = Tensor::randn([3, 6, 2], (Kind::Float, Device::Cpu));
+    let mean = |out: Output| match out {
+        Output::Gaussian { mean, .. } => mean,
+        Output::Logits(_) => panic!("a forecaster"),
+    };
+    let (pa, _) = a.seq(&xs, None).expect("runs");
+    let (pb, _) = b.seq(&xs, None).expect("runs");
+    let (ma, mb) = (mean(pa), mean(pb));
+    assert!(max_abs_diff(&to_vec(&(&ma + &xs)), &to_vec(&mb)) < 1e-6);
+    // Stepping gives the same numbers.
+    let mut state = b.zero_state(3);
+    for t in 0..6 {
+        let x = xs.select(1, t);
+        let (out, next) = b.step(&x, &state).expect("steps");
+        assert!(max_abs_diff(&to_vec(&mean(out)), &to_vec(&mb.select(1, t))) < 1e-5);
+        state = next;
+    }
+    // Only a forecaster with one head channel per input can be residual.
+    let c = NetworkConfig {
+        residual: true,
+        ..config(Architecture::Lstm, 1, 4, false, HeadConfig::Gaussian { channels: 1 })
+    };
+    assert!(c.validate(Usage::Streaming).expect_err("refused").to_string().contains("residual"));
+    let c = NetworkConfig {
+        residual: true,
+        ..config(
+            Architecture::Lstm,
+            1,
+            4,
+            false,
+            HeadConfig::Classifier { classes: 2, mode: ClassifierMode::ManyToMany },
+        )
+    };
+    assert!(c.validate(Usage::Offline).expect_err("refused").to_string().contains("residual"));
 }

@@ -20,6 +20,7 @@ fn lecture_network(activation: Activation) -> Network {
         pre: vec![],
         post: vec![],
         head: HeadConfig::Classifier { classes: 2, mode: ClassifierMode::ManyToMany },
+        residual: false,
     };
     let mut net = Network::new(config, Device::Cpu, 0).expect("valid config");
     net.to_double();

@@ -44,6 +44,7 @@ fn cases() -> Vec<NetworkConfig> {
         pre: vec![],
         post: vec![],
         head,
+        residual: false,
     };
     let mut cases = vec![
         base(Architecture::Lstm, 2, false, gaussian),
