@@ -115,7 +115,7 @@ impl From<IngestError> for ApiError {
     fn from(e: IngestError) -> Self {
         match e {
             IngestError::Invalid(m) | IngestError::Config(m) => ApiError::Unprocessable(m),
-            IngestError::OutOfOrder { .. } => ApiError::Conflict(e.to_string()),
+            IngestError::OutOfOrder { .. } | IngestError::Conflicting { .. } => ApiError::Conflict(e.to_string()),
             IngestError::UnknownStream(name) => ApiError::NotFound(format!("stream {name} does not exist")),
             IngestError::Overloaded(what) => ApiError::TooManyRequests(format!("overloaded: {what}")),
             IngestError::Inference(InferenceError::Overloaded) => {

@@ -22,7 +22,7 @@ pub struct Cli {
 enum Command {
     /// Measure the inference core or HTTP ingest (prints a table, optionally JSON).
     Bench(bench::BenchArgs),
-    /// Measure detection quality on labelled data (NAB) through the streaming core.
+    /// Measure detection quality on labelled data (NAB, MIT-BIH) through the streaming core.
     Eval(eval::EvalArgs),
     /// Training jobs of a running server: list, show, cancel, watch.
     Jobs(admin::JobsArgs),

@@ -61,12 +61,27 @@ impl Replay {
         warmup: u64,
         chunk: usize,
     ) -> anyhow::Result<Vec<ReadingVerdict>> {
+        let mut verdicts = Vec::with_capacity(values.len());
+        self.run_into(name, timestamps, values, warmup, chunk, |v| verdicts.push(v)).await?;
+        Ok(verdicts)
+    }
+
+    /// Like [`Replay::run`], handing each verdict to `sink` in order instead of keeping them
+    /// (long recordings: an ECG record is 650,000 readings).
+    pub async fn run_into(
+        &self,
+        name: &str,
+        timestamps: &[i64],
+        values: &[Vec<f64>],
+        warmup: u64,
+        chunk: usize,
+        mut sink: impl FnMut(ReadingVerdict),
+    ) -> anyhow::Result<()> {
         let streams = &self.core.streams;
         let channels = values.first().map_or(1, Vec::len);
         let mut config: StreamConfig = streams.default_config(channels);
         config.warmup = warmup;
         streams.put(name, &config).await.with_context(|| format!("creating stream {name}"))?;
-        let mut verdicts = Vec::with_capacity(values.len());
         let mut start = 0;
         while start < values.len() {
             let end = (start + chunk.max(1)).min(values.len());
@@ -76,8 +91,8 @@ impl Replay {
                 .ingest(vec![(name.to_string(), readings)])
                 .await
                 .with_context(|| format!("stream {name}, readings {start}..{end}"))?;
-            for o in outcome {
-                verdicts.extend(o.verdicts);
+            for v in outcome.into_iter().flat_map(|o| o.verdicts) {
+                sink(v);
             }
             start = end;
             // A round trip through the stream's actor: it has finished handling the commit
@@ -92,7 +107,7 @@ impl Replay {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        Ok(verdicts)
+        Ok(())
     }
 
     /// The model and version scoring `name` now.

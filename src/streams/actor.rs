@@ -258,14 +258,24 @@ impl Actor {
         arrived: Instant,
         reply: oneshot::Sender<Result<Prepared, IngestError>>,
     ) {
-        let prepared = match self.prepare(&readings, arrived).await {
+        // A client retrying after a timeout sends readings that may already be stored.
+        let (mut verdicts, fresh) = match self.replayed(&readings).await {
+            Ok(split) => split,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let prepared = if fresh.is_empty() { self.unchanged() } else { self.prepare(fresh, arrived).await };
+        let (state, batch, fresh_verdicts) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 let _ = reply.send(Err(e));
                 return;
             }
         };
-        let (state, batch, verdicts) = prepared;
+        verdicts.extend(fresh_verdicts);
+        let added = batch.readings.len() as i64;
         let (decide, decision) = oneshot::channel();
         if reply.send(Ok(Prepared { batch, verdicts, decide })).is_err() {
             return; // the request is gone; nothing was stored
@@ -273,13 +283,55 @@ impl Actor {
         match tokio::time::timeout(DECISION_TIMEOUT, decision).await {
             Ok(Ok(Some(id))) => {
                 self.record.id = id;
-                self.record.readings_count += readings.len() as i64;
+                self.record.readings_count += added;
                 self.record.last_ts = state.last_ts;
                 self.state = state;
                 self.maybe_request_fit();
             }
             _ => debug!("ingest discarded: not committed"),
         }
+    }
+
+    /// Splits off the readings at or before the stream's last stored one: each must be
+    /// stored already with exactly the same values (a retry; its stored verdict is
+    /// returned and nothing is written again), else the request conflicts. Returns those
+    /// verdicts and the readings that are new.
+    async fn replayed<'a>(&self, readings: &'a [Reading]) -> Result<(Vec<ReadingVerdict>, &'a [Reading]), IngestError> {
+        let Some(last) = self.state.last_ts else { return Ok((Vec::new(), readings)) };
+        let split = readings.partition_point(|r| r.ts <= last);
+        let (old, fresh) = readings.split_at(split);
+        let (Some(first), Some(newest)) = (old.first(), old.last()) else { return Ok((Vec::new(), readings)) };
+        let stored = self
+            .shared
+            .storage
+            .readings(self.record.id, Some(first.ts), Some(newest.ts.saturating_add(1)), None, old.len() as i64 + 1)
+            .await?;
+        let mut verdicts = Vec::with_capacity(old.len());
+        for r in old {
+            let Some(row) = stored.iter().find(|row| row.ts == r.ts) else {
+                return Err(IngestError::OutOfOrder { ts: r.ts, last });
+            };
+            let verdict = stored_verdict(row);
+            if verdict.values != r.values {
+                return Err(IngestError::Conflicting { ts: r.ts });
+            }
+            verdicts.push(verdict);
+        }
+        Ok((verdicts, fresh))
+    }
+
+    /// What an ingest of only already-stored readings writes: the stream as it is.
+    fn unchanged(&self) -> Result<(Snapshot, WriteBatch, Vec<ReadingVerdict>), IngestError> {
+        let snapshot = serde_json::to_string(&self.state).map_err(|e| IngestError::Internal(e.to_string()))?;
+        let last_ts = self.state.last_ts.ok_or_else(|| IngestError::Internal("no last reading".into()))?;
+        let batch = WriteBatch {
+            stream_id: self.record.id,
+            create: None,
+            readings: Vec::new(),
+            events: Vec::new(),
+            update: StreamUpdate { last_ts, readings_added: 0, anomalies_added: 0, snapshot },
+        };
+        Ok((self.state.clone(), batch, Vec::new()))
     }
 
     /// Judges `readings` on a copy of the state. Returns the new state, the rows to store
@@ -401,5 +453,25 @@ impl Actor {
             update: StreamUpdate { last_ts: last.ts, readings_added: steps as i64, anomalies_added: opened, snapshot },
         };
         Ok((next, batch, verdicts))
+    }
+}
+
+/// A stored reading's verdict, as it was answered when the reading was first ingested.
+fn stored_verdict(row: &ReadingRow) -> ReadingVerdict {
+    let (values, expected, lower, upper) = match &row.channels {
+        Some(c) => (c.values.clone(), c.expected.clone(), c.lower.clone(), c.upper.clone()),
+        None => (vec![row.value], vec![row.expected], vec![row.lower], vec![row.upper]),
+    };
+    ReadingVerdict {
+        ts: row.ts,
+        values,
+        verdict: crate::scoring::Verdict {
+            expected,
+            lower,
+            upper,
+            score: row.score,
+            anomaly: row.anomaly,
+            surprise: 0.0,
+        },
     }
 }

@@ -65,8 +65,11 @@ pub struct StreamStatus {
 pub enum IngestError {
     #[error("{0}")]
     Invalid(String),
-    #[error("timestamp {ts} is not after the stream's last reading ({last})")]
+    #[error("timestamp {ts} is not after the stream's last reading ({last}) and no reading is stored at it")]
     OutOfOrder { ts: i64, last: i64 },
+    /// A retried reading whose timestamp is stored with other values.
+    #[error("a reading at timestamp {ts} is already stored with a different value")]
+    Conflicting { ts: i64 },
     #[error("stream {0} does not exist")]
     UnknownStream(String),
     #[error("{0}")]
@@ -363,7 +366,7 @@ impl Streams {
                 let _ = p.decide.send(id);
                 if id.is_some() {
                     let flagged = p.verdicts.iter().filter(|v| v.verdict.anomaly).count();
-                    metrics.readings.inc_by(p.verdicts.len() as u64);
+                    metrics.readings.inc_by(p.batch.readings.len() as u64);
                     metrics.anomalies.inc_by(flagged as u64);
                     metrics.events.inc_by(p.batch.update.anomalies_added as u64);
                     outcomes.push(IngestOutcome { stream: name, accepted: p.verdicts.len(), verdicts: p.verdicts });

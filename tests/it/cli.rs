@@ -189,3 +189,83 @@ fn eval_nab_replays_every_row_writes_nab_results_and_scores_both_detectors() {
     let missing = tsad(&["eval", "nab", "--data", "/nonexistent", "--labels", "/nonexistent", "--out", "/tmp/x"]);
     assert_eq!(missing.status.code(), Some(2));
 }
+
+/// Writes a one-lead WFDB record `syn` of `seconds` at 360 Hz: a beat a second, every tenth
+/// beat after the first 40 s a large, wide, inverted one annotated `V`.
+fn synthetic_ecg(dir: &Path, seconds: usize) {
+    use tsad::eval::wfdb::{checksum, code_for_symbol, encode_212, encode_annotations, Annotation};
+    let n = seconds * 360;
+    let mut mv = vec![0.0f64; n];
+    let mut annotations = Vec::new();
+    for beat in 0..seconds {
+        let peak = beat * 360 + 180;
+        let ventricular = beat >= 40 && beat % 10 == 0;
+        let (height, width) = if ventricular { (-2.5, 25.0) } else { (1.0, 8.0) };
+        for (i, v) in mv.iter_mut().enumerate() {
+            let d = (i as f64 - peak as f64) / width;
+            if d.abs() < 6.0 {
+                *v += height * (-0.5 * d * d).exp();
+            }
+        }
+        let symbol = if ventricular { "V" } else { "N" };
+        annotations.push(Annotation {
+            sample: peak as u64,
+            code: code_for_symbol(symbol).expect("standard symbol"),
+            symbol: if ventricular { "V" } else { "N" },
+            sub: 0,
+            chan: 0,
+            num: 0,
+            aux: None,
+        });
+    }
+    let adu: Vec<i16> = mv.iter().enumerate().map(|(i, v)| (v * 200.0 + (i % 3) as f64) as i16).collect();
+    std::fs::write(dir.join("syn.dat"), encode_212(&adu)).expect("write dat");
+    let header = format!("syn 1 360 {n}\nsyn.dat 212 200 11 0 {} {} 0 MLII\n", adu[0], checksum(&adu));
+    std::fs::write(dir.join("syn.hea"), header).expect("write hea");
+    std::fs::write(dir.join("syn.atr"), encode_annotations(&annotations)).expect("write atr");
+}
+
+#[test]
+fn eval_ecg_scores_every_beat_after_the_warmup_and_reports_auc_and_detection() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    synthetic_ecg(dir.path(), 120);
+    let (out, beats) = (dir.path().join("report.json"), dir.path().join("beats.csv"));
+    let path = |p: &Path| p.to_str().expect("utf-8").to_string();
+    let run = tsad(&[
+        "eval",
+        "ecg",
+        "--mitdb",
+        &path(dir.path()),
+        "--records",
+        "syn",
+        "--out",
+        &path(&out),
+        "--beats-out",
+        &path(&beats),
+        "--warmup-s",
+        "30",
+        "--fit-jobs",
+        "1",
+    ]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+    assert!(run.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("syn") && stdout.contains("mean per-record AUC"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).expect("report")).expect("json");
+    let syn = &report["records"]["syn"];
+    // Beats whose window lies wholly after the 30 s warm-up: seconds 30..119, 8 of them V.
+    assert_eq!((syn["normal_beats"].as_u64(), syn["abnormal_beats"].as_u64()), (Some(82), Some(8)), "{report}");
+    assert_eq!(syn["ventricular"]["beats"], 8);
+    let auc = syn["auc"].as_f64().expect("auc");
+    assert!((0.0..=1.0).contains(&auc), "{auc}");
+    assert!(syn["model"].as_str().is_some_and(|m| m.starts_with("auto-")), "fitted on the warm-up: {report}");
+    let rows = std::fs::read_to_string(&beats).expect("beats");
+    assert_eq!(rows.lines().next(), Some("record,sample,symbol,class,score,surprise,flagged"));
+    assert_eq!(rows.lines().count(), 91);
+    assert!(rows.lines().skip(1).all(|r| r.starts_with("syn,")));
+    // Bad input is a usage error.
+    let bad = tsad(&["eval", "ecg", "--mitdb", &path(dir.path()), "--records", "../etc", "--out", &path(&out)]);
+    assert_eq!(bad.status.code(), Some(2));
+    let bad = tsad(&["eval", "ecg", "--mitdb", "/nonexistent", "--records", "syn", "--out", &path(&out)]);
+    assert_eq!(bad.status.code(), Some(2));
+}

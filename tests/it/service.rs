@@ -789,3 +789,55 @@ async fn a_stream_past_its_warmup_gets_a_model_of_its_own_while_every_reading_is
     assert_eq!(jobs["jobs"][0]["status"], "succeeded", "{jobs}");
     app.stop().await;
 }
+
+async fn retries_are_idempotent(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    let mut values = seasonal(400, 51);
+    values[350] += 8.0;
+    let path = "/v1/streams/retry/readings?verdicts=all";
+    let (status, first) = app.post(path, &body(&values[..360], 0)).await;
+    assert_eq!(status, 200, "{first}");
+    // The same request again (a client that timed out and retried): the same answer,
+    // nothing stored twice.
+    let (status, again) = app.post(path, &body(&values[..360], 0)).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["accepted"], 360);
+    assert_eq!(again["verdicts"], first["verdicts"], "the stored verdicts are answered");
+    assert!(again["anomalies"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|v| v["ts"] == tsad::api::wire::format_ts(ts(350)))));
+    let (_, stream) = app.get("/v1/streams/retry").await;
+    assert_eq!(stream["readings"], 360, "{stream}");
+    // A retry overlapping new readings: the old part is checked, the new part stored.
+    let (status, overlap) = app.post(path, &body(&values[340..380], 340)).await;
+    assert_eq!((status, overlap["accepted"].as_u64()), (200, Some(40)), "{overlap}");
+    let (_, stream) = app.get("/v1/streams/retry").await;
+    assert_eq!(stream["readings"], 380, "{stream}");
+    // A different value at a stored timestamp is a conflict, and changes nothing.
+    let mut changed = values[370..390].to_vec();
+    changed[0] += 1.0;
+    let (status, problem) = app.post(path, &body(&changed, 370)).await;
+    assert_eq!(status, 409, "{problem}");
+    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("different value")), "{problem}");
+    let (_, stream) = app.get("/v1/streams/retry").await;
+    assert_eq!(stream["readings"], 380, "{stream}");
+    // The stored readings are each there once.
+    let (_, page) = app.get("/v1/streams/retry/readings?limit=1000").await;
+    let stored: Vec<&str> =
+        page["readings"].as_array().expect("readings").iter().map(|r| r["ts"].as_str().expect("ts")).collect();
+    let expected: Vec<String> = (0..380).map(|i| tsad::api::wire::format_ts(ts(i))).collect();
+    assert_eq!(stored, expected);
+    let metrics = app.client.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("tsad_readings_total 380"), "retries are not counted again:\n{metrics}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_idempotent_on_sqlite() {
+    retries_are_idempotent(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_idempotent_on_postgres() {
+    retries_are_idempotent(Backend::Postgres).await;
+}

@@ -1,0 +1,236 @@
+//! `tsad eval ecg`: MIT-BIH records streamed through the service's core, lead MLII at
+//! 360 Hz, one stream per record. The first minutes are warm-up and the data of the
+//! stream's automatic fit; every later annotated beat gets a score, the largest anomaly
+//! score in a window around its R peak, and a flag, whether any reading in that window was
+//! flagged. Reported per record and overall: the AUC of abnormal (non-N AAMI class) beats
+//! against normal ones, and the sensitivity and positive predictivity of the flags for
+//! ventricular (V, E) and supraventricular (A, a, J, S) beats.
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use futures::StreamExt;
+use serde::Serialize;
+
+use super::replay::Replay;
+use super::wfdb::{self, AamiClass};
+
+/// Readings per ingest call: 10 s of ECG.
+const CHUNK: usize = 3600;
+/// Records replayed at once.
+const PARALLEL_RECORDS: usize = 4;
+/// Arbitrary Unix ms of a record's first sample (MIT-BIH headers carry no date).
+const START_MS: i64 = 1_000_000_000_000;
+
+/// What to evaluate.
+#[derive(Debug, Clone)]
+pub struct EcgRun {
+    pub mitdb: PathBuf,
+    pub records: Vec<String>,
+    pub models_dir: PathBuf,
+    pub fit_jobs: usize,
+    /// Warm-up (and automatic-fit data) at the start of each record, seconds.
+    pub warmup_s: f64,
+    /// Half-width of the window around an R peak that makes a beat's score, seconds.
+    pub beat_window_s: f64,
+}
+
+/// One scored beat.
+#[derive(Debug, Clone, Serialize)]
+pub struct Beat {
+    pub record: String,
+    pub sample: u64,
+    pub symbol: &'static str,
+    pub class: String,
+    pub score: f64,
+    /// The largest raw surprise (squared standardised residual) in the window.
+    pub surprise: f64,
+    pub flagged: bool,
+}
+
+/// Sensitivity and positive predictivity of the flags for one class of beats.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Detection {
+    pub beats: usize,
+    pub flagged: usize,
+    /// Flagged beats of this class over beats of this class.
+    pub sensitivity: Option<f64>,
+    /// Flagged beats of this class over flagged beats of this class and of class N.
+    pub positive_predictivity: Option<f64>,
+}
+
+/// Results of one record, or of all of them together.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RecordReport {
+    pub normal_beats: usize,
+    pub abnormal_beats: usize,
+    /// AUC of abnormal against normal beat scores; `None` without both kinds.
+    pub auc: Option<f64>,
+    pub ventricular: Detection,
+    pub supraventricular: Detection,
+    pub model: String,
+}
+
+/// The whole evaluation.
+#[derive(Debug, Clone, Serialize)]
+pub struct EcgReport {
+    pub records: BTreeMap<String, RecordReport>,
+    /// Mean of the per-record AUCs (records with both kinds of beats).
+    pub mean_auc: Option<f64>,
+    /// Every record's beats pooled.
+    pub pooled: RecordReport,
+    pub replay_seconds: f64,
+    pub warmup_s: f64,
+    pub beat_window_s: f64,
+}
+
+fn detection(beats: &[Beat], class: &[&str]) -> Detection {
+    let of_class = |b: &&Beat| class.contains(&b.class.as_str());
+    let total = beats.iter().filter(of_class).count();
+    let flagged = beats.iter().filter(of_class).filter(|b| b.flagged).count();
+    let false_alarms = beats.iter().filter(|b| b.class == "N" && b.flagged).count();
+    let (sensitivity, positive_predictivity) =
+        wfdb::sensitivity_ppv(flagged as u64, (total - flagged) as u64, false_alarms as u64);
+    Detection { beats: total, flagged, sensitivity, positive_predictivity }
+}
+
+fn report(beats: &[Beat], model: String) -> RecordReport {
+    let normal: Vec<f64> = beats.iter().filter(|b| b.class == "N").map(|b| b.score).collect();
+    let abnormal: Vec<f64> = beats.iter().filter(|b| b.class != "N").map(|b| b.score).collect();
+    let auc = (!normal.is_empty() && !abnormal.is_empty()).then(|| wfdb::auc(&abnormal, &normal));
+    RecordReport {
+        normal_beats: normal.len(),
+        abnormal_beats: abnormal.len(),
+        auc,
+        ventricular: detection(beats, &["V"]),
+        supraventricular: detection(beats, &["S"]),
+        model,
+    }
+}
+
+impl EcgRun {
+    /// Replays every record; returns the report and every scored beat.
+    pub async fn run(&self, progress: impl Fn(&str)) -> anyhow::Result<(EcgReport, Vec<Beat>)> {
+        let started = Instant::now();
+        let replay = Replay::start(self.models_dir.clone(), self.fit_jobs).await?;
+        let results: Vec<anyhow::Result<(String, Vec<Beat>, String)>> =
+            futures::stream::iter(self.records.iter().map(|name| self.record(&replay, name, &progress)))
+                .buffered(PARALLEL_RECORDS)
+                .collect()
+                .await;
+        replay.finish().await;
+        let replay_seconds = started.elapsed().as_secs_f64();
+        let mut records = BTreeMap::new();
+        let mut all = Vec::new();
+        for result in results {
+            let (name, beats, model) = result?;
+            records.insert(name, report(&beats, model));
+            all.extend(beats);
+        }
+        let aucs: Vec<f64> = records.values().filter_map(|r| r.auc).collect();
+        let mean_auc = (!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64);
+        let pooled = report(&all, String::new());
+        let report = EcgReport {
+            records,
+            mean_auc,
+            pooled,
+            replay_seconds,
+            warmup_s: self.warmup_s,
+            beat_window_s: self.beat_window_s,
+        };
+        Ok((report, all))
+    }
+
+    async fn record(
+        &self,
+        replay: &Replay,
+        name: &str,
+        progress: &impl Fn(&str),
+    ) -> anyhow::Result<(String, Vec<Beat>, String)> {
+        let record = wfdb::read_record(&self.mitdb, name).with_context(|| format!("record {name}"))?;
+        let lead = record.header.signal_index("MLII").unwrap_or(0);
+        let signal = record.physical(lead).with_context(|| format!("record {name}: no signal {lead}"))?;
+        if signal.iter().any(|v| !v.is_finite()) {
+            anyhow::bail!("record {name}: lead {lead} has invalid samples");
+        }
+        let annotations = wfdb::read_annotations(self.mitdb.join(format!("{name}.atr")))
+            .with_context(|| format!("record {name}: annotations"))?;
+        let hz = record.header.sampling_frequency;
+        let timestamps: Vec<i64> =
+            (0..signal.len()).map(|i| START_MS + (i as f64 * 1000.0 / hz).round() as i64).collect();
+        let values: Vec<Vec<f64>> = signal.iter().map(|v| vec![*v]).collect();
+        let warmup = (self.warmup_s * hz).round() as u64;
+        let mut scores = Vec::with_capacity(signal.len());
+        let mut flags = Vec::with_capacity(signal.len());
+        let mut surprises = Vec::with_capacity(signal.len());
+        let stream = format!("mitdb:{name}");
+        replay
+            .run_into(&stream, &timestamps, &values, warmup, CHUNK, |v| {
+                scores.push(v.verdict.score as f32);
+                flags.push(v.verdict.anomaly);
+                surprises.push(v.verdict.surprise as f32);
+            })
+            .await?;
+        let model = replay.model_of(&stream).await.map(|(m, v)| format!("{m}/{v}")).unwrap_or_default();
+        let half = (self.beat_window_s * hz).round() as u64;
+        let beats: Vec<Beat> = annotations
+            .iter()
+            .filter(|a| a.sample >= warmup + half && (a.sample + half) < scores.len() as u64)
+            .filter_map(|a| {
+                let class = wfdb::aami_class(a.symbol)?;
+                let span = (a.sample - half) as usize..=(a.sample + half) as usize;
+                Some(Beat {
+                    record: name.to_string(),
+                    sample: a.sample,
+                    symbol: a.symbol,
+                    class: class_name(class).to_string(),
+                    score: f64::from(scores[span.clone()].iter().cloned().fold(0.0, f32::max)),
+                    surprise: f64::from(surprises[span.clone()].iter().cloned().fold(0.0, f32::max)),
+                    flagged: flags[span].iter().any(|f| *f),
+                })
+            })
+            .collect();
+        progress(&format!("record {name}: {} beats scored, model {model}", beats.len()));
+        Ok((name.to_string(), beats, model))
+    }
+}
+
+fn class_name(class: AamiClass) -> &'static str {
+    match class {
+        AamiClass::N => "N",
+        AamiClass::S => "S",
+        AamiClass::V => "V",
+        AamiClass::F => "F",
+        AamiClass::Q => "Q",
+    }
+}
+
+/// The report as a table, one row per record and one for all records.
+pub fn table(report: &EcgReport) -> String {
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}", 100.0 * v));
+    let mut out = format!(
+        "{:<8} {:>7} {:>8} {:>6}  {:>6} {:>6}  {:>6} {:>6}  model\n",
+        "record", "normal", "abnormal", "AUC", "Se V%", "+P V%", "Se S%", "+P S%"
+    );
+    let mut row = |name: &str, r: &RecordReport| {
+        out.push_str(&format!(
+            "{:<8} {:>7} {:>8} {:>6}  {:>6} {:>6}  {:>6} {:>6}  {}\n",
+            name,
+            r.normal_beats,
+            r.abnormal_beats,
+            r.auc.map_or("-".to_string(), |a| format!("{a:.3}")),
+            pct(r.ventricular.sensitivity),
+            pct(r.ventricular.positive_predictivity),
+            pct(r.supraventricular.sensitivity),
+            pct(r.supraventricular.positive_predictivity),
+            r.model
+        ));
+    };
+    for (name, r) in &report.records {
+        row(name, r);
+    }
+    row("pooled", &report.pooled);
+    out.push_str(&format!("mean per-record AUC: {}\n", report.mean_auc.map_or("-".to_string(), |a| format!("{a:.3}"))));
+    out
+}
