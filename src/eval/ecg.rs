@@ -166,7 +166,7 @@ impl EcgRun {
         let mut surprises = Vec::with_capacity(signal.len());
         let stream = format!("mitdb:{name}");
         replay
-            .run_into(&stream, &timestamps, &values, warmup, CHUNK, |v| {
+            .run(&stream, &timestamps, &values, warmup, CHUNK, |v| {
                 scores.push(v.verdict.score as f32);
                 flags.push(v.verdict.anomaly);
                 surprises.push(v.verdict.surprise as f32);

@@ -200,7 +200,8 @@ impl NabRun {
                 let ts = unix_ms(&series.timestamps);
                 let values: Vec<Vec<f64>> = series.values.iter().map(|v| vec![*v]).collect();
                 let warmup = nab::probationary_length(values.len()) as u64;
-                let verdicts = replay.run(&name, &ts, &values, warmup, CHUNK).await?;
+                let mut verdicts = Vec::with_capacity(values.len());
+                replay.run(&name, &ts, &values, warmup, CHUNK, |v| verdicts.push(v)).await?;
                 let model = replay.model_of(&name).await.map(|(m, v)| format!("{m}/{v}")).unwrap_or_default();
                 progress(&format!("{}: {} rows, scored by {model}", series.key, verdicts.len()));
                 write_verdicts(&self.out, &self.name, series, &verdicts)?;

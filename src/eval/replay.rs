@@ -52,23 +52,9 @@ impl Replay {
 
     /// Feeds one series (`values[i]` holds every channel at `timestamps[i]`, Unix ms,
     /// strictly increasing) to a new stream `name` with `warmup` readings of warm-up, in
-    /// requests of `chunk` readings; returns a verdict per reading, in order.
+    /// requests of `chunk` readings, handing each verdict to `sink` in order (nothing is
+    /// kept: an ECG record is 650,000 readings).
     pub async fn run(
-        &self,
-        name: &str,
-        timestamps: &[i64],
-        values: &[Vec<f64>],
-        warmup: u64,
-        chunk: usize,
-    ) -> anyhow::Result<Vec<ReadingVerdict>> {
-        let mut verdicts = Vec::with_capacity(values.len());
-        self.run_into(name, timestamps, values, warmup, chunk, |v| verdicts.push(v)).await?;
-        Ok(verdicts)
-    }
-
-    /// Like [`Replay::run`], handing each verdict to `sink` in order instead of keeping them
-    /// (long recordings: an ECG record is 650,000 readings).
-    pub async fn run_into(
         &self,
         name: &str,
         timestamps: &[i64],
