@@ -5,9 +5,19 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
+# The docker-compose stack and its Grafana dashboard, checked statically (no Docker engine
+# runs here): every file referenced, every dashboard metric registered by the service.
+python3 scripts/check-deploy.py
 scripts/libtorch.sh
 # The PyTorch cross-check and the PostgreSQL tests must run here, not skip.
 export TSAD_REQUIRE_PYTHON=1 TSAD_REQUIRE_POSTGRES=1
 TSAD_TEST_DATABASE_URL=$(scripts/postgres.sh)
 export TSAD_TEST_DATABASE_URL
 cargo test --all-targets "$@"
+# Against the built binary: the dashboard in headless Chromium, then a schema-driven fuzz
+# run of the whole API from /openapi.json (any 5xx fails it), bounded in time.
+if [[ $# -eq 0 ]]; then
+  cargo build --bin tsad
+  scripts/browser-test.sh
+  TSAD_FUZZ_SECONDS=${TSAD_FUZZ_SECONDS:-90} scripts/api-fuzz.sh --seed 1
+fi

@@ -104,6 +104,7 @@ impl Application {
             keys: Arc::new(settings.api_keys.clone()),
             max_body_bytes: settings.max_body_bytes,
             max_readings: settings.max_readings,
+            ingest_permits: Arc::new(tokio::sync::Semaphore::new(settings.max_ingest_requests)),
         };
         let router = api::router(state, &settings);
         let listener =

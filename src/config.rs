@@ -100,6 +100,10 @@ pub struct ServeArgs {
     /// Writer requests queued before ingest answers 429 [default: 4096].
     #[arg(long, env = "TSAD_WRITER_QUEUE", value_name = "N")]
     pub writer_queue: Option<usize>,
+    /// Ingest requests handled at once; more are answered 429 at once, before their body is
+    /// read, which bounds the memory a burst can take [default: 64].
+    #[arg(long, env = "TSAD_MAX_INGEST_REQUESTS", value_name = "N")]
+    pub max_ingest_requests: Option<usize>,
     /// Training jobs run at once; more wait queued [default: 1].
     #[arg(long, env = "TSAD_TRAINING_JOBS", value_name = "N")]
     pub training_jobs: Option<usize>,
@@ -133,6 +137,7 @@ struct FileSettings {
     warmup: Option<u64>,
     sensitivity: Option<f64>,
     writer_queue: Option<usize>,
+    max_ingest_requests: Option<usize>,
     training_jobs: Option<usize>,
     auto_train_jobs: Option<usize>,
     auto_train_epochs: Option<usize>,
@@ -158,6 +163,7 @@ pub struct Settings {
     pub warmup: u64,
     pub sensitivity: f64,
     pub writer_queue: usize,
+    pub max_ingest_requests: usize,
     pub training_jobs: usize,
     pub auto_train_jobs: usize,
     pub auto_train_epochs: usize,
@@ -258,6 +264,7 @@ impl ServeArgs {
         let warmup = pick!(warmup, 200);
         let sensitivity = pick!(sensitivity, 0.5);
         let writer_queue = pick!(writer_queue, 4096);
+        let max_ingest_requests = pick!(max_ingest_requests, 64);
         let training_jobs = pick!(training_jobs, 1);
         let auto_train_jobs = pick!(auto_train_jobs, 1);
         let auto_train_epochs = pick!(auto_train_epochs, 30);
@@ -275,6 +282,7 @@ impl ServeArgs {
         in_range("mailbox", mailbox, 1, 1 << 20)?;
         in_range("max_active_streams", max_active_streams, 1, 100_000_000)?;
         in_range("writer_queue", writer_queue, 1, 1 << 24)?;
+        in_range("max_ingest_requests", max_ingest_requests, 1, 1 << 20)?;
         in_range("training_jobs", training_jobs, 1, 64)?;
         in_range("auto_train_jobs", auto_train_jobs, 0, 64)?;
         in_range("auto_train_epochs", auto_train_epochs, 1, 10_000)?;
@@ -317,6 +325,7 @@ impl ServeArgs {
             warmup,
             sensitivity,
             writer_queue,
+            max_ingest_requests,
             training_jobs,
             auto_train_jobs,
             auto_train_epochs,

@@ -1,5 +1,6 @@
 //! The API's one error type: every failure becomes an `application/problem+json` response
 //! (RFC 9457). Internal causes are logged, never shown to the client.
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -42,7 +43,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -57,6 +58,24 @@ impl ApiError {
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
+}
+
+// The JSON `problem` builds, described for the OpenAPI document: keep the two in step.
+/// An error (RFC 9457 problem details).
+#[derive(Debug, utoipa::ToSchema)]
+#[schema(example = json!({"type": "about:blank", "title": "Unprocessable Entity", "status": 422,
+    "detail": "sensitivity must be in [0, 1]"}))]
+pub struct Problem {
+    /// Always `about:blank`: the status says what kind of problem it is.
+    #[schema(rename = "type")]
+    pub kind: String,
+    /// The status's reason phrase.
+    pub title: String,
+    /// The HTTP status code again.
+    #[schema(minimum = 400, maximum = 599)]
+    pub status: u16,
+    /// What was wrong, for a person (never an internal cause).
+    pub detail: String,
 }
 
 /// A problem+json response with `status` and `detail`.
@@ -98,6 +117,27 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         response
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        extractor_error(rejection.status(), rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        extractor_error(rejection.status(), rejection.body_text())
+    }
+}
+
+/// A rejection by one of axum's extractors: the client's fault (400) or a routing bug.
+fn extractor_error(status: StatusCode, text: String) -> ApiError {
+    if status.is_client_error() {
+        ApiError::BadRequest(text)
+    } else {
+        ApiError::Internal(text)
     }
 }
 

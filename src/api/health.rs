@@ -9,17 +9,62 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+use super::openapi::Unavailable;
 use super::{ApiError, AppState};
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).route("/metrics", get(metrics))
 }
 
+// The JSON `healthz` answers, described for the OpenAPI document: keep the two in step.
+/// The process is alive.
+#[derive(utoipa::ToSchema)]
+#[schema(as = Health)]
+#[allow(dead_code)] // described for the OpenAPI document, never built
+struct HealthSchema {
+    /// Always `ok`.
+    #[schema(pattern = "^ok$")]
+    status: String,
+}
+
+// The JSON `readyz` answers, described for the OpenAPI document: keep the two in step.
+/// The service is ready: its database answers.
+#[derive(utoipa::ToSchema)]
+#[schema(as = Ready)]
+#[allow(dead_code)] // described for the OpenAPI document, never built
+struct ReadySchema {
+    /// Always `ready`.
+    #[schema(pattern = "^ready$")]
+    status: String,
+    /// Streams with an actor in memory.
+    active_streams: u64,
+}
+
+/// Liveness
+///
+/// Answers while the process serves requests.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    responses((status = 200, description = "Alive", body = HealthSchema)),
+)]
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// Readiness
+///
 /// Ready when the database answers within a second.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "Ready", body = ReadySchema),
+        (status = 503, response = Unavailable),
+    ),
+)]
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     match tokio::time::timeout(Duration::from_secs(1), state.streams.storage().ping()).await {
         Ok(Ok(())) => Ok(Json(json!({ "status": "ready", "active_streams": state.streams.active() }))),
@@ -28,8 +73,19 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
     }
 }
 
-/// Gauges that describe stored state are refreshed here, at scrape time, so they are never
-/// stale and cost nothing between scrapes.
+/// Prometheus metrics
+///
+/// The Prometheus text format: requests by route and status, readings, verdicts, jobs,
+/// models, queues.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses((status = 200, description = "Prometheus text exposition format", body = String,
+        content_type = "text/plain")),
+)]
+// Gauges that describe stored state are refreshed here, at scrape time, so they are never
+// stale and cost nothing between scrapes.
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let metrics = &state.metrics;
     let counts = tokio::time::timeout(Duration::from_secs(1), state.streams.storage().job_counts()).await;

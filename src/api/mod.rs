@@ -4,8 +4,10 @@
 mod admin;
 mod anomalies;
 mod auth;
+mod dashboard;
 pub mod error;
 mod health;
+mod openapi;
 mod readings;
 mod streams;
 pub mod wire;
@@ -39,6 +41,8 @@ pub struct AppState {
     pub keys: Arc<Vec<ApiKey>>,
     pub max_body_bytes: usize,
     pub max_readings: usize,
+    /// Ingest requests admitted at once (`max_ingest_requests`).
+    pub ingest_permits: Arc<tokio::sync::Semaphore>,
 }
 
 /// The whole HTTP application.
@@ -46,8 +50,8 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
     let scoped = |scope: Scope, routes: Router<AppState>| {
         routes.route_layer(middleware::from_fn_with_state((state.clone(), scope), auth::require))
     };
-    let write =
-        scoped(Scope::Write, readings::routes().merge(streams::write_routes()).merge(anomalies::write_routes()));
+    let ingest = readings::routes().route_layer(middleware::from_fn_with_state(state.clone(), readings::admit));
+    let write = scoped(Scope::Write, ingest.merge(streams::write_routes()).merge(anomalies::write_routes()));
     let read = scoped(Scope::Read, streams::read_routes().merge(anomalies::read_routes()));
     let admin = scoped(Scope::Admin, streams::admin_routes().merge(admin::routes()).merge(admin::job_routes()));
     let request_id = axum::http::HeaderName::from_static("x-request-id");
@@ -56,6 +60,8 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
         .merge(read)
         .merge(admin)
         .merge(health::routes())
+        .merge(openapi::routes())
+        .merge(dashboard::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { error::problem(StatusCode::METHOD_NOT_ALLOWED, "method not allowed") })
         .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
@@ -71,7 +77,18 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
                 .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, settings.request_timeout))
                 .layer(CompressionLayer::new()),
         )
+        .layer(middleware::map_response(retry_after))
         .with_state(state)
+}
+
+/// Every "try again later" says when, including the request-timeout layer's 503.
+async fn retry_after(mut response: Response) -> Response {
+    if matches!(response.status(), StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE)
+        && !response.headers().contains_key(axum::http::header::RETRY_AFTER)
+    {
+        response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+    }
+    response
 }
 
 /// Counts requests by matched route (never the raw path), method and status.

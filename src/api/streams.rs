@@ -1,13 +1,19 @@
 //! Streams: create/configure (`PUT`), list, get, delete, and their stored readings.
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::wire::{self, format_ts, json_body, query_timestamp, stream_name, MAX_CHANNELS};
+use super::openapi::{
+    BadRequest, Forbidden, NotFound, PayloadTooLarge, TooManyRequests, Unauthorized, Unavailable, Unprocessable,
+    UnsupportedMediaType,
+};
+use super::wire::{
+    self, format_ts, json_body, query_timestamp, stream_name, Path, Query, StreamName, VerdictSchema, MAX_CHANNELS,
+};
 use super::{ApiError, AppState};
 use crate::scoring::Verdict;
 use crate::storage::{ReadingRow, StreamConfig};
@@ -28,14 +34,85 @@ pub fn admin_routes() -> Router<AppState> {
     Router::new().route("/v1/streams/{stream}", axum::routing::delete(delete_stream))
 }
 
-#[derive(Debug, Deserialize)]
+/// A stream's settings; those left out keep their current values (defaults for a new stream).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"sensitivity": 0.6, "warmup": 50}))]
 struct StreamSettings {
+    /// Channels per reading (fixed once the stream has readings).
+    #[schema(minimum = 1, maximum = 64)]
     channels: Option<usize>,
+    /// The model that scores the stream (new streams: `default`).
+    #[schema(value_type = Option<StreamName>, nullable = false)]
     model: Option<String>,
+    /// 0 flags only the most extreme readings, 1 flags the most (new streams: the server's
+    /// `--sensitivity`).
+    #[schema(minimum = 0.0, maximum = 1.0)]
     sensitivity: Option<f64>,
+    /// Readings judged before any is flagged (new streams: the server's `--warmup`).
+    #[schema(minimum = 0, maximum = 10_000_000)]
     warmup: Option<u64>,
+    /// Fit a model of the stream's own once it has enough readings (default true).
     auto_train: Option<bool>,
+}
+
+// The JSON `status_json` writes, described for the OpenAPI document: keep the two in step.
+/// A stream's configuration and state.
+#[derive(utoipa::ToSchema)]
+#[schema(as = Stream)]
+#[allow(dead_code)] // described for the OpenAPI document, never built
+struct StreamSchema {
+    name: String,
+    channels: u64,
+    /// The model that scores it.
+    model: String,
+    /// The model's active version.
+    model_version: String,
+    sensitivity: f64,
+    warmup: u64,
+    auto_train: bool,
+    /// `warming` until `warmup` readings have been judged.
+    #[schema(inline)]
+    state: StreamState,
+    /// Readings stored.
+    readings: u64,
+    /// Anomaly events recorded.
+    anomalies: u64,
+    /// Time of the last reading (RFC 3339), null before the first.
+    #[schema(format = DateTime, required = true)]
+    last_ts: Option<String>,
+    #[schema(format = DateTime)]
+    created_at: String,
+    /// An automatic fit of a model of its own is due, queued or running.
+    fit_pending: bool,
+}
+
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // described for the OpenAPI document, never built
+enum StreamState {
+    Warming,
+    Scoring,
+}
+
+/// Every stream.
+#[derive(utoipa::ToSchema)]
+#[schema(as = StreamList)]
+#[allow(dead_code)] // described for the OpenAPI document, never built
+struct StreamListSchema {
+    streams: Vec<StreamSchema>,
+}
+
+// The JSON `get_readings` answers, described for the OpenAPI document: keep the two in step.
+/// A page of stored readings with their verdicts, oldest first.
+#[derive(utoipa::ToSchema)]
+#[schema(as = ReadingsPage)]
+#[allow(dead_code)] // described for the OpenAPI document, never built
+struct ReadingsPageSchema {
+    readings: Vec<VerdictSchema>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    #[schema(required = true)]
+    next_cursor: Option<String>,
 }
 
 fn status_json(state: &AppState, s: &StreamStatus) -> Value {
@@ -58,6 +135,30 @@ fn status_json(state: &AppState, s: &StreamStatus) -> Value {
     })
 }
 
+/// Create or configure a stream
+///
+/// Creates the stream (201) or changes its settings (200); settings left out keep their
+/// values. A running stream restarts with the new settings.
+#[utoipa::path(
+    put,
+    path = "/v1/streams/{stream}",
+    tag = "streams",
+    params(("stream" = StreamName, Path, description = "The stream")),
+    request_body = StreamSettings,
+    responses(
+        (status = 200, description = "Stream reconfigured", body = StreamSchema),
+        (status = 201, description = "Stream created", body = StreamSchema),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    ),
+    security(("api_key" = ["write"])),
+)]
 async fn put_stream(
     State(state): State<AppState>,
     Path(stream): Path<String>,
@@ -91,6 +192,20 @@ async fn put_stream(
     Ok((code, Json(status_json(&state, &status))))
 }
 
+/// List streams
+#[utoipa::path(
+    get,
+    path = "/v1/streams",
+    tag = "streams",
+    responses(
+        (status = 200, description = "Every stream", body = StreamListSchema),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    ),
+    security(("api_key" = ["read"])),
+)]
 async fn list_streams(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let records = state.streams.storage().streams().await?;
     let streams: Vec<Value> = records
@@ -106,6 +221,26 @@ async fn list_streams(State(state): State<AppState>) -> Result<Json<Value>, ApiE
     Ok(Json(json!({ "streams": streams })))
 }
 
+/// Get a stream
+///
+/// Its configuration and state: warming or scoring, counts, model and version.
+#[utoipa::path(
+    get,
+    path = "/v1/streams/{stream}",
+    tag = "streams",
+    params(("stream" = StreamName, Path, description = "The stream")),
+    responses(
+        (status = 200, description = "The stream", body = StreamSchema),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    ),
+    security(("api_key" = ["read"])),
+)]
 async fn get_stream(State(state): State<AppState>, Path(stream): Path<String>) -> Result<Json<Value>, ApiError> {
     stream_name(&stream)?;
     let status = state.streams.describe(&stream).await?;
@@ -114,6 +249,26 @@ async fn get_stream(State(state): State<AppState>, Path(stream): Path<String>) -
         .ok_or_else(|| ApiError::NotFound(format!("stream {stream} does not exist")))
 }
 
+/// Delete a stream
+///
+/// Deletes the stream and everything stored for it: readings, verdicts, anomaly events.
+#[utoipa::path(
+    delete,
+    path = "/v1/streams/{stream}",
+    tag = "streams",
+    params(("stream" = StreamName, Path, description = "The stream")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    ),
+    security(("api_key" = ["admin"])),
+)]
 async fn delete_stream(State(state): State<AppState>, Path(stream): Path<String>) -> Result<StatusCode, ApiError> {
     stream_name(&stream)?;
     if state.streams.delete(&stream).await? {
@@ -123,12 +278,21 @@ async fn delete_stream(State(state): State<AppState>, Path(stream): Path<String>
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ReadingsQuery {
+    /// Readings at or after this time: Unix milliseconds or RFC 3339.
+    #[param(nullable = false)]
     from: Option<String>,
+    /// Readings before this time: Unix milliseconds or RFC 3339.
+    #[param(nullable = false)]
     to: Option<String>,
+    /// Page size (default 1000).
+    #[param(nullable = false, minimum = 1, maximum = 10_000)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    #[param(nullable = false)]
     cursor: Option<String>,
 }
 
@@ -163,6 +327,26 @@ fn row_json(r: &ReadingRow) -> Value {
     wire::verdict_json(r.ts, &values, &verdict)
 }
 
+/// Stored readings of a stream
+///
+/// Readings with their verdicts, oldest first, paged by cursor.
+#[utoipa::path(
+    get,
+    path = "/v1/streams/{stream}/readings",
+    tag = "readings",
+    params(("stream" = StreamName, Path, description = "The stream"), ReadingsQuery),
+    responses(
+        (status = 200, description = "A page of readings", body = ReadingsPageSchema),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    ),
+    security(("api_key" = ["read"])),
+)]
 async fn get_readings(
     State(state): State<AppState>,
     Path(stream): Path<String>,

@@ -6,6 +6,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+use utoipa::openapi::schema::{ArrayBuilder, KnownFormat, ObjectBuilder, OneOfBuilder, Schema, SchemaFormat, Type};
+use utoipa::openapi::RefOr;
 
 use super::ApiError;
 use crate::scoring::Verdict;
@@ -91,6 +93,118 @@ pub fn verdict_json(ts: i64, values: &[f64], v: &Verdict) -> Value {
 pub fn reading_verdict_json(r: &ReadingVerdict) -> Value {
     verdict_json(r.ts, &r.values, &r.verdict)
 }
+
+/// A stream (or model) name: what [`stream_name`] accepts.
+pub struct StreamName;
+
+impl utoipa::PartialSchema for StreamName {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^[A-Za-z0-9._:-]{1,128}$"))
+            .description(Some("1-128 characters of A-Z a-z 0-9 . _ : -"))
+            .examples(["boiler-7"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for StreamName {}
+
+/// A timestamp in a request: an RFC 3339 string or integer Unix milliseconds, from
+/// 1970-01-01 to 9999-12-31 (the schema of what [`timestamp`] accepts).
+pub struct Timestamp;
+
+impl utoipa::PartialSchema for Timestamp {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+                    .examples(["2026-01-01T10:00:00Z"]),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                    .minimum(Some(0))
+                    .maximum(Some(MAX_TS))
+                    .examples([1_767_261_600_000i64]),
+            )
+            .description(Some("RFC 3339 string or integer Unix milliseconds (1970-01-01 to 9999-12-31)"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Timestamp {}
+
+/// One number, or for a multichannel stream an array of one number per channel (the schema
+/// of what [`channels_value`] writes).
+pub struct Channels;
+
+impl utoipa::PartialSchema for Channels {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Number)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Double))),
+            )
+            .item(
+                ArrayBuilder::new()
+                    .items(
+                        ObjectBuilder::new()
+                            .schema_type(Type::Number)
+                            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Double))),
+                    )
+                    .min_items(Some(2))
+                    .max_items(Some(MAX_CHANNELS)),
+            )
+            .description(Some("one number, or one number per channel for a multichannel stream"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Channels {}
+
+// The JSON `verdict_json` writes, described for the OpenAPI document: keep the two in step.
+/// A reading's verdict. Exactly one of `value` and `values` is present.
+#[derive(utoipa::ToSchema)]
+#[schema(as = Verdict)]
+pub struct VerdictSchema {
+    /// When the reading was taken (RFC 3339, UTC).
+    #[schema(format = DateTime)]
+    pub ts: String,
+    /// The reading, on a single-channel stream.
+    #[schema(nullable = false)]
+    pub value: Option<f64>,
+    /// The reading, one number per channel, on a multichannel stream.
+    #[schema(nullable = false, min_items = 2, max_items = 64)]
+    pub values: Option<Vec<f64>>,
+    /// The forecast (the reading itself before the model has a forecast).
+    pub expected: Channels,
+    /// Lower edge of the expected band.
+    pub lower: Channels,
+    /// Upper edge of the expected band.
+    pub upper: Channels,
+    /// Anomaly score, comparable across streams.
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    pub score: f64,
+    /// Whether the reading is anomalous (never during warm-up).
+    pub anomaly: bool,
+}
+
+/// `axum::extract::Query` whose rejection (an unparsable query string, an unknown or
+/// ill-typed parameter) is a problem+json 400 like every other error, not axum's plain text.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);
+
+/// `axum::extract::Path` whose rejection (a segment that does not decode to UTF-8) is a
+/// problem+json 400 like every other error.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
 
 /// Reads a whole body, refusing more than `limit` bytes with 413.
 pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {

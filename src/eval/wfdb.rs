@@ -1333,3 +1333,73 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! The readers never panic on arbitrary bytes, and the encoders invert them.
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn annotation() -> impl Strategy<Value = (u64, u8, i8, u8, i8, Option<String>)> {
+        (
+            0u64..5000,
+            1u8..=49,
+            prop_oneof![4 => Just(0i8), 1 => any::<i8>()],
+            prop_oneof![4 => Just(0u8), 1 => any::<u8>()],
+            prop_oneof![4 => Just(0i8), 1 => any::<i8>()],
+            prop::option::weighted(0.2, "[(A-Z]{1,8}"),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn annotation_bytes_parse_or_fail_cleanly(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+            if let Ok(annotations) = parse_annotations(&bytes) {
+                for pair in annotations.windows(2) {
+                    // SKIP may go backwards in a hostile file; the reader must not wrap around.
+                    prop_assert!(pair[0].sample < u64::MAX / 2 && pair[1].sample < u64::MAX / 2);
+                }
+            }
+        }
+
+        #[test]
+        fn header_text_parses_or_fails_cleanly(text in "[ 0-9a-z./+#()\n-]{0,300}") {
+            let _ = parse_header(&text);
+        }
+
+        #[test]
+        fn format_212_round_trips(samples in prop::collection::vec(-2048i16..=2047, 0..400)) {
+            let bytes = encode_212(&samples);
+            prop_assert_eq!(bytes.len() as u64, bytes_for_212(samples.len() as u64));
+            prop_assert_eq!(decode_212(&bytes, samples.len()), samples);
+        }
+
+        #[test]
+        fn annotations_round_trip(mut items in prop::collection::vec(annotation(), 0..60), gaps in prop::collection::vec(0u64..3000, 60)) {
+            let mut sample = 0;
+            let annotations: Vec<Annotation> = items
+                .drain(..)
+                .zip(gaps)
+                .map(|((_, code, sub, chan, num, aux), gap)| {
+                    sample += gap;
+                    Annotation { sample, code, symbol: symbol_for_code(code).unwrap_or(""), sub, chan, num, aux }
+                })
+                .collect();
+            let parsed = parse_annotations(&encode_annotations(&annotations)).expect("own encoding parses");
+            prop_assert_eq!(parsed, annotations);
+        }
+
+        #[test]
+        fn csv_columns_read_or_fail_cleanly(text in "[a-z0-9,.e+\"\n -]{0,300}") {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let path = dir.path().join("x.csv");
+            std::fs::write(&path, &text).expect("write");
+            if let Ok(values) = crate::import::read_csv_column(&path, None) {
+                prop_assert!(values.iter().all(|v| v.is_finite()));
+            }
+        }
+    }
+}

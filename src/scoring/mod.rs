@@ -21,6 +21,8 @@ mod events;
 mod gaussian;
 mod likelihood;
 mod normaliser;
+#[cfg(test)]
+mod properties;
 mod scorer;
 #[cfg(test)]
 mod testkit;

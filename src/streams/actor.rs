@@ -27,6 +27,18 @@ const INPUT_CLAMP: f64 = 50.0;
 pub const REWARM_READINGS: i64 = 512;
 /// The id of a stream that exists only in memory until its first readings are committed.
 pub const UNSTORED: i64 = 0;
+/// A stream's scoring state (a few KB of JSON) is written beside its readings at most this
+/// often, or after `SNAPSHOT_EVERY_READINGS`, or when an event opens, moves or closes — not
+/// on every commit. After a crash the stream starts from its last snapshot and replays the
+/// readings stored after it ([`Actor::catch_up`]); a graceful stop writes it at once.
+const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(10);
+const SNAPSHOT_EVERY_READINGS: u64 = 10_000;
+/// Stored readings replayed at most to bring a stale snapshot up to date; beyond that the
+/// stream re-warms from its recent history instead.
+const CATCH_UP_MAX: i64 = 200_000;
+/// Readings per inference call while catching up.
+const CATCH_UP_CHUNK: usize = 10_000;
+
 /// How long a prepared ingest waits for its commit decision before giving up.
 const DECISION_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -100,6 +112,13 @@ fn index(model: &ModelInfo, steps: usize, t: usize, c: usize) -> usize {
     ((c / width) * steps + t) * width + c % width
 }
 
+/// Whether an actor goes on after an ingest.
+enum Flow {
+    Continue,
+    /// The stream's state is in doubt: stop; the next request restarts it from storage.
+    Reload,
+}
+
 pub(super) struct Actor {
     name: String,
     record: StreamRecord,
@@ -108,6 +127,10 @@ pub(super) struct Actor {
     shared: Arc<Shared>,
     /// Whether this actor already announced the stream for automatic fitting.
     fit_requested: bool,
+    /// When the scoring state is next written even without another reason.
+    snapshot_due: Instant,
+    /// Readings committed since the scoring state was last written.
+    unsaved: u64,
 }
 
 impl Actor {
@@ -141,7 +164,70 @@ impl Actor {
             }
             other => Self::rewarm(&record, &model, other, &shared).await?,
         };
-        Ok(Actor { name: record.name.clone(), record, model, state, shared, fit_requested: false })
+        let mut actor = Actor {
+            name: record.name.clone(),
+            record,
+            model,
+            state,
+            shared,
+            fit_requested: false,
+            snapshot_due: Instant::now() + SNAPSHOT_INTERVAL,
+            unsaved: 0,
+        };
+        actor.catch_up().await?;
+        Ok(actor)
+    }
+
+    /// Brings a snapshot older than the stream's stored readings (the process stopped
+    /// between two snapshot writes) up to date by judging the readings stored after it
+    /// again, exactly as they were judged live; nothing is written.
+    async fn catch_up(&mut self) -> Result<(), IngestError> {
+        let (Some(from), Some(stored)) = (self.state.last_ts, self.record.last_ts) else { return Ok(()) };
+        if stored <= from || self.record.id == UNSTORED {
+            return Ok(());
+        }
+        let rows = self.shared.storage.readings(self.record.id, None, None, Some(from), CATCH_UP_MAX + 1).await?;
+        if rows.len() as i64 > CATCH_UP_MAX {
+            warn!(stream = %self.name, "snapshot too far behind its readings; re-warming from recent history");
+            self.state = Self::rewarm(&self.record, &self.model, Some(self.state.clone()), &self.shared).await?;
+            return Ok(());
+        }
+        let readings: Vec<Reading> = rows
+            .iter()
+            .map(|row| {
+                let v = stored_verdict(row);
+                Reading { ts: v.ts, values: v.values }
+            })
+            .collect();
+        for chunk in readings.chunks(CATCH_UP_CHUNK) {
+            let (state, _, _) = self.prepare(chunk, true).await?;
+            self.state = state;
+        }
+        self.unsaved = readings.len() as u64;
+        debug!(readings = readings.len(), "caught a stale snapshot up with stored readings");
+        Ok(())
+    }
+
+    /// Writes the scoring state if readings were committed since it was last written.
+    async fn flush(&mut self) {
+        let Some(last_ts) = self.state.last_ts.filter(|_| self.unsaved > 0 && self.record.id != UNSTORED) else {
+            return;
+        };
+        let snapshot = match serde_json::to_string(&self.state) {
+            Ok(s) => s,
+            Err(e) => return warn!(error = %e, "snapshot not serialisable"),
+        };
+        let batch = WriteBatch {
+            stream_id: self.record.id,
+            create: None,
+            readings: Vec::new(),
+            events: Vec::new(),
+            update: StreamUpdate { last_ts, readings_added: 0, anomalies_added: 0, snapshot: Some(snapshot) },
+        };
+        match self.shared.writer.commit(vec![batch]).await {
+            Ok(_) => self.unsaved = 0,
+            Err(e) => warn!(stream = %self.name, error = %e, "snapshot not written; a restart will catch up"),
+        }
     }
 
     /// Rebuilds recurrent state and forecast by replaying the stream's recent stored
@@ -203,6 +289,7 @@ impl Actor {
             let command = tokio::select! {
                 command = rx.recv() => command,
                 _ = tokio::time::sleep(self.shared.idle_evict) => {
+                    self.flush().await;
                     if self.shared.evict(&self.name, generation, &rx) {
                         break;
                     }
@@ -211,11 +298,19 @@ impl Actor {
             };
             let Some(command) = command else { break };
             match command {
-                Command::Ingest { readings, arrived, reply } => self.ingest(readings, arrived, reply).await,
+                Command::Ingest { readings, arrived, reply } => {
+                    if let Flow::Reload = self.ingest(readings, arrived, reply).await {
+                        // Requests already queued here lose their reply and are retried
+                        // by `Streams::ask` on an actor started afresh from storage.
+                        self.shared.retire(&self.name, generation);
+                        break;
+                    }
+                }
                 Command::Describe { reply } => {
                     let _ = reply.send(self.status());
                 }
                 Command::Stop { reply } => {
+                    self.flush().await;
                     let _ = reply.send(());
                     break;
                 }
@@ -257,28 +352,33 @@ impl Actor {
         readings: Vec<Reading>,
         arrived: Instant,
         reply: oneshot::Sender<Result<Prepared, IngestError>>,
-    ) {
+    ) -> Flow {
         // A client retrying after a timeout sends readings that may already be stored.
         let (mut verdicts, fresh) = match self.replayed(&readings).await {
             Ok(split) => split,
             Err(e) => {
                 let _ = reply.send(Err(e));
-                return;
+                return Flow::Continue;
             }
         };
-        let prepared = if fresh.is_empty() { self.unchanged() } else { self.prepare(fresh, arrived).await };
+        let prepared = if fresh.is_empty() { self.unchanged() } else { self.prepare(fresh, false).await };
         let (state, batch, fresh_verdicts) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 let _ = reply.send(Err(e));
-                return;
+                return Flow::Continue;
             }
         };
+        let latency = arrived.elapsed().as_secs_f64();
+        for _ in 0..fresh_verdicts.len() {
+            self.shared.metrics.verdict_latency.observe(latency);
+        }
         verdicts.extend(fresh_verdicts);
         let added = batch.readings.len() as i64;
+        let persisted = batch.update.snapshot.is_some();
         let (decide, decision) = oneshot::channel();
         if reply.send(Ok(Prepared { batch, verdicts, decide })).is_err() {
-            return; // the request is gone; nothing was stored
+            return Flow::Continue; // the request is gone; nothing was stored
         }
         match tokio::time::timeout(DECISION_TIMEOUT, decision).await {
             Ok(Ok(Some(id))) => {
@@ -286,10 +386,24 @@ impl Actor {
                 self.record.readings_count += added;
                 self.record.last_ts = state.last_ts;
                 self.state = state;
+                if persisted {
+                    self.snapshot_due = Instant::now() + SNAPSHOT_INTERVAL;
+                    self.unsaved = 0;
+                } else {
+                    self.unsaved += added as u64;
+                }
                 self.maybe_request_fit();
             }
-            _ => debug!("ingest discarded: not committed"),
+            // The sender was dropped: nothing was sent to the database.
+            Ok(Err(_)) => debug!("ingest discarded: not committed"),
+            // The commit failed or never answered: the database may hold it or not (a
+            // connection lost during COMMIT). The in-memory state can no longer be trusted.
+            Ok(Ok(None)) | Err(_) => {
+                warn!(stream = %self.name, "commit outcome unknown; the stream reloads from storage");
+                return Flow::Reload;
+            }
         }
+        Flow::Continue
     }
 
     /// Splits off the readings at or before the stream's last stored one: each must be
@@ -322,24 +436,23 @@ impl Actor {
 
     /// What an ingest of only already-stored readings writes: the stream as it is.
     fn unchanged(&self) -> Result<(Snapshot, WriteBatch, Vec<ReadingVerdict>), IngestError> {
-        let snapshot = serde_json::to_string(&self.state).map_err(|e| IngestError::Internal(e.to_string()))?;
         let last_ts = self.state.last_ts.ok_or_else(|| IngestError::Internal("no last reading".into()))?;
         let batch = WriteBatch {
             stream_id: self.record.id,
             create: None,
             readings: Vec::new(),
             events: Vec::new(),
-            update: StreamUpdate { last_ts, readings_added: 0, anomalies_added: 0, snapshot },
+            update: StreamUpdate { last_ts, readings_added: 0, anomalies_added: 0, snapshot: None },
         };
         Ok((self.state.clone(), batch, Vec::new()))
     }
 
     /// Judges `readings` on a copy of the state. Returns the new state, the rows to store
-    /// and the verdicts.
+    /// and the verdicts. `replay` (catching up at start) skips the snapshot.
     async fn prepare(
         &self,
         readings: &[Reading],
-        arrived: Instant,
+        replay: bool,
     ) -> Result<(Snapshot, WriteBatch, Vec<ReadingVerdict>), IngestError> {
         let channels = self.record.config.channels;
         let (first, last) = match (readings.first(), readings.last()) {
@@ -432,15 +545,20 @@ impl Actor {
             forecast = Some(Forecast { mean: at(&result.mean), log_var: at(&result.log_var) });
             forecast_norm = norms[t].clone();
         }
-        let latency = arrived.elapsed().as_secs_f64();
-        for _ in 0..steps {
-            self.shared.metrics.verdict_latency.observe(latency);
-        }
         next.recurrent = result.state;
         next.forecast_mean = forecast.as_ref().map(|f| f.mean.clone());
         next.forecast_log_var = forecast.map(|f| f.log_var);
         next.last_ts = Some(last.ts);
-        let snapshot = serde_json::to_string(&next).map_err(|e| IngestError::Internal(e.to_string()))?;
+        let persist = !replay
+            && (self.record.id == UNSTORED
+                || !events.is_empty()
+                || Instant::now() >= self.snapshot_due
+                || self.unsaved + steps as u64 >= SNAPSHOT_EVERY_READINGS);
+        let snapshot = if persist {
+            Some(serde_json::to_string(&next).map_err(|e| IngestError::Internal(e.to_string()))?)
+        } else {
+            None
+        };
         let batch = WriteBatch {
             stream_id: self.record.id,
             create: (self.record.id == UNSTORED).then(|| NewStream {

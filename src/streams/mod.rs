@@ -130,6 +130,14 @@ impl Shared {
         Ok(model)
     }
 
+    /// Removes an actor from the registry (if it is still the registered one).
+    pub(crate) fn retire(&self, name: &str, generation: u64) {
+        let mut actors = self.actors.lock().expect("actor registry lock");
+        if actors.get(name).is_some_and(|h| h.generation == generation) {
+            actors.remove(name);
+        }
+    }
+
     /// Removes an idle actor from the registry unless a message is waiting for it.
     pub(crate) fn evict(&self, name: &str, generation: u64, rx: &mpsc::Receiver<Command>) -> bool {
         let mut actors = self.actors.lock().expect("actor registry lock");
@@ -310,10 +318,7 @@ impl Streams {
     }
 
     fn forget(&self, name: &str, generation: u64) {
-        let mut actors = self.shared.actors.lock().expect("actor registry lock");
-        if actors.get(name).is_some_and(|h| h.generation == generation) {
-            actors.remove(name);
-        }
+        self.shared.retire(name, generation);
     }
 
     /// Ingests readings for one or more streams, all or nothing: every stream judges its
@@ -360,10 +365,15 @@ impl Streams {
             let batches = prepared.iter().map(|p| p.batch.clone()).collect();
             let committed = writer.commit(batches).await;
             let ids = committed.as_ref().ok().cloned().unwrap_or_default();
+            // A batch refused by a full queue never reached the database; any other
+            // failure may have happened after the COMMIT did (its outcome is unknown).
+            let never_sent = matches!(committed, Err(StorageError::WriterFull));
             let mut outcomes = Vec::with_capacity(prepared.len());
             for (i, (p, name)) in prepared.into_iter().zip(names).enumerate() {
                 let id = ids.get(i).copied();
-                let _ = p.decide.send(id);
+                if !never_sent {
+                    let _ = p.decide.send(id); // dropped unsent: "not committed"
+                }
                 if id.is_some() {
                     let flagged = p.verdicts.iter().filter(|v| v.verdict.anomaly).count();
                     metrics.readings.inc_by(p.batch.readings.len() as u64);

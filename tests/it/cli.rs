@@ -269,3 +269,74 @@ fn eval_ecg_scores_every_beat_after_the_warmup_and_reports_auc_and_detection() {
     let bad = tsad(&["eval", "ecg", "--mitdb", "/nonexistent", "--records", "syn", "--out", &path(&out)]);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// `tsad serve` at its most verbose, driven with valid and invalid keys: no key, nor any
+/// part of one, reaches the log.
+#[test]
+fn api_keys_never_reach_the_log_even_at_trace_level() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let admin = "admin-key-0123456789abcdef";
+    let write = "write-key-0123456789abcdef";
+    let wrong = "wrong-key-0123456789abcdef";
+    let database = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tsad"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &database])
+        .args(["--api-keys", &format!("admin:{admin},write:{write}")])
+        .env("TSAD_LOG", "trace")
+        .env("TSAD_AUTO_TRAIN_JOBS", "0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tsad serve starts");
+    // The log goes to stdout or stderr; read both, find the bound address.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    for pipe in [
+        Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>,
+        Box::new(child.stderr.take().expect("stderr")),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    let mut log = Vec::new();
+    let addr = loop {
+        let line = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("tsad logs that it is serving");
+        log.push(line.clone());
+        if line.contains("tsad serving") {
+            let at = line.find("addr=").expect("addr field") + 5;
+            break line[at..].split_whitespace().next().expect("address").trim_matches('"').to_string();
+        }
+    };
+    let request = |method: &str, path: &str, key: &str, body: &str| {
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+        let text = format!(
+            "{method} {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\nx-api-key: {key}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(text.as_bytes()).expect("send");
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer
+    };
+    let body = r#"{"readings":[{"ts":1767225600000,"value":1.5}]}"#;
+    assert!(request("POST", "/v1/streams/k/readings", write, body).starts_with("HTTP/1.1 200"));
+    assert!(request("POST", "/v1/streams/k/readings", wrong, body).starts_with("HTTP/1.1 401"));
+    assert!(request("GET", "/admin/v1/models", write, "").starts_with("HTTP/1.1 403"));
+    assert!(request("GET", "/admin/v1/jobs", admin, "").starts_with("HTTP/1.1 200"));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let _ = child.kill();
+    let _ = child.wait();
+    while let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(500)) {
+        log.push(line);
+    }
+    let text = log.join("\n");
+    assert!(text.contains("/admin/v1/jobs"), "the requests were logged at trace level:\n{text}");
+    for secret in [admin, write, wrong, "0123456789abcdef"] {
+        assert!(!text.contains(secret), "a key reached the log:\n{text}");
+    }
+}

@@ -6,6 +6,8 @@ mod cli;
 mod configs;
 mod learning;
 mod lecture;
+mod openapi;
+mod outage;
 mod pytorch;
 mod service;
 mod support;

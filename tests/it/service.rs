@@ -4,6 +4,7 @@ use rand_distr::{Distribution, Normal};
 use serde_json::{json, Value};
 
 use crate::app::{restart, restart_with, spawn_app, spawn_app_with, spawn_app_with_keys, Backend, TestApp};
+use crate::support::{Need, Route, ROUTES};
 
 /// A noisy seasonal sensor: level 10, amplitude 3, period 60 readings, noise σ = 0.3.
 fn seasonal(len: usize, seed: u64) -> Vec<f64> {
@@ -323,40 +324,16 @@ async fn every_route_checks_its_scope() {
         .await
         .expect("sent");
     assert_eq!(admin_post.status(), 200);
-    #[derive(Clone, Copy, PartialEq)]
-    enum Need {
-        Open,
-        Read,
-        Write,
-        Admin,
-    }
-    let routes: Vec<(&str, String, Need, Option<Value>)> = vec![
-        ("POST", "/v1/streams/s/readings".into(), Need::Write, Some(body(&[3.0], 10))),
-        (
-            "POST",
-            "/v1/readings".into(),
-            Need::Write,
-            Some(json!({"readings": [{"stream": "s2", "ts": ts(0), "value": 1}]})),
-        ),
-        ("PUT", "/v1/streams/s3".into(), Need::Write, Some(json!({}))),
-        ("POST", "/v1/anomalies/1/feedback".into(), Need::Write, Some(json!({"label": "false_positive"}))),
-        ("GET", "/v1/streams".into(), Need::Read, None),
-        ("GET", "/v1/streams/s".into(), Need::Read, None),
-        ("GET", "/v1/streams/s/readings".into(), Need::Read, None),
-        ("GET", "/v1/streams/s/anomalies".into(), Need::Read, None),
-        ("GET", "/v1/anomalies".into(), Need::Read, None),
-        ("DELETE", "/v1/streams/s9".into(), Need::Admin, None),
-        ("GET", "/admin/v1/models".into(), Need::Admin, None),
-        ("POST", "/admin/v1/models/default/versions/9/activate".into(), Need::Admin, None),
-        ("POST", "/admin/v1/models/m/train".into(), Need::Admin, Some(json!({"streams": []}))),
-        ("GET", "/admin/v1/jobs".into(), Need::Admin, None),
-        ("GET", "/admin/v1/jobs/1".into(), Need::Admin, None),
-        ("DELETE", "/admin/v1/jobs/1".into(), Need::Admin, None),
-        ("GET", "/healthz".into(), Need::Open, None),
-        ("GET", "/readyz".into(), Need::Open, None),
-        ("GET", "/metrics".into(), Need::Open, None),
-    ];
-    for (method, path, need, payload) in routes {
+    let payload = |route: &Route| match (route.method, route.template) {
+        ("POST", "/v1/streams/{stream}/readings") => Some(body(&[3.0], 10)),
+        ("POST", "/v1/readings") => Some(json!({"readings": [{"stream": "s2", "ts": ts(0), "value": 1}]})),
+        ("PUT", "/v1/streams/{stream}") => Some(json!({})),
+        ("POST", "/v1/anomalies/{id}/feedback") => Some(json!({"label": "false_positive"})),
+        ("POST", "/admin/v1/models/{model}/train") => Some(json!({"streams": []})),
+        _ => None,
+    };
+    for route in ROUTES {
+        let (method, path, need, payload) = (route.method, route.example, route.need, payload(route));
         for (key, scope) in [
             (None, None),
             (Some("wrong-key-0123456789"), None),
@@ -364,14 +341,16 @@ async fn every_route_checks_its_scope() {
             (Some(WRITE), Some(Need::Write)),
             (Some(ADMIN), Some(Need::Admin)),
         ] {
-            let mut request = app.client.request(method.parse().expect("method"), app.url(&path));
+            let mut request = app.client.request(method.parse().expect("method"), app.url(path));
             if let Some(k) = key {
                 request = request.bearer_auth(k);
             }
             if let Some(p) = &payload {
                 request = request.json(p);
             }
-            let status = request.send().await.expect("sent").status().as_u16();
+            let (status, reply) = crate::app::decode(request.send().await.expect("sent")).await;
+            // The route exists: neither the router's fallback nor a method it does not serve.
+            assert!(status != 405 && reply["detail"] != "no such route", "{method} {path} is not served: {reply}");
             let expected_auth = match (need, scope) {
                 (Need::Open, _) => None,
                 (_, None) => Some(401),

@@ -1,0 +1,183 @@
+//! The database going away mid-run: `/readyz` fails, ingest answers 503 without
+//! acknowledging, nothing is half-stored, and the service recovers by itself when the
+//! database returns. PostgreSQL is reached through a TCP proxy the test cuts and restores
+//! (stopping the shared server would break every other test running beside this one).
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::app::{fresh_database, Backend, TestApp};
+
+/// Forwards connections to `upstream` while up; when cut, drops every open connection and
+/// refuses new ones, as a database host that went away.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    up: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let up = Arc::new(AtomicBool::new(true));
+        let open: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let (up2, open2) = (up.clone(), open.clone());
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else { return };
+                if !up2.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                open2.lock().expect("proxy lock").push(task);
+            }
+        });
+        Proxy { addr, up, open, accept }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for task in self.open.lock().expect("proxy lock").drain(..) {
+            task.abort(); // both sockets close
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+fn batch(from: usize, n: usize) -> Value {
+    let readings: Vec<Value> = (from..from + n)
+        .map(|i| json!({"ts": 1_767_225_600_000i64 + i as i64 * 1000, "value": 10.0 + (i as f64 / 7.0).sin()}))
+        .collect();
+    json!({ "readings": readings })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_gives_503_acknowledges_nothing_and_recovers() {
+    let Some((url, _)) = fresh_database(Backend::Postgres).await else { return };
+    // postgres://user@HOST:PORT/db → the same through the proxy.
+    let (scheme_user, rest) = url.split_once('@').expect("user@host in the URL");
+    let (host_port, db) = rest.split_once('/').expect("a database name");
+    let proxy = Proxy::start(host_port.to_string()).await;
+    let proxied = format!("{scheme_user}@{}/{db}", proxy.addr);
+    let app = TestApp::start(&proxied, None).await;
+
+    let (status, reply) = app.post("/v1/streams/boiler/readings", &batch(0, 200)).await;
+    assert_eq!(status, 200, "{reply}");
+    let (status, _) = app.get("/readyz").await;
+    assert_eq!(status, 200);
+
+    proxy.cut();
+    let (status, ready) = app.get("/readyz").await;
+    assert_eq!(status, 503, "readyz with the database gone: {ready}");
+    // Ingest during the outage: never a 2xx; a 503 (or 429 while shedding) with Retry-After.
+    for attempt in 0..3 {
+        let response = app
+            .client
+            .post(app.url("/v1/streams/boiler/readings"))
+            .json(&batch(200, 50))
+            .send()
+            .await
+            .expect("the service answers");
+        let status = response.status().as_u16();
+        let retry_after = response.headers().contains_key("retry-after");
+        let (_, body) = crate::app::decode(response).await;
+        assert!(status == 503 || status == 429, "attempt {attempt}: {status} {body}");
+        assert!(retry_after, "attempt {attempt}: {status} without Retry-After");
+        assert_eq!(body["status"], status, "problem+json body: {body}");
+    }
+
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _) = app.get("/readyz").await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "readyz did not recover within 30 s of the database returning");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The refused batch, retried, is stored once; then ingest goes on.
+    let mut status = 0;
+    for _ in 0..50 {
+        let (s, reply) = app.post("/v1/streams/boiler/readings", &batch(200, 50)).await;
+        status = s;
+        if s == 200 {
+            assert_eq!(reply["accepted"], 50, "{reply}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status, 200, "ingest did not recover");
+    let (status, reply) = app.post("/v1/streams/boiler/readings", &batch(250, 50)).await;
+    assert_eq!(status, 200, "{reply}");
+    let (_, stream) = app.get("/v1/streams/boiler").await;
+    assert_eq!(stream["readings"], 300, "{stream}");
+    let (_, page) = app.get("/v1/streams/boiler/readings?limit=10000").await;
+    let stored = page["readings"].as_array().expect("readings");
+    assert_eq!(stored.len(), 300);
+    let mut ts: Vec<&str> = stored.iter().map(|r| r["ts"].as_str().expect("ts")).collect();
+    ts.dedup();
+    assert_eq!(ts.len(), 300, "a reading stored twice");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_beyond_the_admission_limit_is_refused_before_its_body_is_read() {
+    use tokio::io::AsyncWriteExt;
+    let Some(app) = crate::app::spawn_app_with(Backend::Sqlite, None, |s| s.max_ingest_requests = 1).await else {
+        return;
+    };
+    // A slow client: headers and half its body sent, so it holds the only permit.
+    let body = serde_json::to_vec(&batch(0, 20)).expect("json");
+    let mut slow = TcpStream::connect(app.addr).await.expect("connect");
+    let head = format!(
+        "POST /v1/streams/slow/readings HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).await.expect("write head");
+    slow.write_all(&body[..body.len() / 2]).await.expect("write half");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let response = app.client.post(app.url("/v1/streams/fast/readings")).json(&batch(0, 5)).send().await.expect("sent");
+    assert_eq!(response.status().as_u16(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    // Reads are not ingest: still served.
+    assert_eq!(app.get("/v1/streams").await.0, 200);
+
+    // The slow client finishes: it is answered, and the permit comes back.
+    slow.write_all(&body[body.len() / 2..]).await.expect("write rest");
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::io::AsyncReadExt::read(&mut slow, &mut answer).await.expect("read");
+    assert!(
+        String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    let (status, reply) = app.post("/v1/streams/fast/readings", &batch(0, 5)).await;
+    assert_eq!(status, 200, "{reply}");
+    let (_, fast) = app.get("/v1/streams/fast").await;
+    assert_eq!(fast["readings"], 5, "the refused request stored nothing: {fast}");
+    app.stop().await;
+}
