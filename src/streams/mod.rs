@@ -410,13 +410,18 @@ impl Streams {
     }
 
     /// Stops a stream's actor (if in memory), so the next request restores it from storage.
+    ///
+    /// The actor stays registered until it has written its state and answered, so a request
+    /// arriving meanwhile queues behind the stop (and is retried on a fresh actor) instead of
+    /// starting one from a snapshot that is about to be replaced.
     pub async fn stop(&self, name: &str) {
-        let handle = self.shared.actors.lock().expect("actor registry lock").remove(name);
+        let handle = self.shared.actors.lock().expect("actor registry lock").get(name).cloned();
         if let Some(handle) = handle {
             let (reply, done) = oneshot::channel();
             if handle.tx.send(Command::Stop { reply }).await.is_ok() {
                 let _ = done.await;
             }
+            self.forget(name, handle.generation);
         }
     }
 
