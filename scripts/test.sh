@@ -18,6 +18,6 @@ cargo test --all-targets "$@"
 # run of the whole API from /openapi.json (any 5xx fails it), bounded in time.
 if [[ $# -eq 0 ]]; then
   cargo build --bin tsad
-  scripts/browser-test.sh
+  TSAD_SCREENSHOT=${TMPDIR:-/tmp}/tsad-dashboard.png scripts/browser-test.sh
   TSAD_FUZZ_SECONDS=${TSAD_FUZZ_SECONDS:-90} scripts/api-fuzz.sh --seed 1
 fi
