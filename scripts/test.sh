@@ -9,6 +9,10 @@ cd "$root"
 # runs here): every file referenced, every dashboard metric registered by the service.
 python3 scripts/check-deploy.py
 scripts/libtorch.sh
+# Dependency audit: licences, banned crates, sources (the advisory database is on GitHub,
+# out of reach here: docs/RELIABILITY.md).
+command -v cargo-deny >/dev/null || cargo install --locked cargo-deny@0.20.2
+cargo deny --log-level error check licenses bans sources
 # The PyTorch cross-check and the PostgreSQL tests must run here, not skip.
 export TSAD_REQUIRE_PYTHON=1 TSAD_REQUIRE_POSTGRES=1
 TSAD_TEST_DATABASE_URL=$(scripts/postgres.sh)

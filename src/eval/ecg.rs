@@ -113,6 +113,10 @@ impl EcgRun {
     /// Replays every record; returns the report and every scored beat.
     pub async fn run(&self, progress: impl Fn(&str)) -> anyhow::Result<(EcgReport, Vec<Beat>)> {
         let started = Instant::now();
+        // Every record must be readable before minutes are spent on the others.
+        for name in &self.records {
+            wfdb::read_header(&self.mitdb, name).map_err(|e| anyhow::anyhow!("record {name}: {e}"))?;
+        }
         let replay = Replay::start(self.models_dir.clone(), self.fit_jobs).await?;
         let results: Vec<anyhow::Result<(String, Vec<Beat>, String)>> =
             futures::stream::iter(self.records.iter().map(|name| self.record(&replay, name, &progress)))

@@ -137,7 +137,7 @@ impl Actor {
     /// Restores the stream from its stored snapshot, re-warming the recurrent state from
     /// stored readings when the snapshot belongs to another model version.
     #[instrument(skip_all, fields(stream = %record.name))]
-    pub(super) async fn start(record: StreamRecord, shared: Arc<Shared>) -> Result<Actor, IngestError> {
+    pub(super) async fn start(mut record: StreamRecord, shared: Arc<Shared>) -> Result<Actor, IngestError> {
         let model = shared.model(&record.config.model)?;
         if record.config.channels % model.input_size != 0 {
             return Err(IngestError::Config(format!(
@@ -145,7 +145,9 @@ impl Actor {
                 model.name, model.input_size, record.config.channels
             )));
         }
-        let stored: Option<Snapshot> = record.snapshot.as_deref().and_then(|text| match serde_json::from_str(text) {
+        // Taken out of the record: the actor keeps the parsed state, not its JSON (4 KB).
+        let text = record.snapshot.take();
+        let stored: Option<Snapshot> = text.as_deref().and_then(|text| match serde_json::from_str(text) {
             Ok(s) => Some(s),
             Err(e) => {
                 warn!(error = %e, "stored snapshot unreadable; rebuilding from history");
@@ -289,7 +291,7 @@ impl Actor {
             let command = tokio::select! {
                 command = rx.recv() => command,
                 _ = tokio::time::sleep(self.shared.idle_evict) => {
-                    self.flush().await;
+                    Box::pin(self.flush()).await;
                     if self.shared.evict(&self.name, generation, &rx) {
                         break;
                     }
@@ -299,7 +301,9 @@ impl Actor {
             let Some(command) = command else { break };
             match command {
                 Command::Ingest { readings, arrived, reply } => {
-                    if let Flow::Reload = self.ingest(readings, arrived, reply).await {
+                    // Boxed: the ingest future is large and short-lived; inline it would
+                    // size every idle actor's task for it (see docs/PERFORMANCE.md, memory).
+                    if let Flow::Reload = Box::pin(self.ingest(readings, arrived, reply)).await {
                         // Requests already queued here lose their reply and are retried
                         // by `Streams::ask` on an actor started afresh from storage.
                         self.shared.retire(&self.name, generation);
@@ -310,7 +314,7 @@ impl Actor {
                     let _ = reply.send(self.status());
                 }
                 Command::Stop { reply } => {
-                    self.flush().await;
+                    Box::pin(self.flush()).await;
                     let _ = reply.send(());
                     break;
                 }
