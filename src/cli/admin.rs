@@ -14,13 +14,14 @@ use super::CliError;
 pub struct ServerArgs {
     /// Base URL of a running `tsad serve`.
     #[arg(long, env = "TSAD_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
-    server: String,
-    /// API key with the admin scope (sent as a bearer token).
+    pub(super) server: String,
+    /// API key, sent as a bearer token: the admin scope for `models` and `jobs`; `write` (and
+    /// `read` for the summaries) for `simulate` and `import`.
     #[arg(long, env = "TSAD_API_KEY", hide_env_values = true, global = true)]
-    key: Option<String>,
+    pub(super) key: Option<String>,
     /// Print the server's JSON instead of a table.
     #[arg(long, global = true)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -263,7 +264,7 @@ fn text(v: &Value) -> String {
     }
 }
 
-fn print_table(header: &[&str], rows: &[Vec<String>]) {
+pub(super) fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

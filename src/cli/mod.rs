@@ -3,7 +3,9 @@
 mod admin;
 mod bench;
 mod eval;
+mod import;
 mod serve;
+mod simulate;
 mod train;
 
 use std::process::ExitCode;
@@ -24,12 +26,17 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Measure detection quality on labelled data (NAB, MIT-BIH) through the streaming core.
     Eval(eval::EvalArgs),
+    /// Post one column of a CSV file into a stream of a running server.
+    Import(import::ImportArgs),
     /// Training jobs of a running server: list, show, cancel, watch.
     Jobs(admin::JobsArgs),
     /// Models of a running server: list, activate a version, train a new one.
     Models(admin::ModelsArgs),
     /// Run the detection service (HTTP API, streams, storage, metrics).
     Serve(crate::config::ServeArgs),
+    /// The demo: post synthetic sensor and ECG streams with injected anomalies to a running
+    /// server and report which the server flagged.
+    Simulate(simulate::SimulateArgs),
     /// Train a next-step forecaster on one column of a CSV file and save it as a model
     /// directory (weights.safetensors + model.json).
     Train(train::TrainArgs),
@@ -65,9 +72,11 @@ pub fn main() -> ExitCode {
         }
         Some(Command::Bench(args)) => bench::run(args),
         Some(Command::Eval(args)) => eval::run(args),
+        Some(Command::Import(args)) => import::run(args),
         Some(Command::Jobs(args)) => admin::jobs(args),
         Some(Command::Models(args)) => admin::models(args),
         Some(Command::Serve(args)) => serve::run(args),
+        Some(Command::Simulate(args)) => simulate::run(args),
         Some(Command::Train(args)) => train::run(args),
     };
     match result {

@@ -340,3 +340,164 @@ fn api_keys_never_reach_the_log_even_at_trace_level() {
         assert!(!text.contains(secret), "a key reached the log:\n{text}");
     }
 }
+
+/// Runs `tsad` off the test's runtime, which serves the in-process server meanwhile.
+async fn tsad_beside_server(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_tsad")).args(&args).output().expect("tsad runs")
+    })
+    .await
+    .expect("tsad finished")
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
+}
+
+async fn stored_readings(app: &crate::app::TestApp, stream: &str) -> u64 {
+    let (status, body) = app.get(&format!("/v1/streams/{stream}")).await;
+    assert_eq!(status, 200, "{stream}: {body}");
+    body["readings"].as_u64().expect("a count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_fills_every_stream_retrying_refusals_and_the_server_flags_an_injected_spike() {
+    // One ingest request at a time: the streams' concurrent posts are refused (429) and retried.
+    let app = crate::app::spawn_app_with(crate::app::Backend::Sqlite, None, |s| s.max_ingest_requests = 1)
+        .await
+        .expect("SQLite is always there");
+    let args = strings(&[
+        "simulate",
+        "--server",
+        &app.url(""),
+        "--streams",
+        "3",
+        "--readings",
+        "600",
+        "--seed",
+        "3",
+        "--prefix",
+        "sim-",
+        "--batch",
+        "250",
+        "--start",
+        "2026-01-01T00:00:00Z",
+        "--json",
+    ]);
+    let run = tsad_beside_server(args.clone()).await;
+    let stdout = String::from_utf8_lossy(&run.stdout).to_string();
+    assert!(run.status.success(), "{stdout}{}", String::from_utf8_lossy(&run.stderr));
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON summary");
+    let streams = report["streams"].as_array().expect("streams");
+    let names: Vec<&str> = streams.iter().filter_map(|s| s["stream"].as_str()).collect();
+    assert_eq!(names, ["sim-sensor-1", "sim-sensor-2", "sim-ecg-1"], "one in five is ECG, at least one");
+    for name in &names {
+        assert_eq!(stored_readings(&app, name).await, 600, "{name}");
+    }
+    let first = app.get("/v1/streams/sim-sensor-1/readings?limit=2").await.1;
+    assert_eq!(first["readings"][0]["ts"], "2026-01-01T00:00:00Z");
+    assert_eq!(first["readings"][1]["ts"], "2026-01-01T00:01:00Z", "one a minute by default");
+    // Every sensor stream had a spike injected after its warm-up; the server caught one at least,
+    // and the event the summary names is the server's.
+    let mut caught = 0;
+    for stream in streams.iter().filter(|s| s["kind"] == "sensor") {
+        let injected = stream["injected"].as_array().expect("injected");
+        assert!(injected.iter().any(|a| a["kind"] == "spike"), "{stream}");
+        for spike in injected.iter().filter(|a| a["kind"] == "spike" && a["flagged"] == true) {
+            let name = stream["stream"].as_str().expect("name");
+            let events = app.get(&format!("/v1/streams/{name}/anomalies")).await.1;
+            let ids: Vec<&serde_json::Value> =
+                events["anomalies"].as_array().expect("events").iter().map(|e| &e["id"]).collect();
+            assert!(ids.contains(&&spike["events"][0]), "{spike} among {events}");
+            caught += 1;
+        }
+    }
+    assert!(caught >= 1, "no injected spike was flagged: {report}");
+    let metrics = app.client.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    assert!(metrics.lines().any(|l| l.contains("status=\"429\"")), "no request was refused: {metrics}");
+    // The same start and seed again: the same readings, answered from storage.
+    let again = tsad_beside_server(args).await;
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    for name in &names {
+        assert_eq!(stored_readings(&app, name).await, 600, "{name} after a repeated run");
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_posts_a_csv_with_or_without_timestamps_and_a_rerun_changes_nothing() {
+    let app = crate::app::spawn_app(crate::app::Backend::Sqlite).await.expect("SQLite is always there");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let values = noisy_sine(300, 5);
+    let start = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).expect("date").and_hms_opt(0, 0, 0).expect("time");
+    let rows: String = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| format!("{},{v}\n", (start + chrono::Duration::minutes(i as i64)).format("%Y-%m-%d %H:%M:%S")))
+        .collect();
+    let with_ts = write_csv(dir.path(), "with.csv", &format!("timestamp,value\n{rows}"));
+    let rows: String = values[..250].iter().map(|v| format!("{v}\n")).collect();
+    let without_ts = write_csv(dir.path(), "without.csv", &format!("level\n{rows}"));
+    let import = |file: &str, stream: &str| {
+        strings(&["import", file, "--server", &app.url(""), "--stream", stream, "--batch", "100"])
+    };
+    for round in 0..2 {
+        let run = tsad_beside_server(import(&with_ts, "imp-ts")).await;
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        assert!(run.status.success(), "round {round}: {stdout}{}", String::from_utf8_lossy(&run.stderr));
+        assert!(stdout.contains("300 readings"), "{stdout}");
+        assert_eq!(stored_readings(&app, "imp-ts").await, 300, "round {round}");
+        let page = app.get("/v1/streams/imp-ts/readings?limit=2").await.1;
+        assert_eq!(page["readings"][0]["ts"], "2026-01-01T00:00:00Z");
+        assert_eq!(page["readings"][1]["value"].as_f64(), Some(values[1]));
+
+        let run = tsad_beside_server(import(&without_ts, "imp-plain")).await;
+        assert!(run.status.success(), "round {round}: {}", String::from_utf8_lossy(&run.stderr));
+        assert_eq!(stored_readings(&app, "imp-plain").await, 250, "round {round}");
+        let page = app.get("/v1/streams/imp-plain/readings?limit=2").await.1;
+        let ts = |i: usize| {
+            chrono::DateTime::parse_from_rfc3339(page["readings"][i]["ts"].as_str().expect("ts")).expect("rfc 3339")
+        };
+        assert_eq!((ts(1) - ts(0)).num_milliseconds(), 1000, "one second apart");
+        let last = app.get("/v1/streams/imp-plain").await.1["last_ts"].as_str().expect("last").to_string();
+        let age =
+            tsad::storage::now_ms() - chrono::DateTime::parse_from_rfc3339(&last).expect("rfc 3339").timestamp_millis();
+        assert!((0..600_000).contains(&age), "ending about now: {last}");
+    }
+    app.stop().await;
+}
+
+#[test]
+fn import_refuses_bad_files_with_one_line_naming_the_problem_and_exit_2() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = write_csv(dir.path(), "a.csv", "timestamp,level\n1767225600,2\n");
+    let text = write_csv(dir.path(), "b.csv", "timestamp,value\n1767225600,1\n1767225601,abc\n");
+    let bad_ts = write_csv(dir.path(), "c.csv", "timestamp,value\n1767225600,1\n1767225601,2\nnoon,3\n");
+    let backwards = write_csv(dir.path(), "d.csv", "timestamp,value\n2026-01-01 00:00:05,1\n2026-01-01 00:00:05,2\n");
+    let good = write_csv(dir.path(), "e.csv", "value\n1\n2\n");
+    // Nothing listens there: every case must be refused before the server is asked.
+    let server = "http://127.0.0.1:9";
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec![&missing, "--column", "value"], "no column named \"value\""),
+        (vec![&missing, "--ts-column", "time"], "no column named \"time\""),
+        (vec![&text, "--stream", "s"], "line 3"),
+        (vec![&bad_ts], "line 4, column \"timestamp\": \"noon\" is not a timestamp"),
+        (vec![&backwards], "line 3"),
+        (vec!["/nonexistent.csv"], "/nonexistent.csv"),
+        (vec![&good, "--stream", "no spaces"], "stream names"),
+        (vec![&good, "--batch", "0"], "--batch"),
+    ];
+    for (args, needle) in cases {
+        let mut full = vec!["import", "--server", server];
+        if !args.contains(&"--stream") {
+            full.extend(["--stream", "s"]);
+        }
+        full.extend(args);
+        let result = tsad(&full);
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(2), "{full:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{full:?} should print one line: {stderr}");
+        assert!(stderr.starts_with("error"), "{full:?}: {stderr}");
+        assert!(stderr.contains(needle), "{full:?} should mention {needle}: {stderr}");
+    }
+}
