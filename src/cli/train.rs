@@ -194,7 +194,8 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
     );
     let progress = |p: &EpochProgress| {
         println!(
-            "epoch {:>3}/{}  train {:>9.5}  val {:>9.5}  grad-norm {:>8.4}  {:>6.1}s",
+            "{} epoch {:>3}/{}  train {:>9.5}  val {:>9.5}  grad-norm {:>8.4}  {:>6.1}s",
+            crate::eval::progress_bar(p.epoch, p.epochs),
             p.epoch,
             p.epochs,
             p.train_loss,

@@ -118,8 +118,14 @@ impl EcgRun {
             wfdb::read_header(&self.mitdb, name).map_err(|e| anyhow::anyhow!("record {name}: {e}"))?;
         }
         let replay = Replay::start(self.models_dir.clone(), self.fit_jobs).await?;
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let total = self.records.len();
+        let counted = |line: &str| {
+            let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            progress(&format!("{} {line}", super::progress_bar(n, total)));
+        };
         let results: Vec<anyhow::Result<(String, Vec<Beat>, String)>> =
-            futures::stream::iter(self.records.iter().map(|name| self.record(&replay, name, &progress)))
+            futures::stream::iter(self.records.iter().map(|name| self.record(&replay, name, &counted)))
                 .buffered(PARALLEL_RECORDS)
                 .collect()
                 .await;

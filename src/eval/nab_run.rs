@@ -192,9 +192,12 @@ impl NabRun {
 
         let started = Instant::now();
         let replay = Replay::start(self.models_dir.clone(), self.fit_jobs).await?;
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let total = corpus.len();
         let replays = futures::future::join_all(corpus.iter().map(|series| {
             let replay = &replay;
             let progress = &progress;
+            let done = &done;
             async move {
                 let name = stream_name(&series.key);
                 let ts = unix_ms(&series.timestamps);
@@ -203,7 +206,13 @@ impl NabRun {
                 let mut verdicts = Vec::with_capacity(values.len());
                 replay.run(&name, &ts, &values, warmup, CHUNK, |v| verdicts.push(v)).await?;
                 let model = replay.model_of(&name).await.map(|(m, v)| format!("{m}/{v}")).unwrap_or_default();
-                progress(&format!("{}: {} rows, scored by {model}", series.key, verdicts.len()));
+                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                progress(&format!(
+                    "{} {}: {} rows, scored by {model}",
+                    super::progress_bar(n, total),
+                    series.key,
+                    verdicts.len()
+                ));
                 write_verdicts(&self.out, &self.name, series, &verdicts)?;
                 anyhow::Ok((verdicts.iter().map(|v| v.verdict.score).collect::<Vec<f64>>(), model))
             }
