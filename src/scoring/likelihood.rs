@@ -102,9 +102,11 @@ struct Level {
     /// Long-run variance of `t`.
     var: f64,
     /// Exponentially decayed histogram of every `t` seen (not winsorised): how often a
-    /// surprise at least this large happened lately. Empty until the first value.
+    /// surprise at least this large happened lately. Empty until the first value. `f32`:
+    /// weights near 1 over a 2,000-reading horizon need no more, and it halves the largest
+    /// part of a stream's resident state.
     #[serde(default)]
-    tail: Vec<f64>,
+    tail: Vec<f32>,
 }
 
 impl Level {
@@ -119,12 +121,13 @@ impl Level {
     /// probability of `q^EMPIRICAL_POWER` would (so a surprise that recurs, like a daily
     /// jump a forecast cannot time, stops being rare). 1 while the histogram is too young.
     fn empirical_score(&self, t: f64) -> f64 {
-        let total: f64 = self.tail.iter().sum();
+        let total: f64 = self.tail.iter().map(|&w| f64::from(w)).sum();
         if total < TAIL_MIN_WEIGHT {
             return 1.0;
         }
         let bin = Self::bin(t);
-        let above: f64 = self.tail[bin + 1..].iter().sum::<f64>() + 0.5 * self.tail[bin];
+        let above: f64 =
+            self.tail[bin + 1..].iter().map(|&w| f64::from(w)).sum::<f64>() + 0.5 * f64::from(self.tail[bin]);
         // A surprise seen only once or twice before (each occurrence fills about
         // SHORT_WINDOW values) is still news: the cap is for what recurs.
         if above < TAIL_MIN_OCCURRENCES * SHORT_WINDOW as f64 {
@@ -156,7 +159,7 @@ impl Level {
         if self.tail.len() != TAIL_BINS {
             self.tail = vec![0.0; TAIL_BINS];
         }
-        let keep = 1.0 - 1.0 / TAIL_HORIZON;
+        let keep = (1.0 - 1.0 / TAIL_HORIZON) as f32;
         for w in &mut self.tail {
             *w *= keep;
         }

@@ -45,11 +45,19 @@ const DECISION_TIMEOUT: Duration = Duration::from_secs(120);
 /// Messages a stream actor understands.
 pub enum Command {
     /// Judge `readings` (validated, ascending) and answer with what to store.
-    Ingest { readings: Vec<Reading>, arrived: Instant, reply: oneshot::Sender<Result<Prepared, IngestError>> },
+    /// Boxed: every idle actor's mailbox is sized by its largest message.
+    Ingest(Box<IngestCommand>),
     /// Report the stream's configuration and state.
     Describe { reply: oneshot::Sender<StreamStatus> },
     /// Stop after the current message (the stream is being deleted or reconfigured).
     Stop { reply: oneshot::Sender<()> },
+}
+
+/// What an ingest carries to its actor.
+pub struct IngestCommand {
+    pub readings: Vec<Reading>,
+    pub arrived: Instant,
+    pub reply: oneshot::Sender<Result<Prepared, IngestError>>,
 }
 
 /// An ingest judged but not yet applied.
@@ -300,7 +308,8 @@ impl Actor {
             };
             let Some(command) = command else { break };
             match command {
-                Command::Ingest { readings, arrived, reply } => {
+                Command::Ingest(ingest) => {
+                    let IngestCommand { readings, arrived, reply } = *ingest;
                     // Boxed: the ingest future is large and short-lived; inline it would
                     // size every idle actor's task for it (see docs/PERFORMANCE.md, memory).
                     if let Flow::Reload = Box::pin(self.ingest(readings, arrived, reply)).await {

@@ -18,7 +18,7 @@ use crate::inference::{InferenceError, InferencePool, ModelCatalog, ModelInfo};
 use crate::metrics::Metrics;
 use crate::scoring::Verdict;
 use crate::storage::{now_ms, Storage, StorageError, StreamConfig, StreamRecord, Writer};
-use actor::{Actor, Command, Prepared};
+use actor::{Actor, Command, IngestCommand, Prepared};
 
 /// Models fitted to one stream by automatic training are named this plus the stream's id.
 pub const AUTO_MODEL_PREFIX: &str = "auto-";
@@ -331,10 +331,8 @@ impl Streams {
             let channels = readings.first().map_or(1, |r| r.values.len());
             let readings = readings.clone();
             async move {
-                self.ask(name, Some(channels), move |reply| Command::Ingest {
-                    readings: readings.clone(),
-                    arrived,
-                    reply,
+                self.ask(name, Some(channels), move |reply| {
+                    Command::Ingest(Box::new(IngestCommand { readings: readings.clone(), arrived, reply }))
                 })
                 .await
                 .and_then(|r| r)
