@@ -51,47 +51,7 @@ const SECONDS_BELOW: f64 = 1e11;
 /// `column` picks the column by name; without it, the only column, or else the column
 /// named `value` (NAB's layout: `timestamp,value`), is used.
 pub fn read_csv_column(path: &Path, column: Option<&str>) -> Result<Vec<f64>, ImportError> {
-    let shown = path.display().to_string();
-    let unreadable = |e: &dyn std::fmt::Display| ImportError::Unreadable { path: shown.clone(), reason: e.to_string() };
-    let mut reader =
-        csv::ReaderBuilder::new().has_headers(true).trim(csv::Trim::All).from_path(path).map_err(|e| unreadable(&e))?;
-    let headers = reader.headers().map_err(|e| unreadable(&e))?.clone();
-    let names: Vec<&str> = headers.iter().collect();
-    let available = names.join(", ");
-    let index = match column {
-        Some(name) => names.iter().position(|n| *n == name).ok_or_else(|| ImportError::MissingColumn {
-            path: shown.clone(),
-            column: name.to_string(),
-            available: available.clone(),
-        })?,
-        None if names.len() == 1 => 0,
-        None => names
-            .iter()
-            .position(|n| *n == "value")
-            .ok_or_else(|| ImportError::AmbiguousColumn { path: shown.clone(), available: available.clone() })?,
-    };
-    let column_name = names[index].to_string();
-    let mut values = Vec::new();
-    for record in reader.records() {
-        let record = record.map_err(|e| unreadable(&e))?;
-        let line = record.position().map_or(0, |p| p.line());
-        let field = record.get(index).unwrap_or("");
-        match field.parse::<f64>() {
-            Ok(v) if v.is_finite() => values.push(v),
-            _ => {
-                return Err(ImportError::NotANumber {
-                    path: shown,
-                    line,
-                    column: column_name,
-                    value: field.to_string(),
-                })
-            }
-        }
-    }
-    if values.is_empty() {
-        return Err(ImportError::Empty { path: shown });
-    }
-    Ok(values)
+    read_csv(path, column, None, false).map(|series| series.values)
 }
 
 /// Reads a value column and, if there is one, a timestamp column of a CSV file with a header
@@ -104,6 +64,17 @@ pub fn read_csv_column(path: &Path, column: Option<&str>) -> Result<Vec<f64>, Im
 /// uses that unit) — or text: RFC 3339, or `YYYY-MM-DD HH:MM:SS[.fff]`, `YYYY-MM-DDTHH:MM:SS`
 /// and `YYYY-MM-DD` read as UTC. They must increase from row to row.
 pub fn read_csv_series(path: &Path, column: Option<&str>, ts_column: Option<&str>) -> Result<CsvSeries, ImportError> {
+    read_csv(path, column, ts_column, true)
+}
+
+/// [`read_csv_series`]; with `with_timestamps` false no column is read as timestamps (the
+/// value column is then the only column, or else the one named `value`).
+fn read_csv(
+    path: &Path,
+    column: Option<&str>,
+    ts_column: Option<&str>,
+    with_timestamps: bool,
+) -> Result<CsvSeries, ImportError> {
     let shown = path.display().to_string();
     let unreadable = |e: &dyn std::fmt::Display| ImportError::Unreadable { path: shown.clone(), reason: e.to_string() };
     let mut reader =
@@ -119,6 +90,7 @@ pub fn read_csv_series(path: &Path, column: Option<&str>, ts_column: Option<&str
         })
     };
     let ts_index = match ts_column {
+        _ if !with_timestamps => None,
         Some(name) => Some(find(name)?),
         None => names.iter().position(|n| *n == "timestamp"),
     };

@@ -43,6 +43,9 @@ pub struct Metrics {
     pub models_active: IntGauge,
     /// Streams with an automatic fit queued or running (refreshed at each scrape).
     pub auto_fits_pending: IntGauge,
+    /// Ingest requests that could still be admitted now (refreshed at each scrape; 0 means
+    /// the next one gets a 429).
+    pub ingest_permits_available: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -101,6 +104,10 @@ impl Metrics {
             ),
             models_active: gauge("models_active", "Models in the registry with a version that serves"),
             auto_fits_pending: gauge("auto_fits_pending", "Streams with an automatic fit queued or running"),
+            ingest_permits_available: gauge(
+                "ingest_permits_available",
+                "Ingest requests that could still be admitted (max_ingest_requests minus those in flight)",
+            ),
             readings: counter("readings_total", "Readings accepted and committed"),
             anomalies: counter("anomalous_readings_total", "Readings flagged anomalous"),
             events: counter("anomaly_events_total", "Anomaly events opened"),

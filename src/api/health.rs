@@ -99,5 +99,6 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let serving = catalog.names().iter().filter(|name| catalog.versions(name).is_ok_and(|v| !v.is_empty())).count();
     metrics.models_active.set(serving as i64);
     metrics.auto_fits_pending.set(state.streams.fits_pending() as i64);
+    metrics.ingest_permits_available.set(state.ingest_permits.available_permits() as i64);
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }

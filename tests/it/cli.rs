@@ -302,6 +302,7 @@ fn api_keys_never_reach_the_log_even_at_trace_level() {
             }
         });
     }
+    drop(tx);
     let mut log = Vec::new();
     let addr = loop {
         let line = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("tsad logs that it is serving");
@@ -328,12 +329,16 @@ fn api_keys_never_reach_the_log_even_at_trace_level() {
     assert!(request("POST", "/v1/streams/k/readings", wrong, body).starts_with("HTTP/1.1 401"));
     assert!(request("GET", "/admin/v1/models", write, "").starts_with("HTTP/1.1 403"));
     assert!(request("GET", "/admin/v1/jobs", admin, "").starts_with("HTTP/1.1 200"));
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Until the last request's log line is out, then everything left once the pipes close.
+    while !log.iter().any(|l| l.contains("/admin/v1/jobs")) {
+        match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+            Ok(line) => log.push(line),
+            Err(_) => break,
+        }
+    }
     let _ = child.kill();
     let _ = child.wait();
-    while let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(500)) {
-        log.push(line);
-    }
+    log.extend(rx.iter());
     let text = log.join("\n");
     assert!(text.contains("/admin/v1/jobs"), "the requests were logged at trace level:\n{text}");
     for secret in [admin, write, wrong, "0123456789abcdef"] {

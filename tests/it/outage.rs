@@ -158,7 +158,15 @@ async fn ingest_beyond_the_admission_limit_is_refused_before_its_body_is_read() 
     );
     slow.write_all(head.as_bytes()).await.expect("write head");
     slow.write_all(&body[..body.len() / 2]).await.expect("write half");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = app.client.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+        if text.lines().any(|l| l == "tsad_ingest_permits_available 0") {
+            break; // the slow request holds the only permit
+        }
+        assert!(Instant::now() < deadline, "the slow request was never admitted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     let response = app.client.post(app.url("/v1/streams/fast/readings")).json(&batch(0, 5)).send().await.expect("sent");
     assert_eq!(response.status().as_u16(), 429);
