@@ -1,10 +1,17 @@
-//! `tsad bench`: first measurements of the service's speed.
+//! `tsad bench`: the service's speed, measured (docs/PERFORMANCE.md; `scripts/bench.sh`
+//! runs the whole suite).
 //!
-//! - `tsad bench inference`: the inference core alone — batched `step` calls of the default
-//!   model on one thread, stream-steps per second for several stream counts.
+//! - `tsad bench inference`: the inference core alone — batched `step` calls, no HTTP, no
+//!   database, for LSTM and GRU of several widths (random weights: the speed does not
+//!   depend on them) or one given model; stream-steps per second with the streams split
+//!   over `--threads` workers, and the fraction of the machine's fp32 peak that is.
 //! - `tsad bench http`: a `tsad serve` on a scratch SQLite database (or `--database-url`),
 //!   driven over loopback HTTP by concurrent clients posting multi-stream batches; readings
-//!   per second committed and the p50/p99 time from request to verdicts.
+//!   per second committed and the p50/p99/p99.9 time from request to verdicts; then the
+//!   same load paced at half that rate, and single readings one at a time on the idle
+//!   server.
+//! - `tsad bench training`: sequences per second of tsad's training loop, and of the same
+//!   work in PyTorch (`scripts/bench-training.py`) when `--python` is given, as a ratio.
 //!
 //! Results print as a table and, with `--json FILE`, are written as JSON.
 use std::path::PathBuf;
@@ -17,7 +24,8 @@ use serde_json::json;
 use super::CliError;
 use crate::app::Application;
 use crate::config::{default_models_dir, Settings};
-use crate::model::Network;
+use crate::model::train::fit;
+use crate::model::{Architecture, CancelToken, Dataset, Network, NetworkConfig, Targets, TrainConfig};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -27,17 +35,58 @@ pub struct BenchArgs {
 
 #[derive(Debug, Subcommand)]
 enum BenchKind {
-    /// Batched inference steps of the default model, no HTTP, no database.
+    /// Batched inference steps, no HTTP, no database.
     Inference {
         /// Stream counts to measure (comma-separated).
-        #[arg(long, value_delimiter = ',', default_value = "1,100,1000,10000")]
+        #[arg(long, value_delimiter = ',', default_value = "1,100,10000,100000")]
         streams: Vec<usize>,
+        /// Recurrent cells to measure (comma-separated: lstm, gru).
+        #[arg(long, value_delimiter = ',', default_value = "lstm,gru")]
+        architectures: Vec<Architecture>,
+        /// Hidden widths to measure (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "64,128")]
+        hidden: Vec<usize>,
+        /// One saved model instead of the matrix above (a version folder).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Worker threads, each stepping its share of the streams with one libtorch thread.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Peak fp32 GFLOP/s of one core, for the fraction of peak (measured on the
+        /// development machine: 179).
+        #[arg(long, default_value_t = 179.0)]
+        peak_gflops_per_core: f64,
         /// Seconds per measurement.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
-        /// Model directory [default: models/default/<active>].
+        /// Write the results as JSON to this file.
         #[arg(long)]
-        model: Option<PathBuf>,
+        json: Option<PathBuf>,
+    },
+    /// Training throughput: tsad's loop, and PyTorch's on the same work.
+    Training {
+        #[arg(long, default_value = "lstm")]
+        architecture: Architecture,
+        #[arg(long, default_value_t = 64)]
+        hidden: usize,
+        /// Steps per training window.
+        #[arg(long, default_value_t = 64)]
+        steps: usize,
+        /// Windows per optimiser step.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Training windows per epoch.
+        #[arg(long, default_value_t = 4096)]
+        sequences: usize,
+        /// Timed epochs (after one untimed warm-up epoch).
+        #[arg(long, default_value_t = 4)]
+        epochs: usize,
+        /// libtorch threads (both sides).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// A Python with torch installed: also run scripts/bench-training.py with it.
+        #[arg(long)]
+        python: Option<PathBuf>,
         /// Write the results as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -56,6 +105,9 @@ enum BenchKind {
         /// Seconds per measurement.
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
+        /// Skip the paced (half-rate) and single-reading latency phases.
+        #[arg(long)]
+        throughput_only: bool,
         /// Database [default: a scratch SQLite file].
         #[arg(long)]
         database_url: Option<String>,
@@ -67,8 +119,30 @@ enum BenchKind {
 
 pub fn run(args: BenchArgs) -> Result<(), CliError> {
     let result = match args.what {
-        BenchKind::Inference { streams, seconds, model, json } => inference(&streams, seconds, model, json),
-        BenchKind::Http { streams, batch, clients, seconds, database_url, json } => {
+        BenchKind::Inference {
+            streams,
+            architectures,
+            hidden,
+            model,
+            threads,
+            peak_gflops_per_core,
+            seconds,
+            json,
+        } => {
+            if threads == 0 || streams.contains(&0) || hidden.contains(&0) || !(seconds > 0.0) {
+                return Err(CliError::Usage(anyhow!("--threads, --streams, --hidden and --seconds must be positive")));
+            }
+            let shapes = Shapes { architectures, hidden, model };
+            inference(&streams, &shapes, threads, peak_gflops_per_core, seconds, json)
+        }
+        BenchKind::Training { architecture, hidden, steps, batch, sequences, epochs, threads, python, json } => {
+            if [hidden, steps, batch, sequences, epochs, threads].contains(&0) {
+                return Err(CliError::Usage(anyhow!("every size and count must be positive")));
+            }
+            let work = TrainingWork { architecture, hidden, steps, batch, sequences, epochs, threads };
+            training(&work, python, json)
+        }
+        BenchKind::Http { streams, batch, clients, seconds, throughput_only, database_url, json } => {
             if batch == 0 || clients == 0 || streams.contains(&0) {
                 return Err(CliError::Usage(anyhow!("--batch, --clients and --streams must be positive")));
             }
@@ -76,7 +150,8 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
                 .enable_all()
                 .build()
                 .map_err(|e| CliError::Runtime(e.into()))?;
-            runtime.block_on(http(&streams, batch, clients, seconds, database_url, json))
+            let load = Load { batch, clients, seconds, latency: !throughput_only };
+            runtime.block_on(http(&streams, &load, database_url, json))
         }
     };
     result.map_err(CliError::Runtime)
@@ -90,39 +165,191 @@ fn write_json(path: Option<PathBuf>, value: serde_json::Value) -> anyhow::Result
     Ok(())
 }
 
-fn inference(streams: &[usize], seconds: f64, model: Option<PathBuf>, json_out: Option<PathBuf>) -> anyhow::Result<()> {
-    let dir = match model {
-        Some(dir) => dir,
-        None => crate::inference::ModelCatalog::new(default_models_dir()).active("default")?.dir.clone(),
-    };
-    tch::set_num_threads(1);
-    let _guard = tch::no_grad_guard();
-    let (net, card) = Network::load(&dir, tch::Device::Cpu)?;
-    println!(
-        "inference core: {} hidden {} × {} layer(s), one thread, batched step calls",
-        card.network.architecture.as_str(),
-        card.network.hidden,
-        card.network.layers
-    );
-    println!("{:>10} {:>16} {:>14}", "streams", "steps/s", "µs per call");
-    let mut rows = Vec::new();
-    for &n in streams {
-        let x = tch::Tensor::randn([n as i64, 1], (tch::Kind::Float, tch::Device::Cpu));
-        let mut state = net.zero_state(n as i64);
-        let started = Instant::now();
-        let mut calls = 0u64;
-        while started.elapsed().as_secs_f64() < seconds {
-            let (_, next) = net.step(&x, &state)?;
-            state = next;
-            calls += 1;
-        }
-        let elapsed = started.elapsed().as_secs_f64();
-        let steps_per_s = (calls * n as u64) as f64 / elapsed;
-        let us_per_call = elapsed / calls as f64 * 1e6;
-        println!("{n:>10} {steps_per_s:>16.0} {us_per_call:>14.1}");
-        rows.push(json!({ "streams": n, "steps_per_s": steps_per_s, "us_per_call": us_per_call }));
+/// What `bench inference` measures: one saved model, or every architecture × width.
+struct Shapes {
+    architectures: Vec<Architecture>,
+    hidden: Vec<usize>,
+    model: Option<PathBuf>,
+}
+
+/// Multiply-add FLOPs of one step of `config` for one stream: the recurrent matrix products
+/// (2 · gates · hidden · (input + hidden) per layer) and the head. Element-wise work (gate
+/// activations, the cell update) is left out, so the fraction of peak is a lower bound.
+pub fn flops_per_step(config: &NetworkConfig) -> f64 {
+    let gates = config.architecture.gates() as f64;
+    let h = config.hidden as f64;
+    let mut input = config.core_input() as f64;
+    let mut flops = 0.0;
+    for _ in 0..config.layers {
+        flops += 2.0 * gates * h * (input + h);
+        input = h;
     }
-    write_json(json_out, json!({ "benchmark": "inference", "model": dir, "results": rows }))
+    flops + 2.0 * config.head_input() as f64 * config.head_output() as f64
+}
+
+fn inference(
+    streams: &[usize],
+    shapes: &Shapes,
+    threads: usize,
+    peak_per_core: f64,
+    seconds: f64,
+    json_out: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    tch::set_num_threads(1);
+    // Tensors are not `Sync`: every worker builds its own copy of the network.
+    let mut networks: Vec<(String, NetworkConfig, Option<PathBuf>)> = Vec::new();
+    if let Some(dir) = &shapes.model {
+        let (net, _) = Network::load(dir, tch::Device::Cpu)?;
+        networks.push((dir.display().to_string(), net.config().clone(), Some(dir.clone())));
+    } else {
+        for &architecture in &shapes.architectures {
+            for &hidden in &shapes.hidden {
+                let config = NetworkConfig::forecaster(architecture, hidden, 1);
+                networks.push((format!("{}-{hidden}", architecture.as_str()), config, None));
+            }
+        }
+    }
+    let peak = peak_per_core * threads as f64 * 1e9;
+    println!("inference core: batched step calls, {threads} worker thread(s) with one libtorch thread each");
+    println!("{:<10} {:>9} {:>14} {:>12} {:>10}", "model", "streams", "steps/s", "µs per call", "% of peak");
+    let mut rows = Vec::new();
+    for (name, config, dir) in &networks {
+        let flops = flops_per_step(config);
+        for &n in streams {
+            let workers = threads.min(n);
+            let (steps, calls, elapsed) = std::thread::scope(|scope| -> anyhow::Result<(u64, u64, f64)> {
+                let handles: Vec<_> = (0..workers)
+                    .map(|w| {
+                        let batch = (n / workers + usize::from(w < n % workers)) as i64;
+                        scope.spawn(move || -> anyhow::Result<(u64, u64, f64)> {
+                            tch::set_num_threads(1);
+                            let _guard = tch::no_grad_guard();
+                            let net = match dir {
+                                Some(dir) => Network::load(dir, tch::Device::Cpu)?.0,
+                                None => Network::new(config.clone(), tch::Device::Cpu, 0)?,
+                            };
+                            let input = config.input_size as i64;
+                            let x = tch::Tensor::randn([batch, input], (tch::Kind::Float, tch::Device::Cpu));
+                            let mut state = net.zero_state(batch);
+                            let started = Instant::now();
+                            let mut calls = 0u64;
+                            while started.elapsed().as_secs_f64() < seconds {
+                                let (_, next) = net.step(&x, &state)?;
+                                state = next;
+                                calls += 1;
+                            }
+                            Ok((calls * batch as u64, calls, started.elapsed().as_secs_f64()))
+                        })
+                    })
+                    .collect();
+                let mut total = (0u64, 0u64, 0f64);
+                for h in handles {
+                    let (steps, calls, elapsed) = h.join().map_err(|_| anyhow!("a worker panicked"))??;
+                    total = (total.0 + steps, total.1 + calls, total.2.max(elapsed));
+                }
+                Ok(total)
+            })?;
+            let steps_per_s = steps as f64 / elapsed;
+            let us_per_call = elapsed * workers as f64 / calls as f64 * 1e6;
+            let fraction = steps_per_s * flops / peak;
+            println!("{name:<10} {n:>9} {steps_per_s:>14.0} {us_per_call:>12.1} {:>10.2}", 100.0 * fraction);
+            rows.push(json!({
+                "model": name, "streams": n, "threads": workers, "steps_per_s": steps_per_s,
+                "us_per_call": us_per_call, "flops_per_step": flops, "fraction_of_peak": fraction,
+            }));
+        }
+    }
+    write_json(
+        json_out,
+        json!({ "benchmark": "inference", "peak_gflops_per_core": peak_per_core, "results": rows }),
+    )
+}
+
+/// What `bench training` runs.
+struct TrainingWork {
+    architecture: Architecture,
+    hidden: usize,
+    steps: usize,
+    batch: usize,
+    sequences: usize,
+    epochs: usize,
+    threads: usize,
+}
+
+/// `n` windows of a noisy sine, inputs `[n, steps, 1]` and next-step targets.
+fn sine_windows(n: usize, steps: usize, seed: u64) -> Dataset {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut values = Vec::with_capacity(n * (steps + 1));
+    for _ in 0..n {
+        let phase = rng.random_range(0.0..std::f32::consts::TAU);
+        for t in 0..=steps {
+            let noise: f32 = rng.random_range(-0.17..0.17);
+            values.push((phase + t as f32 / 8.0).sin() + noise);
+        }
+    }
+    let all = tch::Tensor::from_slice(&values).reshape([n as i64, steps as i64 + 1, 1]);
+    Dataset {
+        inputs: all.narrow(1, 0, steps as i64).contiguous(),
+        targets: Targets::Forecast(all.narrow(1, 1, steps as i64).contiguous()),
+    }
+}
+
+fn training(work: &TrainingWork, python: Option<PathBuf>, json_out: Option<PathBuf>) -> anyhow::Result<()> {
+    tch::set_num_threads(work.threads as i32);
+    let config = NetworkConfig::forecaster(work.architecture, work.hidden, 1);
+    let mut network = Network::new(config, tch::Device::Cpu, 0)?;
+    let train = sine_windows(work.sequences, work.steps, 1);
+    let val = sine_windows((work.sequences / 10).max(1), work.steps, 2);
+    let train_config = TrainConfig {
+        epochs: work.epochs + 1,
+        batch_size: work.batch,
+        learning_rate: 5e-3,
+        patience: work.epochs + 1,
+        lr_decay: 1.0,
+        ..TrainConfig::default()
+    };
+    let mut first_epoch = Duration::ZERO;
+    let report = fit(&mut network, &train, &val, &train_config, &CancelToken::new(), |e| {
+        if e.epoch == 1 {
+            first_epoch = e.elapsed;
+        }
+    })?;
+    let timed = (report.duration - first_epoch).as_secs_f64();
+    let tsad_rate = (work.epochs * work.sequences) as f64 / timed;
+    println!(
+        "training {}-{}: windows of {} steps, batches of {}, {} thread(s)",
+        work.architecture.as_str(),
+        work.hidden,
+        work.steps,
+        work.batch,
+        work.threads
+    );
+    println!("{:<24} {:>14}", "implementation", "sequences/s");
+    println!("{:<24} {:>14.0}", "tsad (tch)", tsad_rate);
+    let mut result = json!({
+        "benchmark": "training", "architecture": work.architecture.as_str(), "hidden": work.hidden,
+        "steps": work.steps, "batch": work.batch, "threads": work.threads, "tsad_sequences_per_s": tsad_rate,
+    });
+    if let Some(python) = python {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench-training.py");
+        let output = std::process::Command::new(&python)
+            .arg(&script)
+            .args(["--architecture", work.architecture.as_str()])
+            .args(["--hidden", &work.hidden.to_string(), "--steps", &work.steps.to_string()])
+            .args(["--batch", &work.batch.to_string(), "--sequences", &work.sequences.to_string()])
+            .args(["--epochs", &work.epochs.to_string(), "--threads", &work.threads.to_string()])
+            .output()
+            .with_context(|| format!("running {} {}", python.display(), script.display()))?;
+        anyhow::ensure!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let theirs: serde_json::Value = serde_json::from_slice(&output.stdout).context("the script's JSON line")?;
+        let rate = theirs["sequences_per_s"].as_f64().context("sequences_per_s")?;
+        println!("{:<24} {:>14.0}", theirs["implementation"].as_str().unwrap_or("pytorch"), rate);
+        println!("tsad / PyTorch: {:.2}", tsad_rate / rate);
+        result["pytorch"] = theirs;
+        result["ratio"] = json!(tsad_rate / rate);
+    }
+    write_json(json_out, result)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -132,16 +359,119 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn http(
-    streams: &[usize],
+/// The load `bench http` offers.
+struct Load {
     batch: usize,
     clients: usize,
     seconds: f64,
+    /// Also measure latency at half the rate reached, and of single readings.
+    latency: bool,
+}
+
+/// One client posting batches of one reading per stream of `mine` (Unix ms timestamps from
+/// `base`, a second apart) until `deadline`, one request every `pace` if given; returns the
+/// readings accepted and each request's latency, ms.
+async fn drive(
+    client: reqwest::Client,
+    addr: std::net::SocketAddr,
+    names: Vec<String>,
+    batch: usize,
+    base: i64,
+    deadline: Instant,
+    pace: Option<Duration>,
+) -> anyhow::Result<(u64, Vec<f64>)> {
+    let mut latencies = Vec::new();
+    let mut accepted = 0u64;
+    let mut ticks = pace.map(|p| {
+        let mut t = tokio::time::interval(p);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        t
+    });
+    let mut round = 0i64;
+    'outer: loop {
+        for (c, chunk) in names.chunks(batch).enumerate() {
+            if let Some(t) = ticks.as_mut() {
+                t.tick().await;
+            }
+            if Instant::now() >= deadline {
+                break 'outer;
+            }
+            let readings: Vec<serde_json::Value> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let phase = (round as f64 + (c * batch + i) as f64) / 30.0;
+                    json!({"stream": s, "ts": base + round * 1000, "value": phase.sin()})
+                })
+                .collect();
+            let body = if readings.len() == 1 {
+                readings.into_iter().next().unwrap_or_default()
+            } else {
+                json!({ "readings": readings })
+            };
+            let started = Instant::now();
+            let response = client.post(format!("http://{addr}/v1/readings")).json(&body).send().await;
+            match response {
+                Ok(r) if r.status().is_success() => {
+                    let _ = r.bytes().await;
+                    latencies.push(started.elapsed().as_secs_f64() * 1e3);
+                    accepted += chunk.len() as u64;
+                }
+                Ok(r) => {
+                    let status = r.status();
+                    let text = r.text().await.unwrap_or_default();
+                    return Err(anyhow!("request failed: {status} {text}"));
+                }
+                Err(e) => return Err(anyhow!("request failed: {e}")),
+            }
+        }
+        round += 1;
+    }
+    Ok((accepted, latencies))
+}
+
+/// Runs `load.clients` clients over `n` streams for `load.seconds`; each request paced to
+/// `pace` when given. Returns readings per second and the sorted latencies.
+async fn phase(
+    addr: std::net::SocketAddr,
+    tag: u32,
+    n: usize,
+    load: &Load,
+    base: i64,
+    pace: Option<Duration>,
+) -> anyhow::Result<(f64, Vec<f64>)> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs_f64(load.seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..load.clients.min(n))
+        .map(|w| {
+            // Each client owns its streams, so timestamps per stream only ever increase.
+            let names = (w..n).step_by(load.clients).map(|s| format!("bench-{tag}-{s}")).collect();
+            tokio::spawn(drive(client.clone(), addr, names, load.batch, base, deadline, pace))
+        })
+        .collect();
+    let (mut accepted, mut latencies) = (0, Vec::new());
+    for t in tasks {
+        let (a, l) = t.await??;
+        accepted += a;
+        latencies.extend(l);
+    }
+    latencies.sort_by(f64::total_cmp);
+    Ok((accepted as f64 / started.elapsed().as_secs_f64(), latencies))
+}
+
+async fn http(
+    streams: &[usize],
+    load: &Load,
     database_url: Option<String>,
     json_out: Option<PathBuf>,
 ) -> anyhow::Result<()> {
+    let (batch, clients) = (load.batch, load.clients);
     println!("HTTP ingest over loopback: {clients} clients, {batch} readings a request (one per stream)");
-    println!("{:>10} {:>14} {:>12} {:>12} {:>10}", "streams", "readings/s", "p50 ms", "p99 ms", "requests");
+    println!(
+        "{:>10} {:<14} {:>12} {:>9} {:>9} {:>9} {:>9}",
+        "streams", "load", "readings/s", "p50 ms", "p99 ms", "p99.9 ms", "requests"
+    );
     let mut rows = Vec::new();
     for &n in streams {
         let scratch = tempfile::tempdir()?;
@@ -154,76 +484,38 @@ async fn http(
         let server = tokio::spawn(app.run_until(async move {
             let _ = stopped.await;
         }));
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-        let mut tasks = Vec::new();
-        for w in 0..clients {
-            // Each client owns its streams, so timestamps per stream only ever increase.
-            let mine: Vec<usize> = (w..n).step_by(clients).collect();
-            let client = client.clone();
-            let run_tag = rand::random::<u32>();
-            tasks.push(tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                let mut accepted = 0u64;
-                let mut round = 0i64;
-                let base = 1_767_225_600_000i64;
-                'outer: loop {
-                    for chunk in mine.chunks(batch) {
-                        if Instant::now() >= deadline {
-                            break 'outer;
-                        }
-                        let readings: Vec<serde_json::Value> = chunk
-                            .iter()
-                            .map(|s| {
-                                let phase = (round as f64 + *s as f64) / 30.0;
-                                json!({"stream": format!("bench-{run_tag}-{s}"), "ts": base + round * 1000, "value": phase.sin()})
-                            })
-                            .collect();
-                        let started = Instant::now();
-                        let response = client
-                            .post(format!("http://{addr}/v1/readings"))
-                            .json(&json!({ "readings": readings }))
-                            .send()
-                            .await;
-                        match response {
-                            Ok(r) if r.status().is_success() => {
-                                let _ = r.bytes().await;
-                                latencies.push(started.elapsed().as_secs_f64() * 1e3);
-                                accepted += chunk.len() as u64;
-                            }
-                            Ok(r) => {
-                                let status = r.status();
-                                let text = r.text().await.unwrap_or_default();
-                                return Err(anyhow!("request failed: {status} {text}"));
-                            }
-                            Err(e) => return Err(anyhow!("request failed: {e}")),
-                        }
-                    }
-                    round += 1;
-                }
-                Ok((accepted, latencies))
+        let tag = rand::random::<u32>();
+        let database = if url.starts_with("sqlite") { "sqlite" } else { "postgres" };
+        let mut report = |label: &str, rate: f64, latencies: &[f64], per_request: usize| {
+            let (p50, p99, p999) =
+                (percentile(latencies, 0.5), percentile(latencies, 0.99), percentile(latencies, 0.999));
+            println!(
+                "{n:>10} {label:<14} {rate:>12.0} {p50:>9.2} {p99:>9.2} {p999:>9.2} {:>9}",
+                latencies.len()
+            );
+            rows.push(json!({
+                "streams": n, "load": label, "readings_per_s": rate, "p50_ms": p50, "p99_ms": p99,
+                "p999_ms": p999, "requests": latencies.len(), "batch": per_request, "clients": clients,
+                "database": database,
             }));
+        };
+        let base = 1_767_225_600_000i64;
+        let (rate, latencies) = phase(addr, tag, n, load, base, None).await?;
+        report("max", rate, &latencies, batch);
+        if load.latency && rate > 0.0 {
+            // The same load paced to half the rate reached: each client sends one request
+            // every clients × batch / (rate / 2) seconds.
+            let requests_per_s = rate / 2.0 / batch.min(n) as f64;
+            let pace = Duration::from_secs_f64(clients.min(n) as f64 / requests_per_s);
+            let (half, latencies) = phase(addr, tag, n, load, base + 1_000_000_000, Some(pace)).await?;
+            report("half of max", half, &latencies, batch);
+            // Single readings, one at a time, on an otherwise idle server.
+            let single = Load { batch: 1, clients: 1, seconds: load.seconds.min(5.0), latency: false };
+            let (rate, latencies) = phase(addr, tag ^ 1, 1, &single, base, None).await?;
+            report("single reading", rate, &latencies, 1);
         }
-        let started = Instant::now();
-        let mut accepted = 0;
-        let mut latencies = Vec::new();
-        for t in tasks {
-            let (a, l) = t.await??;
-            accepted += a;
-            latencies.extend(l);
-        }
-        let elapsed = started.elapsed().as_secs_f64();
         let _ = stop.send(());
         server.await??;
-        latencies.sort_by(f64::total_cmp);
-        let rate = accepted as f64 / elapsed;
-        let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
-        println!("{n:>10} {rate:>14.0} {p50:>12.2} {p99:>12.2} {:>10}", latencies.len());
-        rows.push(json!({
-            "streams": n, "readings_per_s": rate, "p50_ms": p50, "p99_ms": p99,
-            "requests": latencies.len(), "batch": batch, "clients": clients,
-            "database": if url.starts_with("sqlite") { "sqlite" } else { "postgres" },
-        }));
     }
     write_json(json_out, json!({ "benchmark": "http", "results": rows }))
 }

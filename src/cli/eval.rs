@@ -6,7 +6,8 @@ use anyhow::anyhow;
 use clap::{Args, Subcommand};
 
 use super::CliError;
-use crate::eval::ecg::{table as ecg_table, EcgRun};
+use crate::eval::classify::{table as classify_table, ClassifyRun};
+use crate::eval::ecg::{table as ecg_table, Beat, EcgRun, Unit};
 use crate::eval::nab_run::{table, NabRun};
 
 #[derive(Debug, Args)]
@@ -30,9 +31,25 @@ struct EcgArgs {
     /// Folder holding the records (`NNN.hea`, `NNN.dat`, `NNN.atr`).
     #[arg(long)]
     mitdb: PathBuf,
-    /// Records to stream, comma-separated (e.g. 101,106,119).
-    #[arg(long, required = true, value_delimiter = ',')]
+    /// Records to stream, comma-separated (e.g. 101,106,119): the unsupervised detector.
+    #[arg(long, value_delimiter = ',', required_unless_present = "train_records", conflicts_with = "train_records")]
     records: Vec<String>,
+    /// Supervised mode: train the beat classifier on the labelled beats of these records...
+    #[arg(long, value_delimiter = ',', requires = "test_records")]
+    train_records: Vec<String>,
+    /// ...and report its sensitivity and positive predictivity on these (never on a
+    /// training record).
+    #[arg(long, value_delimiter = ',', requires = "train_records")]
+    test_records: Vec<String>,
+    /// Supervised mode: width of the classifier's GRU.
+    #[arg(long, default_value_t = 32)]
+    hidden: usize,
+    /// Supervised mode: most training epochs (early stopping ends sooner).
+    #[arg(long, default_value_t = 12)]
+    epochs: usize,
+    /// Supervised mode: seed of initialisation and shuffling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Where to write the report (JSON).
     #[arg(long)]
     out: PathBuf,
@@ -45,6 +62,10 @@ struct EcgArgs {
     /// Half-width of the window around each R peak whose largest score is the beat's, seconds.
     #[arg(long, default_value_t = 0.1)]
     beat_window_s: f64,
+    /// What one reading of a record's stream is: a beat (rhythm and shape features at each
+    /// annotated R peak) or a sample of the lead.
+    #[arg(long, value_enum, default_value_t = Unit::Beats)]
+    unit: Unit,
     /// Model registry [default: the shipped models].
     #[arg(long)]
     models_dir: Option<PathBuf>,
@@ -89,13 +110,18 @@ fn ecg(a: EcgArgs) -> Result<(), CliError> {
     if !a.mitdb.is_dir() {
         return Err(CliError::Usage(anyhow!("--mitdb {} is not a folder", a.mitdb.display())));
     }
-    if let Some(bad) = a.records.iter().find(|r| r.is_empty() || !r.chars().all(|c| c.is_ascii_alphanumeric())) {
-        return Err(CliError::Usage(anyhow!("--records: {bad:?} is not a record name")));
+    for (flag, list) in [("--records", &a.records), ("--train-records", &a.train_records), ("--test-records", &a.test_records)] {
+        if let Some(bad) = list.iter().find(|r| r.is_empty() || !r.chars().all(|c| c.is_ascii_alphanumeric())) {
+            return Err(CliError::Usage(anyhow!("{flag}: {bad:?} is not a record name")));
+        }
     }
     for (flag, v) in [("--warmup-s", a.warmup_s), ("--beat-window-s", a.beat_window_s)] {
         if !(v.is_finite() && v > 0.0 && v <= 3600.0) {
             return Err(CliError::Usage(anyhow!("{flag} must be in (0, 3600] seconds, got {v}")));
         }
+    }
+    if !a.train_records.is_empty() {
+        return classify(a);
     }
     let run = EcgRun {
         mitdb: a.mitdb,
@@ -104,23 +130,60 @@ fn ecg(a: EcgArgs) -> Result<(), CliError> {
         fit_jobs: a.fit_jobs,
         warmup_s: a.warmup_s,
         beat_window_s: a.beat_window_s,
+        unit: a.unit,
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| CliError::Runtime(e.into()))?;
     let (report, beats) = runtime.block_on(run.run(|line| eprintln!("{line}"))).map_err(CliError::Runtime)?;
     let json = serde_json::to_string_pretty(&report).map_err(|e| CliError::Runtime(e.into()))?;
     std::fs::write(&a.out, json + "\n").map_err(|e| CliError::Runtime(anyhow!("writing {}: {e}", a.out.display())))?;
-    if let Some(path) = &a.beats_out {
-        let mut text = String::from("record,sample,symbol,class,score,surprise,flagged\n");
-        for b in &beats {
-            let flagged = u8::from(b.flagged);
-            let fields = format!("{},{},{},{},{},{}", b.record, b.sample, b.symbol, b.class, b.score, b.surprise);
-            text.push_str(&format!("{fields},{flagged}\n"));
-        }
-        std::fs::write(path, text).map_err(|e| CliError::Runtime(anyhow!("writing {}: {e}", path.display())))?;
-    }
+    write_beats(a.beats_out.as_deref(), &beats)?;
     print!("{}", ecg_table(&report));
     println!("replay {:.1} s; report in {}", report.replay_seconds, a.out.display());
+    Ok(())
+}
+
+fn write_beats(path: Option<&std::path::Path>, beats: &[Beat]) -> Result<(), CliError> {
+    let Some(path) = path else { return Ok(()) };
+    let mut text = String::from("record,sample,symbol,class,score,surprise,flagged\n");
+    for b in beats {
+        let flagged = u8::from(b.flagged);
+        let fields = format!("{},{},{},{},{},{}", b.record, b.sample, b.symbol, b.class, b.score, b.surprise);
+        text.push_str(&format!("{fields},{flagged}\n"));
+    }
+    std::fs::write(path, text).map_err(|e| CliError::Runtime(anyhow!("writing {}: {e}", path.display())))
+}
+
+fn classify(a: EcgArgs) -> Result<(), CliError> {
+    if let Some(both) = a.train_records.iter().find(|r| a.test_records.contains(r)) {
+        return Err(CliError::Usage(anyhow!("record {both} is in both --train-records and --test-records")));
+    }
+    if !(1..=1024).contains(&a.hidden) || !(1..=1000).contains(&a.epochs) {
+        return Err(CliError::Usage(anyhow!("--hidden must be in 1..=1024 and --epochs in 1..=1000")));
+    }
+    let run = ClassifyRun {
+        mitdb: a.mitdb,
+        train_records: a.train_records,
+        test_records: a.test_records,
+        learn_s: a.warmup_s,
+        hidden: a.hidden,
+        epochs: a.epochs,
+        seed: a.seed,
+        max_training: std::time::Duration::from_secs(480),
+    };
+    let (report, beats) = run.run(|line| eprintln!("{line}")).map_err(CliError::Runtime)?;
+    let json = serde_json::to_string_pretty(&report).map_err(|e| CliError::Runtime(e.into()))?;
+    std::fs::write(&a.out, json + "\n").map_err(|e| CliError::Runtime(anyhow!("writing {}: {e}", a.out.display())))?;
+    write_beats(a.beats_out.as_deref(), &beats)?;
+    print!("{}", classify_table(&report));
+    println!(
+        "trained {} epochs (best {}) in {:.1} s; total {:.1} s; report in {}",
+        report.epochs_run,
+        report.best_epoch,
+        report.training_seconds,
+        report.total_seconds,
+        a.out.display()
+    );
     Ok(())
 }
 

@@ -1,5 +1,7 @@
 //! Detection quality on labelled data: NAB (scorer, baseline, replay of every file through
 //! the streaming core) and MIT-BIH (WFDB reading, beat-level metrics).
+pub mod beats;
+pub mod classify;
 pub mod ecg;
 pub mod nab;
 pub mod nab_run;

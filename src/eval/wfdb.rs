@@ -986,7 +986,7 @@ pub fn symbol_counts(annotations: &[Annotation]) -> HashMap<&'static str, usize>
 // ---------------------------------------------------------------------------------------------------------
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The 22 records of the DS1 split shipped as development data.
@@ -998,7 +998,7 @@ mod tests {
     /// Finds the MIT-BIH directory: `$TSAD_DATA_DIR/mitdb`, `$TSAD_DATA_DIR` itself when it holds the
     /// records, `../shared/data/mitdb` beside the crate, or `/work/shared/data/mitdb`. Prints a loud SKIPPED
     /// line and returns `None` when none exists.
-    fn mitdb_dir(test: &str) -> Option<PathBuf> {
+    pub(crate) fn mitdb_dir(test: &str) -> Option<PathBuf> {
         let mut candidates = Vec::new();
         if let Ok(d) = std::env::var("TSAD_DATA_DIR") {
             let d = PathBuf::from(d);

@@ -147,14 +147,18 @@ impl Scorer {
             verdict.upper[c] = norm.denormalise(c, mean + band * sd);
         }
         verdict.surprise = squared;
-        let mut own = 0.0;
+        let mut judged = None;
         if norm.count() >= NORMALISER_MIN_COUNT {
-            (verdict.score, own) = self.likelihood.observe_with_own(verdict.surprise);
+            let j = self.likelihood.judge(verdict.surprise);
+            verdict.score = j.score;
+            judged = Some(j);
         }
-        // The window's score must pass the threshold and the reading itself must stand out:
-        // the readings after a spike inherit its window, not its anomaly.
-        verdict.anomaly =
-            judged_before >= config.warmup && verdict.score >= config.threshold() && own >= OWN_MIN_SPREADS;
+        // A flag needs the reading's score and the short window's to pass the threshold
+        // (one heavy-tailed residual alone is not an anomaly), and the reading itself to
+        // stand out: the readings after a spike inherit its window, not its anomaly.
+        let threshold = config.threshold();
+        verdict.anomaly = judged_before >= config.warmup
+            && judged.is_some_and(|j| j.score >= threshold && j.confirmation >= threshold && j.own >= OWN_MIN_SPREADS);
         Ok(verdict)
     }
 

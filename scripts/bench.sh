@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The benchmark suite (docs/PERFORMANCE.md): builds tsad (release), then measures
+#   1. the inference core: LSTM and GRU, hidden 64 and 128, 1 to 100k streams, two workers;
+#   2. end to end over loopback HTTP, committed to SQLite and to PostgreSQL: readings/s,
+#      p50/p99/p99.9 latency at the maximum rate, at half of it, and for single readings;
+#   3. resident memory per stream at 10k, 100k and 1M streams;
+#   4. training: sequences/s in tsad and in PyTorch on the same work, as a ratio.
+# Results go to docs/bench/*.json (or $TSAD_BENCH_OUT) and print as tables.
+#
+# Environment:
+#   TSAD_BENCH_SECONDS   seconds per measurement (default 10)
+#   TSAD_BENCH_PG        PostgreSQL URL for the end-to-end run (default: the local test
+#                        server scripts/postgres.sh provides; "none" skips it, loudly)
+#   TSAD_BENCH_STREAMS   stream counts for the end-to-end runs (default 1000,10000,100000)
+#   TSAD_BENCH_MEMORY    stream counts for the memory run (default 10000,100000,1000000)
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+out=${TSAD_BENCH_OUT:-docs/bench}
+seconds=${TSAD_BENCH_SECONDS:-10}
+streams=${TSAD_BENCH_STREAMS:-1000,10000,100000}
+memory=${TSAD_BENCH_MEMORY:-10000,100000,1000000}
+mkdir -p "$out"
+scripts/libtorch.sh
+cargo build --release --quiet --bin tsad
+tsad=target/release/tsad
+echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'), $(free -g | awk '/Mem:/ {print $2}') GiB"
+
+echo "== 1. inference core"
+$tsad bench inference --threads 2 --seconds 3 --json "$out/inference.json"
+
+echo "== 2. end to end, SQLite"
+$tsad bench http --streams "$streams" --batch 1000 --clients 8 --seconds "$seconds" --json "$out/http-sqlite.json"
+pg=${TSAD_BENCH_PG:-}
+if [[ -z $pg ]]; then
+  pg=$(scripts/postgres.sh)
+fi
+if [[ $pg == none ]]; then
+  echo "SKIPPED: end to end on PostgreSQL (TSAD_BENCH_PG=none)"
+else
+  echo "== 2. end to end, PostgreSQL"
+  $tsad bench http --streams "$streams" --batch 1000 --clients 8 --seconds "$seconds" \
+    --database-url "$pg" --json "$out/http-postgres.json"
+fi
+
+echo "== 3. memory per stream"
+python3 scripts/stream-memory.py --binary "$tsad" --streams "$memory" --database-url "${pg/#none/}" \
+  | tee "$out/memory.jsonl"
+
+echo "== 4. training, tsad and PyTorch"
+$tsad bench training --threads 1 --python .tsad/venv/bin/python --json "$out/training.json"

@@ -1,0 +1,258 @@
+//! Beats of one ECG lead, as the beat-level detector and the beat classifier see them.
+//!
+//! A beat is the stretch of signal around an R peak, from [`PRE_S`] before it to [`POST_S`]
+//! after, baseline-removed (the window's median), scaled by the record's own amplitude (the
+//! median absolute deviation of the lead over the learning stretch) and averaged down by
+//! [`DECIMATE`]. Beside its shape come four rhythm features: the RR interval before it
+//! against the running RR (a premature beat is short), the one after it against the running
+//! RR and against the one before (a compensatory pause is long), and the RR before against
+//! the record's typical RR.
+//!
+//! Everything is learnt from the signal itself, without labels: the record's amplitude, its
+//! typical RR and its typical beat (the element-wise median of the beats in the learning
+//! stretch, the first minutes of the record). A beat's features need the next R peak, so a
+//! live detector judges a beat one beat late (about a second).
+use super::wfdb::{self, AamiClass, Annotation};
+
+/// Start of a beat's window before its R peak, seconds.
+pub const PRE_S: f64 = 0.25;
+/// End of a beat's window after its R peak, seconds.
+pub const POST_S: f64 = 0.4;
+/// Samples averaged into one step of a beat's shape.
+pub const DECIMATE: usize = 3;
+/// Steps of the shape averaged into one channel of the beat stream.
+pub const BIN: usize = 4;
+/// RR intervals in the running RR.
+const RUNNING_RR: usize = 10;
+/// Rhythm features per beat.
+pub const RHYTHM: usize = 4;
+
+/// One beat with its features.
+#[derive(Debug, Clone)]
+pub struct BeatFeatures {
+    /// Sample of the R peak.
+    pub sample: u64,
+    pub symbol: &'static str,
+    pub class: AamiClass,
+    /// The shape: baseline-removed, in units of the record's amplitude, decimated.
+    pub shape: Vec<f32>,
+    /// The shape minus the record's typical beat.
+    pub deviation: Vec<f32>,
+    /// RR before / running RR, RR after / running RR, RR after / RR before, RR before /
+    /// the record's typical RR.
+    pub rhythm: [f32; RHYTHM],
+}
+
+impl BeatFeatures {
+    /// The beat as one multi-channel reading for the beat stream: the first two rhythm
+    /// features, then the shape averaged in bins of [`BIN`] steps.
+    pub fn reading(&self) -> Vec<f64> {
+        let mut values = vec![f64::from(self.rhythm[0]), f64::from(self.rhythm[2])];
+        values.extend(self.shape.chunks_exact(BIN).map(|b| f64::from(b.iter().sum::<f32>() / BIN as f32)));
+        values
+    }
+
+    /// The beat as a sequence for the classifier, `[steps][inputs]` flattened: at each step
+    /// the shape, its deviation from the typical beat and the rhythm features.
+    pub fn sequence(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.shape.len() * CLASSIFIER_INPUTS);
+        for (s, d) in self.shape.iter().zip(&self.deviation) {
+            out.push(*s);
+            out.push(*d);
+            out.extend_from_slice(&self.rhythm);
+        }
+        out
+    }
+}
+
+/// Inputs per step of the classifier's sequences.
+pub const CLASSIFIER_INPUTS: usize = 2 + RHYTHM;
+
+/// Channels of a beat-stream reading at `hz`.
+pub fn reading_channels(hz: f64) -> usize {
+    2 + steps(hz) / BIN
+}
+
+/// Steps of a beat's shape at `hz`.
+pub fn steps(hz: f64) -> usize {
+    let (pre, post) = window(hz);
+    (pre + post) / DECIMATE
+}
+
+fn window(hz: f64) -> (usize, usize) {
+    ((PRE_S * hz).round() as usize, (POST_S * hz).round() as usize)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mid = values.len() / 2;
+    let (_, m, _) = values.select_nth_unstable_by(mid, f64::total_cmp);
+    *m
+}
+
+/// The beats of `signal` (one lead at `hz`) at the annotated beats, with the record's
+/// amplitude, typical RR and typical beat learnt from the first `learn_s` seconds. Beats
+/// without a beat on each side, or whose window leaves the signal, are skipped.
+pub fn extract(signal: &[f64], hz: f64, annotations: &[Annotation], learn_s: f64) -> Vec<BeatFeatures> {
+    let (pre, post) = window(hz);
+    let learn_end = ((learn_s * hz).round() as usize).min(signal.len());
+    let marks: Vec<(usize, &'static str, AamiClass)> = annotations
+        .iter()
+        .filter_map(|a| wfdb::aami_class(a.symbol).map(|c| (a.sample as usize, a.symbol, c)))
+        .collect();
+    let scale = {
+        let mut first: Vec<f64> = signal[..learn_end.max(1).min(signal.len())].to_vec();
+        let m = median(&mut first);
+        let mut dev: Vec<f64> = first.iter().map(|v| (v - m).abs()).collect();
+        median(&mut dev) * 1.4826 + 1e-3
+    };
+    let shape_at = |s: usize| -> Option<Vec<f32>> {
+        if s < pre || s + post > signal.len() {
+            return None;
+        }
+        let mut w: Vec<f64> = signal[s - pre..s + post].to_vec();
+        let base = median(&mut w.clone());
+        for v in &mut w {
+            *v = (*v - base) / scale;
+        }
+        Some(w.chunks_exact(DECIMATE).map(|c| (c.iter().sum::<f64>() / DECIMATE as f64) as f32).collect())
+    };
+    // The typical beat and RR of the learning stretch (all beats: no labels are used).
+    let learnt: Vec<Vec<f32>> = marks.iter().filter(|m| m.0 < learn_end).filter_map(|m| shape_at(m.0)).collect();
+    let template: Vec<f32> = (0..steps(hz))
+        .map(|i| median(&mut learnt.iter().map(|w| f64::from(w[i])).collect::<Vec<_>>()) as f32)
+        .collect();
+    let mut learnt_rr: Vec<f64> =
+        marks.windows(2).filter(|w| w[1].0 < learn_end).map(|w| (w[1].0 - w[0].0) as f64).collect();
+    let typical_rr = match median(&mut learnt_rr) {
+        rr if rr > 0.0 => rr,
+        _ => hz, // no beats to learn from: 60 beats a minute
+    };
+    let mut out = Vec::with_capacity(marks.len());
+    for k in 1..marks.len().saturating_sub(1) {
+        let (s, symbol, class) = marks[k];
+        let Some(shape) = shape_at(s) else { continue };
+        let rr = |i: usize| (marks[i].0 - marks[i - 1].0).max(1) as f64;
+        let before = rr(k);
+        let after = rr(k + 1);
+        let from = k.saturating_sub(RUNNING_RR - 1).max(1);
+        let running = (from..=k).map(rr).sum::<f64>() / (k + 1 - from) as f64;
+        let deviation = shape.iter().zip(&template).map(|(v, t)| v - t).collect();
+        out.push(BeatFeatures {
+            sample: s as u64,
+            symbol,
+            class,
+            shape,
+            deviation,
+            rhythm: [
+                (before / running) as f32,
+                (after / running) as f32,
+                (after / before) as f32,
+                (before / typical_rr) as f32,
+            ],
+        });
+    }
+    out
+}
+
+/// The reference detector beside the beat stream: each reading's largest robust z-score
+/// over its channels, `|value − median| / (1.4826 · MAD + 0.001)`, with the median and the
+/// median absolute deviation of each channel taken over the first `learn` readings. It
+/// asks "how unlike this patient's typical beat is this one", with no model and no memory
+/// beyond the learning stretch.
+pub fn robust_z(readings: &[Vec<f64>], learn: usize) -> Vec<f64> {
+    let channels = readings.first().map_or(0, Vec::len);
+    let learnt = &readings[..learn.min(readings.len())];
+    let (centre, spread): (Vec<f64>, Vec<f64>) = (0..channels)
+        .map(|c| {
+            let mut column: Vec<f64> = learnt.iter().map(|r| r[c]).collect();
+            let m = median(&mut column);
+            let mut dev: Vec<f64> = column.iter().map(|v| (v - m).abs()).collect();
+            (m, 1.4826 * median(&mut dev) + 1e-3)
+        })
+        .unzip();
+    readings
+        .iter()
+        .map(|r| r.iter().zip(centre.iter().zip(&spread)).map(|(v, (m, s))| ((v - m) / s).abs()).fold(0.0, f64::max))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mark(sample: u64, symbol: &'static str) -> Annotation {
+        let code = wfdb::code_for_symbol(symbol).unwrap();
+        Annotation { sample, code, symbol, sub: 0, chan: 0, num: 0, aux: None }
+    }
+
+    /// A synthetic lead: a narrow spike every `rr` samples, a wide one at `wide`.
+    fn lead(n: usize, rr: usize, wide: usize) -> (Vec<f64>, Vec<Annotation>) {
+        let mut x = vec![0.0; n];
+        let mut annotations = Vec::new();
+        let mut s = rr;
+        while s + rr < n {
+            let (symbol, half) = if s == wide { ("V", 20) } else { ("N", 3) };
+            for (i, v) in x.iter_mut().enumerate().take(s + half).skip(s - half) {
+                *v = 1.0 - (i as f64 - s as f64).abs() / half as f64;
+            }
+            annotations.push(mark(s as u64, symbol));
+            s += rr;
+        }
+        (x, annotations)
+    }
+
+    #[test]
+    fn a_wide_beat_deviates_from_the_typical_beat_and_a_normal_one_does_not() {
+        let hz = 360.0;
+        let (x, ann) = lead(360 * 60, 300, 300 * 50);
+        let beats = extract(&x, hz, &ann, 30.0);
+        assert!(beats.len() > 60);
+        let dev = |b: &BeatFeatures| b.deviation.iter().map(|d| d * d).sum::<f32>();
+        let wide = beats.iter().find(|b| b.symbol == "V").expect("the wide beat is kept");
+        let normal = beats.iter().filter(|b| b.symbol == "N").map(dev).fold(0.0, f32::max);
+        assert!(dev(wide) > 10.0 * (normal + 1e-3), "wide {} normal {normal}", dev(wide));
+        assert_eq!(wide.shape.len(), steps(hz));
+        // A regular rhythm: every RR ratio is 1.
+        assert!(beats.iter().all(|b| b.rhythm.iter().all(|r| (r - 1.0).abs() < 1e-6)));
+        assert_eq!(wide.reading().len(), reading_channels(hz));
+        assert_eq!(wide.sequence().len(), steps(hz) * CLASSIFIER_INPUTS);
+    }
+
+    #[test]
+    fn robust_z_is_the_largest_standardised_distance_from_the_learnt_median() {
+        let mut readings: Vec<Vec<f64>> = (0..100).map(|i| vec![f64::from(i % 5), 10.0]).collect();
+        readings.push(vec![2.0, 10.0]);
+        readings.push(vec![2.0, 13.0]);
+        let z = robust_z(&readings, 100);
+        // Channel 0: median 2, MAD 1; channel 1 is constant (MAD 0, floor 0.001).
+        assert!(z[100].abs() < 1e-12);
+        assert!((z[101] - 3.0 / 1e-3).abs() < 1e-6);
+        assert!((z[0] - 2.0 / (1.4826 + 1e-3)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_premature_beat_has_a_short_rr_before_and_a_long_one_after() {
+        let hz = 360.0;
+        let (x, mut ann) = lead(360 * 60, 300, usize::MAX);
+        ann[40].sample -= 100;
+        let beats = extract(&x, hz, &ann, 30.0);
+        let b = beats.iter().find(|b| b.sample == ann[40].sample).unwrap();
+        assert!((b.rhythm[0] - 200.0 / 290.0).abs() < 1e-3, "{:?}", b.rhythm);
+        assert!((b.rhythm[2] - 400.0 / 200.0).abs() < 1e-6);
+        assert!((b.rhythm[3] - 200.0 / 300.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn beats_at_the_edges_and_non_beat_annotations_are_skipped() {
+        let hz = 360.0;
+        let (x, mut ann) = lead(360 * 10, 300, usize::MAX);
+        ann.insert(3, mark(ann[2].sample + 10, "+"));
+        let beats = extract(&x, hz, &ann, 5.0);
+        // First and last beats have no neighbour; "+" is a rhythm change, not a beat.
+        assert_eq!(beats.len(), ann.len() - 3);
+        assert!(beats.iter().all(|b| b.symbol == "N"));
+    }
+}
