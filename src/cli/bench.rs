@@ -52,6 +52,10 @@ enum BenchKind {
         /// Worker threads, each stepping its share of the streams with one libtorch thread.
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// Most streams per step call: a worker steps its share in batches of this many, as
+        /// the service's batcher does (`max_batch`).
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
         /// Peak fp32 GFLOP/s of one core, for the fraction of peak (measured on the
         /// development machine: 179).
         #[arg(long, default_value_t = 179.0)]
@@ -125,15 +129,25 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
             hidden,
             model,
             threads,
+            batch,
             peak_gflops_per_core,
             seconds,
             json,
         } => {
-            if threads == 0 || streams.contains(&0) || hidden.contains(&0) || !(seconds > 0.0) {
-                return Err(CliError::Usage(anyhow!("--threads, --streams, --hidden and --seconds must be positive")));
+            if threads == 0
+                || batch == 0
+                || streams.contains(&0)
+                || hidden.contains(&0)
+                || seconds.is_nan()
+                || seconds <= 0.0
+            {
+                return Err(CliError::Usage(anyhow!(
+                    "--threads, --batch, --streams, --hidden and --seconds must be positive"
+                )));
             }
             let shapes = Shapes { architectures, hidden, model };
-            inference(&streams, &shapes, threads, peak_gflops_per_core, seconds, json)
+            let work = StepWork { threads, batch, peak_per_core: peak_gflops_per_core, seconds };
+            inference(&streams, &shapes, &work, json)
         }
         BenchKind::Training { architecture, hidden, steps, batch, sequences, epochs, threads, python, json } => {
             if [hidden, steps, batch, sequences, epochs, threads].contains(&0) {
@@ -187,14 +201,16 @@ pub fn flops_per_step(config: &NetworkConfig) -> f64 {
     flops + 2.0 * config.head_input() as f64 * config.head_output() as f64
 }
 
-fn inference(
-    streams: &[usize],
-    shapes: &Shapes,
+/// How `bench inference` steps the streams.
+struct StepWork {
     threads: usize,
+    batch: usize,
     peak_per_core: f64,
     seconds: f64,
-    json_out: Option<PathBuf>,
-) -> anyhow::Result<()> {
+}
+
+fn inference(streams: &[usize], shapes: &Shapes, work: &StepWork, json_out: Option<PathBuf>) -> anyhow::Result<()> {
+    let StepWork { threads, batch: max_batch, peak_per_core, seconds } = *work;
     tch::set_num_threads(1);
     // Tensors are not `Sync`: every worker builds its own copy of the network.
     let mut networks: Vec<(String, NetworkConfig, Option<PathBuf>)> = Vec::new();
@@ -210,7 +226,9 @@ fn inference(
         }
     }
     let peak = peak_per_core * threads as f64 * 1e9;
-    println!("inference core: batched step calls, {threads} worker thread(s) with one libtorch thread each");
+    println!(
+        "inference core: step calls of at most {max_batch} streams, {threads} worker thread(s) with one libtorch thread each"
+    );
     println!("{:<10} {:>9} {:>14} {:>12} {:>10}", "model", "streams", "steps/s", "µs per call", "% of peak");
     let mut rows = Vec::new();
     for (name, config, dir) in &networks {
@@ -229,16 +247,26 @@ fn inference(
                                 None => Network::new(config.clone(), tch::Device::Cpu, 0)?,
                             };
                             let input = config.input_size as i64;
-                            let x = tch::Tensor::randn([batch, input], (tch::Kind::Float, tch::Device::Cpu));
-                            let mut state = net.zero_state(batch);
+                            // The worker's streams in batches, each with its inputs and state.
+                            let mut batches: Vec<(tch::Tensor, crate::model::State)> = (0..batch)
+                                .step_by(max_batch)
+                                .map(|start| {
+                                    let size = (batch - start).min(max_batch as i64);
+                                    let x = tch::Tensor::randn([size, input], (tch::Kind::Float, tch::Device::Cpu));
+                                    (x, net.zero_state(size))
+                                })
+                                .collect();
                             let started = Instant::now();
-                            let mut calls = 0u64;
+                            let (mut calls, mut rounds) = (0u64, 0u64);
                             while started.elapsed().as_secs_f64() < seconds {
-                                let (_, next) = net.step(&x, &state)?;
-                                state = next;
-                                calls += 1;
+                                for (x, state) in &mut batches {
+                                    let (_, next) = net.step(x, state)?;
+                                    *state = next;
+                                    calls += 1;
+                                }
+                                rounds += 1;
                             }
-                            Ok((calls * batch as u64, calls, started.elapsed().as_secs_f64()))
+                            Ok((rounds * batch as u64, calls, started.elapsed().as_secs_f64()))
                         })
                     })
                     .collect();
@@ -254,15 +282,12 @@ fn inference(
             let fraction = steps_per_s * flops / peak;
             println!("{name:<10} {n:>9} {steps_per_s:>14.0} {us_per_call:>12.1} {:>10.2}", 100.0 * fraction);
             rows.push(json!({
-                "model": name, "streams": n, "threads": workers, "steps_per_s": steps_per_s,
+                "model": name, "streams": n, "threads": workers, "max_batch": max_batch, "steps_per_s": steps_per_s,
                 "us_per_call": us_per_call, "flops_per_step": flops, "fraction_of_peak": fraction,
             }));
         }
     }
-    write_json(
-        json_out,
-        json!({ "benchmark": "inference", "peak_gflops_per_core": peak_per_core, "results": rows }),
-    )
+    write_json(json_out, json!({ "benchmark": "inference", "peak_gflops_per_core": peak_per_core, "results": rows }))
 }
 
 /// What `bench training` runs.
@@ -368,18 +393,27 @@ struct Load {
     latency: bool,
 }
 
-/// One client posting batches of one reading per stream of `mine` (Unix ms timestamps from
-/// `base`, a second apart) until `deadline`, one request every `pace` if given; returns the
-/// readings accepted and each request's latency, ms.
-async fn drive(
-    client: reqwest::Client,
-    addr: std::net::SocketAddr,
-    names: Vec<String>,
+/// How one client drives its streams.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
     batch: usize,
     base: i64,
     deadline: Instant,
     pace: Option<Duration>,
+    once: bool,
+}
+
+/// One client posting batches of one reading per stream of `names` (Unix ms timestamps from
+/// `base`, a second apart) until `deadline` (or after one round over its streams with
+/// `once`), one request every `pace` if given; returns the readings accepted and each
+/// request's latency, ms.
+async fn drive(
+    client: reqwest::Client,
+    addr: std::net::SocketAddr,
+    names: Vec<String>,
+    plan: Plan,
 ) -> anyhow::Result<(u64, Vec<f64>)> {
+    let Plan { batch, base, deadline, pace, once } = plan;
     let mut latencies = Vec::new();
     let mut accepted = 0u64;
     let mut ticks = pace.map(|p| {
@@ -404,11 +438,7 @@ async fn drive(
                     json!({"stream": s, "ts": base + round * 1000, "value": phase.sin()})
                 })
                 .collect();
-            let body = if readings.len() == 1 {
-                readings.into_iter().next().unwrap_or_default()
-            } else {
-                json!({ "readings": readings })
-            };
+            let body = json!({ "readings": readings });
             let started = Instant::now();
             let response = client.post(format!("http://{addr}/v1/readings")).json(&body).send().await;
             match response {
@@ -426,12 +456,16 @@ async fn drive(
             }
         }
         round += 1;
+        if once {
+            break;
+        }
     }
     Ok((accepted, latencies))
 }
 
-/// Runs `load.clients` clients over `n` streams for `load.seconds`; each request paced to
-/// `pace` when given. Returns readings per second and the sorted latencies.
+/// Runs `load.clients` clients over `n` streams for `load.seconds` (or one round over the
+/// streams with `once`); each request paced to `pace` when given. Returns readings per
+/// second and the sorted latencies.
 async fn phase(
     addr: std::net::SocketAddr,
     tag: u32,
@@ -439,15 +473,18 @@ async fn phase(
     load: &Load,
     base: i64,
     pace: Option<Duration>,
+    once: bool,
 ) -> anyhow::Result<(f64, Vec<f64>)> {
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs_f64(load.seconds);
+    let seconds = if once { 3600.0 } else { load.seconds };
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
     let tasks: Vec<_> = (0..load.clients.min(n))
         .map(|w| {
             // Each client owns its streams, so timestamps per stream only ever increase.
             let names = (w..n).step_by(load.clients).map(|s| format!("bench-{tag}-{s}")).collect();
-            tokio::spawn(drive(client.clone(), addr, names, load.batch, base, deadline, pace))
+            let plan = Plan { batch: load.batch, base, deadline, pace, once };
+            tokio::spawn(drive(client.clone(), addr, names, plan))
         })
         .collect();
     let (mut accepted, mut latencies) = (0, Vec::new());
@@ -467,7 +504,9 @@ async fn http(
     json_out: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let (batch, clients) = (load.batch, load.clients);
-    println!("HTTP ingest over loopback: {clients} clients, {batch} readings a request (one per stream)");
+    println!(
+        "HTTP ingest over loopback: {clients} clients, each posting its streams' readings, at most {batch} a request"
+    );
     println!(
         "{:>10} {:<14} {:>12} {:>9} {:>9} {:>9} {:>9}",
         "streams", "load", "readings/s", "p50 ms", "p99 ms", "p99.9 ms", "requests"
@@ -489,29 +528,30 @@ async fn http(
         let mut report = |label: &str, rate: f64, latencies: &[f64], per_request: usize| {
             let (p50, p99, p999) =
                 (percentile(latencies, 0.5), percentile(latencies, 0.99), percentile(latencies, 0.999));
-            println!(
-                "{n:>10} {label:<14} {rate:>12.0} {p50:>9.2} {p99:>9.2} {p999:>9.2} {:>9}",
-                latencies.len()
-            );
+            println!("{n:>10} {label:<14} {rate:>12.0} {p50:>9.2} {p99:>9.2} {p999:>9.2} {:>9}", latencies.len());
             rows.push(json!({
                 "streams": n, "load": label, "readings_per_s": rate, "p50_ms": p50, "p99_ms": p99,
-                "p999_ms": p999, "requests": latencies.len(), "batch": per_request, "clients": clients,
+                "p999_ms": p999, "requests": latencies.len(), "readings_per_request": per_request, "clients": clients,
                 "database": database,
             }));
         };
         let base = 1_767_225_600_000i64;
-        let (rate, latencies) = phase(addr, tag, n, load, base, None).await?;
-        report("max", rate, &latencies, batch);
-        if load.latency && rate > 0.0 {
-            // The same load paced to half the rate reached: each client sends one request
-            // every clients × batch / (rate / 2) seconds.
-            let requests_per_s = rate / 2.0 / batch.min(n) as f64;
+        // One untimed round creates the streams (and their actors): the timed phases
+        // measure readings to existing streams.
+        phase(addr, tag, n, load, base - 1_000_000_000, None, true).await?;
+        let (rate, latencies) = phase(addr, tag, n, load, base, None, false).await?;
+        let per_request = n.div_ceil(clients.min(n)).min(batch);
+        report("max", rate, &latencies, per_request);
+        if load.latency && !latencies.is_empty() {
+            // The same load paced to half the request rate reached: each client sends one
+            // request every clients / (requests per second / 2) seconds.
+            let requests_per_s = latencies.len() as f64 / load.seconds / 2.0;
             let pace = Duration::from_secs_f64(clients.min(n) as f64 / requests_per_s);
-            let (half, latencies) = phase(addr, tag, n, load, base + 1_000_000_000, Some(pace)).await?;
-            report("half of max", half, &latencies, batch);
+            let (half, latencies) = phase(addr, tag, n, load, base + 1_000_000_000, Some(pace), false).await?;
+            report("half of max", half, &latencies, per_request);
             // Single readings, one at a time, on an otherwise idle server.
             let single = Load { batch: 1, clients: 1, seconds: load.seconds.min(5.0), latency: false };
-            let (rate, latencies) = phase(addr, tag ^ 1, 1, &single, base, None).await?;
+            let (rate, latencies) = phase(addr, tag ^ 1, 1, &single, base, None, false).await?;
             report("single reading", rate, &latencies, 1);
         }
         let _ = stop.send(());

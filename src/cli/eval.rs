@@ -110,7 +110,9 @@ fn ecg(a: EcgArgs) -> Result<(), CliError> {
     if !a.mitdb.is_dir() {
         return Err(CliError::Usage(anyhow!("--mitdb {} is not a folder", a.mitdb.display())));
     }
-    for (flag, list) in [("--records", &a.records), ("--train-records", &a.train_records), ("--test-records", &a.test_records)] {
+    for (flag, list) in
+        [("--records", &a.records), ("--train-records", &a.train_records), ("--test-records", &a.test_records)]
+    {
         if let Some(bad) = list.iter().find(|r| r.is_empty() || !r.chars().all(|c| c.is_ascii_alphanumeric())) {
             return Err(CliError::Usage(anyhow!("{flag}: {bad:?} is not a record name")));
         }

@@ -205,13 +205,8 @@ impl ClassifyRun {
             max_duration: Some(self.max_training),
             ..TrainConfig::default()
         };
-        let fitted = crate::model::train::fit(
-            &mut network,
-            &fit_data,
-            &val_data,
-            &train_config,
-            &CancelToken::new(),
-            |e| {
+        let fitted =
+            crate::model::train::fit(&mut network, &fit_data, &val_data, &train_config, &CancelToken::new(), |e| {
                 progress(&format!(
                     "{} epoch {}: train loss {:.4}, validation loss {:.4}, {:.0} s",
                     super::progress_bar(e.epoch, e.epochs),
@@ -220,8 +215,7 @@ impl ClassifyRun {
                     e.val_loss,
                     e.elapsed.as_secs_f64()
                 ))
-            },
-        )?;
+            })?;
         // Predict the test beats in chunks.
         let mut probabilities: Vec<f32> = Vec::with_capacity(test.len() * CLASSES.len());
         for chunk in test.chunks(2048) {

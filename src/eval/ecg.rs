@@ -123,10 +123,11 @@ fn report(beats: &[Beat], model: String) -> RecordReport {
     let normal: Vec<f64> = beats.iter().filter(|b| b.class == "N").map(|b| b.score).collect();
     let abnormal: Vec<f64> = beats.iter().filter(|b| b.class != "N").map(|b| b.score).collect();
     let auc = (!normal.is_empty() && !abnormal.is_empty()).then(|| wfdb::auc(&abnormal, &normal));
-    let baseline = |n: bool| beats.iter().filter(|b| (b.class == "N") == n).filter_map(|b| b.baseline).collect::<Vec<_>>();
+    let baseline =
+        |n: bool| beats.iter().filter(|b| (b.class == "N") == n).filter_map(|b| b.baseline).collect::<Vec<_>>();
     let (base_normal, base_abnormal) = (baseline(true), baseline(false));
-    let baseline_auc = (!base_normal.is_empty() && !base_abnormal.is_empty())
-        .then(|| wfdb::auc(&base_abnormal, &base_normal));
+    let baseline_auc =
+        (!base_normal.is_empty() && !base_abnormal.is_empty()).then(|| wfdb::auc(&base_abnormal, &base_normal));
     RecordReport {
         normal_beats: normal.len(),
         abnormal_beats: abnormal.len(),

@@ -11,6 +11,6 @@ pub mod wfdb;
 /// `[######..........] 3/8`: how far a run over `total` items is, for progress lines.
 pub fn progress_bar(done: usize, total: usize) -> String {
     const WIDTH: usize = 16;
-    let filled = if total == 0 { WIDTH } else { (done.min(total) * WIDTH) / total };
+    let filled = (done.min(total) * WIDTH).checked_div(total).unwrap_or(WIDTH);
     format!("[{}{}] {done}/{total}", "#".repeat(filled), ".".repeat(WIDTH - filled))
 }

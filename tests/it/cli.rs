@@ -294,7 +294,8 @@ fn eval_ecg_scores_every_beat_after_the_warmup_and_reports_auc_and_detection() {
     assert_eq!(bad.status.code(), Some(2));
     let bad = tsad(&["eval", "ecg", "--mitdb", "/nonexistent", "--records", "syn", "--out", &out]);
     assert_eq!(bad.status.code(), Some(2));
-    let bad = tsad(&["eval", "ecg", "--mitdb", &path(dir.path()), "--records", "syn", "--unit", "minutes", "--out", &out]);
+    let bad =
+        tsad(&["eval", "ecg", "--mitdb", &path(dir.path()), "--records", "syn", "--unit", "minutes", "--out", &out]);
     assert_eq!(bad.status.code(), Some(2));
 }
 
@@ -311,7 +312,8 @@ fn eval_ecg_supervised_trains_on_some_records_and_reports_on_others() {
     let (stdout, stderr) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
     assert!(run.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("overall") && stderr.contains("epoch 1"), "{stdout}{stderr}");
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).expect("report")).expect("json");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).expect("report")).expect("json");
     // 298 beats with a neighbour each side, 26 of them V (seconds 40, 50, ..., 290).
     let v = &report["overall"]["ventricular"];
     assert_eq!((report["overall"]["beats"].as_u64(), v["beats"].as_u64()), (Some(298), Some(26)), "{report}");
