@@ -61,7 +61,9 @@ proptest! {
         for (i, v) in run(&mut scorer, &mut norm, &config, &steps).iter().enumerate() {
             prop_assert!(v.score.is_finite() && (0.0..=1.0).contains(&v.score), "score {} at {i}", v.score);
             prop_assert!(v.surprise.is_finite() && v.surprise >= 0.0, "surprise {} at {i}", v.surprise);
-            prop_assert_eq!(v.anomaly, i as u64 >= config.warmup && v.score >= config.threshold());
+            // A flag needs more (the short average's confirmation, the reading standing out),
+            // never less.
+            prop_assert!(!v.anomaly || (i as u64 >= config.warmup && v.score >= config.threshold()));
             for c in 0..2 {
                 let (lo, mid, hi) = (v.lower[c], v.expected[c], v.upper[c]);
                 prop_assert!(lo.is_finite() && mid.is_finite() && hi.is_finite(), "band {lo} {mid} {hi} at {i}");
