@@ -68,11 +68,6 @@ impl BeatFeatures {
 /// Inputs per step of the classifier's sequences.
 pub const CLASSIFIER_INPUTS: usize = 2 + RHYTHM;
 
-/// Channels of a beat-stream reading at `hz`.
-pub fn reading_channels(hz: f64) -> usize {
-    2 + steps(hz) / BIN
-}
-
 /// Steps of a beat's shape at `hz`.
 pub fn steps(hz: f64) -> usize {
     let (pre, post) = window(hz);
@@ -217,7 +212,7 @@ mod tests {
         assert_eq!(wide.shape.len(), steps(hz));
         // A regular rhythm: every RR ratio is 1.
         assert!(beats.iter().all(|b| b.rhythm.iter().all(|r| (r - 1.0).abs() < 1e-6)));
-        assert_eq!(wide.reading().len(), reading_channels(hz));
+        assert_eq!(wide.reading().len(), 2 + steps(hz) / BIN);
         assert_eq!(wide.sequence().len(), steps(hz) * CLASSIFIER_INPUTS);
     }
 

@@ -285,21 +285,16 @@ pub struct Lead {
 impl Lead {
     /// Reads record `name` from `mitdb`.
     pub fn read(mitdb: &std::path::Path, name: &str) -> anyhow::Result<Lead> {
-        let (signal, hz, annotations) = read_lead(mitdb, name)?;
-        Ok(Lead { signal, hz, annotations })
+        let record = wfdb::read_record(mitdb, name).with_context(|| format!("record {name}"))?;
+        let index = record.header.signal_index("MLII").unwrap_or(0);
+        let signal = record.physical(index).with_context(|| format!("record {name}: no signal {index}"))?;
+        if signal.iter().any(|v| !v.is_finite()) {
+            anyhow::bail!("record {name}: lead {index} has invalid samples");
+        }
+        let annotations = wfdb::read_annotations(mitdb.join(format!("{name}.atr")))
+            .with_context(|| format!("record {name}: annotations"))?;
+        Ok(Lead { signal, hz: record.header.sampling_frequency, annotations })
     }
-}
-
-fn read_lead(mitdb: &std::path::Path, name: &str) -> anyhow::Result<(Vec<f64>, f64, Vec<Annotation>)> {
-    let record = wfdb::read_record(mitdb, name).with_context(|| format!("record {name}"))?;
-    let index = record.header.signal_index("MLII").unwrap_or(0);
-    let signal = record.physical(index).with_context(|| format!("record {name}: no signal {index}"))?;
-    if signal.iter().any(|v| !v.is_finite()) {
-        anyhow::bail!("record {name}: lead {index} has invalid samples");
-    }
-    let annotations = wfdb::read_annotations(mitdb.join(format!("{name}.atr")))
-        .with_context(|| format!("record {name}: annotations"))?;
-    Ok((signal, record.header.sampling_frequency, annotations))
 }
 
 pub fn class_name(class: AamiClass) -> &'static str {
