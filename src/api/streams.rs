@@ -15,7 +15,7 @@ use super::wire::{
     self, format_ts, json_body, query_timestamp, stream_name, Path, Query, StreamName, VerdictSchema, MAX_CHANNELS,
 };
 use super::{ApiError, AppState};
-use crate::scoring::Verdict;
+use crate::scoring::{Baseline, Verdict};
 use crate::storage::{ReadingRow, StreamConfig};
 use crate::streams::StreamStatus;
 
@@ -54,6 +54,30 @@ struct StreamSettings {
     warmup: Option<u64>,
     /// Fit a model of the stream's own once it has enough readings (default true).
     auto_train: Option<bool>,
+    /// What readings are judged against besides the model's forecast (new streams:
+    /// `forecast`, nothing else).
+    baseline: Option<BaselineSetting>,
+}
+
+/// What readings are judged against besides the model's forecast. `forecast`: nothing else,
+/// and a surprise that recurs becomes normal (a daily jump the model cannot time).
+/// `warmup`: also each channel's median and spread over the stream's warm-up, fixed when it
+/// ends; a reading unlike the warm-up stays anomalous however often it recurs (heart beats).
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[schema(as = Baseline)]
+enum BaselineSetting {
+    Forecast,
+    Warmup,
+}
+
+impl From<BaselineSetting> for Baseline {
+    fn from(b: BaselineSetting) -> Baseline {
+        match b {
+            BaselineSetting::Forecast => Baseline::Forecast,
+            BaselineSetting::Warmup => Baseline::Warmup,
+        }
+    }
 }
 
 // The JSON `status_json` writes, described for the OpenAPI document: keep the two in step.
@@ -71,6 +95,7 @@ struct StreamSchema {
     sensitivity: f64,
     warmup: u64,
     auto_train: bool,
+    baseline: BaselineSetting,
     /// `warming` until `warmup` readings have been judged.
     #[schema(inline)]
     state: StreamState,
@@ -126,6 +151,7 @@ fn status_json(state: &AppState, s: &StreamStatus) -> Value {
         "sensitivity": r.config.sensitivity,
         "warmup": r.config.warmup,
         "auto_train": r.config.auto_train,
+        "baseline": r.config.baseline.as_str(),
         "state": if warming { "warming" } else { "scoring" },
         "readings": r.readings_count,
         "anomalies": r.anomalies_count,
@@ -175,6 +201,7 @@ async fn put_stream(
         sensitivity: settings.sensitivity.unwrap_or(base.sensitivity),
         warmup: settings.warmup.unwrap_or(base.warmup),
         auto_train: settings.auto_train.unwrap_or(base.auto_train),
+        baseline: settings.baseline.map_or(base.baseline, Baseline::from),
     };
     if !(1..=MAX_CHANNELS).contains(&config.channels) {
         return Err(ApiError::Unprocessable(format!("channels must be in 1..={MAX_CHANNELS}")));

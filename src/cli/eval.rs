@@ -9,6 +9,7 @@ use super::CliError;
 use crate::eval::classify::{table as classify_table, ClassifyRun};
 use crate::eval::ecg::{table as ecg_table, Beat, EcgRun, Unit};
 use crate::eval::nab_run::{table, NabRun};
+use crate::scoring::Baseline;
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
@@ -53,7 +54,8 @@ struct EcgArgs {
     /// Where to write the report (JSON).
     #[arg(long)]
     out: PathBuf,
-    /// One row per scored beat: record, sample, symbol, class, score, flagged.
+    /// One row per scored beat: record, sample, symbol, class, score, surprise, flagged and
+    /// the reference detector's score (beat streams).
     #[arg(long)]
     beats_out: Option<PathBuf>,
     /// Warm-up at the start of each record, seconds; the automatic fit learns from it.
@@ -66,6 +68,10 @@ struct EcgArgs {
     /// annotated R peak) or a sample of the lead.
     #[arg(long, value_enum, default_value_t = Unit::Beats)]
     unit: Unit,
+    /// The streams' baseline: `warmup` (also judge each beat against the record's first
+    /// minutes) or `forecast` (the model's forecast only).
+    #[arg(long, value_parser = parse_baseline, default_value = "warmup")]
+    baseline: Baseline,
     /// Model registry [default: the shipped models].
     #[arg(long)]
     models_dir: Option<PathBuf>,
@@ -97,6 +103,14 @@ struct NabArgs {
     /// Automatic fits run at once.
     #[arg(long, default_value_t = 2)]
     fit_jobs: usize,
+    /// The streams' baseline: `forecast` (the model's forecast only) or `warmup` (also each
+    /// file's probationary period).
+    #[arg(long, value_parser = parse_baseline, default_value = "forecast")]
+    baseline: Baseline,
+}
+
+fn parse_baseline(name: &str) -> Result<Baseline, String> {
+    Baseline::parse(name).ok_or_else(|| format!("{name:?} is not a baseline (forecast, warmup)"))
 }
 
 pub fn run(args: EvalArgs) -> Result<(), CliError> {
@@ -133,6 +147,7 @@ fn ecg(a: EcgArgs) -> Result<(), CliError> {
         warmup_s: a.warmup_s,
         beat_window_s: a.beat_window_s,
         unit: a.unit,
+        baseline: a.baseline,
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| CliError::Runtime(e.into()))?;
@@ -147,11 +162,12 @@ fn ecg(a: EcgArgs) -> Result<(), CliError> {
 
 fn write_beats(path: Option<&std::path::Path>, beats: &[Beat]) -> Result<(), CliError> {
     let Some(path) = path else { return Ok(()) };
-    let mut text = String::from("record,sample,symbol,class,score,surprise,flagged\n");
+    let mut text = String::from("record,sample,symbol,class,score,surprise,flagged,baseline\n");
     for b in beats {
         let flagged = u8::from(b.flagged);
         let fields = format!("{},{},{},{},{},{}", b.record, b.sample, b.symbol, b.class, b.score, b.surprise);
-        text.push_str(&format!("{fields},{flagged}\n"));
+        let baseline = b.baseline.map_or(String::new(), |z| z.to_string());
+        text.push_str(&format!("{fields},{flagged},{baseline}\n"));
     }
     std::fs::write(path, text).map_err(|e| CliError::Runtime(anyhow!("writing {}: {e}", path.display())))
 }
@@ -206,6 +222,7 @@ fn nab(a: NabArgs) -> Result<(), CliError> {
         name: a.name,
         models_dir: a.models_dir.unwrap_or_else(crate::config::default_models_dir),
         fit_jobs: a.fit_jobs,
+        baseline: a.baseline,
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| CliError::Runtime(e.into()))?;

@@ -10,7 +10,8 @@ use chrono::NaiveDateTime;
 use serde::Serialize;
 
 use super::nab::{self, FileResult, Profile, Windows};
-use super::replay::Replay;
+use super::replay::{Replay, StreamSetup};
+use crate::scoring::Baseline;
 use crate::streams::ReadingVerdict;
 
 /// Readings per ingest call during a replay (what a batching client would send).
@@ -30,6 +31,8 @@ pub struct NabRun {
     pub models_dir: PathBuf,
     /// Automatic fits at once.
     pub fit_jobs: usize,
+    /// The streams' baseline setting.
+    pub baseline: Baseline,
 }
 
 /// A detector's normalised score and threshold on one profile.
@@ -204,7 +207,11 @@ impl NabRun {
                 let values: Vec<Vec<f64>> = series.values.iter().map(|v| vec![*v]).collect();
                 let warmup = nab::probationary_length(values.len()) as u64;
                 let mut verdicts = Vec::with_capacity(values.len());
-                replay.run(&name, &ts, &values, warmup, CHUNK, |v| verdicts.push(v)).await?;
+                replay
+                    .run(&name, &ts, &values, StreamSetup { warmup, baseline: self.baseline }, CHUNK, |v| {
+                        verdicts.push(v)
+                    })
+                    .await?;
                 let model = replay.model_of(&name).await.map(|(m, v)| format!("{m}/{v}")).unwrap_or_default();
                 let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 progress(&format!(

@@ -12,11 +12,20 @@ use anyhow::{bail, Context};
 
 use crate::app::Core;
 use crate::config::{ServeArgs, Settings};
+use crate::scoring::Baseline;
 use crate::storage::StreamConfig;
 use crate::streams::{Reading, ReadingVerdict};
 
 /// How long a replay waits for one automatic fit before giving up.
 const FIT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The settings a replayed stream is created with: what a user would choose for the series.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamSetup {
+    /// Readings of warm-up.
+    pub warmup: u64,
+    pub baseline: Baseline,
+}
 
 /// A running core on a scratch SQLite database.
 pub struct Replay {
@@ -51,22 +60,23 @@ impl Replay {
     }
 
     /// Feeds one series (`values[i]` holds every channel at `timestamps[i]`, Unix ms,
-    /// strictly increasing) to a new stream `name` with `warmup` readings of warm-up, in
-    /// requests of `chunk` readings, handing each verdict to `sink` in order (nothing is
-    /// kept: an ECG record is 650,000 readings).
+    /// strictly increasing) to a new stream `name` set up as `setup` says, in requests of
+    /// `chunk` readings, handing each verdict to `sink` in order (nothing is kept: an ECG
+    /// record is 650,000 readings).
     pub async fn run(
         &self,
         name: &str,
         timestamps: &[i64],
         values: &[Vec<f64>],
-        warmup: u64,
+        setup: StreamSetup,
         chunk: usize,
         mut sink: impl FnMut(ReadingVerdict),
     ) -> anyhow::Result<()> {
         let streams = &self.core.streams;
         let channels = values.first().map_or(1, Vec::len);
         let mut config: StreamConfig = streams.default_config(channels);
-        config.warmup = warmup;
+        config.warmup = setup.warmup;
+        config.baseline = setup.baseline;
         streams.put(name, &config).await.with_context(|| format!("creating stream {name}"))?;
         let mut start = 0;
         while start < values.len() {

@@ -99,6 +99,18 @@ const TAIL_MIN_OCCURRENCES: f64 = 1.5;
 /// Weight the empirical tail needs before it is trusted.
 const TAIL_MIN_WEIGHT: f64 = 100.0;
 
+/// Whether surprises that recur become the stream's normal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Habituation {
+    /// They do: the empirical tail caps the score of what recurs, and outliers are learnt
+    /// (winsorised), so a lasting shift stops being flagged (the default baseline).
+    Habituate,
+    /// They never do: no empirical cap, outliers are not learnt, and the sustained path,
+    /// which a lasting change would keep high for good, does not count (the warm-up
+    /// baseline).
+    Never,
+}
+
 /// Long-run statistics of one transformed average of surprise: an exponentially weighted
 /// Gaussian (winsorised learning) and a decayed histogram (the empirical tail).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -121,9 +133,12 @@ impl Level {
     /// The score of `t` against what was learnt so far; `None` before [`MIN_HISTORY`]. One
     /// occurrence of a surprise fills about `width` values of `t` (1 for single readings,
     /// more for an average over several).
-    fn score(&self, t: f64, width: f64) -> Option<f64> {
-        (self.learned >= MIN_HISTORY)
-            .then(|| score_of_sigmas((t - self.mean) / self.spread()).min(self.empirical_score(t, width)))
+    fn score(&self, t: f64, width: f64, habituation: Habituation) -> Option<f64> {
+        let capped = |score: f64| match habituation {
+            Habituation::Habituate => score.min(self.empirical_score(t, width)),
+            Habituation::Never => score,
+        };
+        (self.learned >= MIN_HISTORY).then(|| capped(score_of_sigmas((t - self.mean) / self.spread())))
     }
 
     /// The score the stream's own recent history allows for `t`: a surprise that has been
@@ -156,8 +171,8 @@ impl Level {
     }
 
     /// Learns `t` into the long-run statistics and the empirical tail.
-    fn learn(&mut self, t: f64) {
-        self.learn_moments(t);
+    fn learn(&mut self, t: f64, habituation: Habituation) {
+        self.learn_moments(t, habituation);
         if self.tail.len() != TAIL_BINS {
             self.tail = vec![0.0; TAIL_BINS];
         }
@@ -169,8 +184,14 @@ impl Level {
     }
 
     /// Learns `t` into the long-run mean and variance.
-    fn learn_moments(&mut self, t: f64) {
-        let learnt = if self.learned >= MIN_HISTORY { t.min(self.mean + WINSOR_SIGMAS * self.spread()) } else { t };
+    /// Without habituation a value above the winsorising bound is not learnt at all, so
+    /// anomalies, however frequent, never become the stream's normal.
+    fn learn_moments(&mut self, t: f64, habituation: Habituation) {
+        let bound = self.mean + WINSOR_SIGMAS * self.spread();
+        if habituation == Habituation::Never && self.learned >= MIN_HISTORY && t > bound {
+            return;
+        }
+        let learnt = if self.learned >= MIN_HISTORY { t.min(bound) } else { t };
         self.learned = self.learned.saturating_add(1);
         // Weights 2/(n+1) at first: recent values count more than the first few (a stream's
         // first readings come from an unsettled normaliser and model), then 1/H.
@@ -237,14 +258,14 @@ impl Likelihood {
     /// Returns a score in [0, 1]; 0 until [`MIN_HISTORY`] values have been learnt.
     #[cfg(test)]
     pub(super) fn observe(&mut self, surprise: f64) -> f64 {
-        self.judge(surprise).score
+        self.judge(surprise, Habituation::Habituate).score
     }
 
     /// Like [`Likelihood::observe`], with the short average's score and how far this
     /// reading's own surprise alone stands above the long-run level: a window made
     /// anomalous by an earlier reading would give ordinary readings a high average for a few
     /// steps; the scorer flags only readings that are surprising themselves.
-    pub(super) fn judge(&mut self, surprise: f64) -> Judged {
+    pub(super) fn judge(&mut self, surprise: f64, habituation: Habituation) -> Judged {
         if self.instant.learned == 0 && self.short.learned > 0 {
             // A snapshot from before the instant path: start it from the average's history.
             self.instant = self.short.clone();
@@ -265,10 +286,18 @@ impl Likelihood {
         let alpha = (1.0 / s.seen as f64).max(1.0 / window);
         s.average += alpha * (surprise.min(SUSTAINED_CLIP) - s.average);
         let slow = s.average.cbrt();
-        let slow_score = if s.seen as f64 >= window { s.level.score(slow, SHORT_WINDOW as f64) } else { None };
-        let slow_part = SUSTAINED_WEIGHT * slow_score.unwrap_or(0.0);
+        let slow_score =
+            if s.seen as f64 >= window { s.level.score(slow, SHORT_WINDOW as f64, habituation) } else { None };
+        // Without habituation a lasting change would keep this path high for good and lift
+        // every reading's score with it: each reading is judged on its own instead.
+        let slow_part = match habituation {
+            Habituation::Habituate => SUSTAINED_WEIGHT * slow_score.unwrap_or(0.0),
+            Habituation::Never => 0.0,
+        };
         let instant = surprise.cbrt();
-        let judged = match (self.instant.score(instant, 1.0), self.short.score(t, SHORT_WINDOW as f64)) {
+        let scores =
+            (self.instant.score(instant, 1.0, habituation), self.short.score(t, SHORT_WINDOW as f64, habituation));
+        let judged = match scores {
             (Some(fast), Some(average)) => Judged {
                 score: fast.max(slow_part),
                 confirmation: average.max(slow_part),
@@ -276,10 +305,10 @@ impl Likelihood {
             },
             _ => Judged { score: 0.0, confirmation: 0.0, own: 0.0 },
         };
-        self.short.learn_moments(t);
-        self.instant.learn(instant);
+        self.short.learn_moments(t, habituation);
+        self.instant.learn(instant, habituation);
         if s.seen as f64 >= window {
-            s.level.learn(slow);
+            s.level.learn(slow, habituation);
         }
         judged
     }

@@ -23,6 +23,7 @@ mod likelihood;
 mod normaliser;
 #[cfg(test)]
 mod properties;
+mod reference;
 mod scorer;
 #[cfg(test)]
 mod testkit;
@@ -30,6 +31,41 @@ mod testkit;
 pub use events::{EventConfig, EventTracker, EventUpdate, OpenEvent};
 pub use normaliser::RunningNormaliser;
 pub use scorer::{Forecast, Scorer, Verdict};
+
+/// What a stream's readings are judged against besides the model's forecast (a stream
+/// setting).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Baseline {
+    /// The forecast only, against the stream's recent history of surprise: a surprise that
+    /// recurs becomes normal (a daily jump the model cannot time stops being flagged).
+    #[default]
+    Forecast,
+    /// Also the stream's warm-up: each channel's median and spread over the warm-up readings,
+    /// fixed when the warm-up ends. A reading unlike the warm-up stays anomalous however often
+    /// it recurs (a heart's ectopic beats), and surprise is not learnt from flagged readings.
+    /// For signals with one normal form, such as heart beats.
+    Warmup,
+}
+
+impl Baseline {
+    /// The name used in the API and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Baseline::Forecast => "forecast",
+            Baseline::Warmup => "warmup",
+        }
+    }
+
+    /// The setting named `name`, if there is one.
+    pub fn parse(name: &str) -> Option<Baseline> {
+        match name {
+            "forecast" => Some(Baseline::Forecast),
+            "warmup" => Some(Baseline::Warmup),
+            _ => None,
+        }
+    }
+}
 
 /// Errors of the scoring library. None of them is about HTTP; callers map them.
 #[derive(Debug, thiserror::Error)]
@@ -77,11 +113,18 @@ pub struct ScorerConfig {
     /// Half-width of the expected band (`lower`, `upper` of a verdict) in forecast standard
     /// deviations (default 3.0). Display only: it does not change scores or flags.
     pub band_sigmas: f64,
+    /// What readings are judged against besides the forecast (default: nothing else).
+    pub baseline: Baseline,
 }
 
 impl Default for ScorerConfig {
     fn default() -> Self {
-        Self { warmup: DEFAULT_WARMUP, sensitivity: DEFAULT_SENSITIVITY, band_sigmas: DEFAULT_BAND_SIGMAS }
+        Self {
+            warmup: DEFAULT_WARMUP,
+            sensitivity: DEFAULT_SENSITIVITY,
+            band_sigmas: DEFAULT_BAND_SIGMAS,
+            baseline: Baseline::Forecast,
+        }
     }
 }
 

@@ -5,8 +5,9 @@
 //! likelihood of surprise lives in [`super::likelihood`]. It never updates the normaliser:
 //! the caller does that after judging.
 
-use super::likelihood::Likelihood;
-use super::{RunningNormaliser, ScorerConfig, ScoringError};
+use super::likelihood::{Habituation, Likelihood};
+use super::reference::WarmupReference;
+use super::{Baseline, RunningNormaliser, ScorerConfig, ScoringError};
 
 /// How far (in long-run spreads of the windowed surprise) a reading's own surprise must
 /// stand above the long-run level for it to be flagged.
@@ -48,6 +49,8 @@ pub struct Verdict {
     pub anomaly: bool,
     /// Raw surprise of this reading, for diagnostics: the largest over channels of the squared
     /// standardised residual (clipped at 900); about 1 for a reading as the forecast expected.
+    /// With the warm-up baseline, the larger of that and the squared robust distance from the
+    /// warm-up's reference.
     pub surprise: f64,
 }
 
@@ -75,12 +78,16 @@ pub struct Scorer {
     readings: u64,
     /// Short and long-run statistics of the stream's surprise.
     likelihood: Likelihood,
+    /// The warm-up reference, for streams with [`Baseline::Warmup`] (boxed: most streams have
+    /// none, and every stream's resident state counts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reference: Option<Box<WarmupReference>>,
 }
 
 impl Scorer {
     /// A scorer for a stream of `channels` channels that has judged nothing yet.
     pub fn new(channels: usize) -> Self {
-        Self { channels, readings: 0, likelihood: Likelihood::default() }
+        Self { channels, readings: 0, likelihood: Likelihood::default(), reference: None }
     }
 
     /// Channels per reading.
@@ -127,6 +134,18 @@ impl Scorer {
         self.check(values, forecast, norm)?;
         let judged_before = self.readings;
         self.readings = self.readings.saturating_add(1);
+        let warming = judged_before < config.warmup;
+        // The warm-up reference judges the reading before it learns it.
+        let mut from_reference = None;
+        if config.baseline == Baseline::Warmup {
+            let reference = self.reference.get_or_insert_with(Box::default);
+            from_reference = reference.surprise(values);
+            if warming {
+                reference.learn(values);
+            } else {
+                reference.fix();
+            }
+        }
         let Some(forecast) = forecast else {
             return Ok(Verdict::unforecast(values));
         };
@@ -146,10 +165,14 @@ impl Scorer {
             verdict.lower[c] = norm.denormalise(c, mean - band * sd);
             verdict.upper[c] = norm.denormalise(c, mean + band * sd);
         }
-        verdict.surprise = squared;
+        verdict.surprise = from_reference.map_or(squared, |r| squared.max(r));
+        let habituation = match config.baseline {
+            Baseline::Forecast => Habituation::Habituate,
+            Baseline::Warmup => Habituation::Never,
+        };
         let mut judged = None;
         if norm.count() >= NORMALISER_MIN_COUNT {
-            let j = self.likelihood.judge(verdict.surprise);
+            let j = self.likelihood.judge(verdict.surprise, habituation);
             verdict.score = j.score;
             judged = Some(j);
         }
@@ -157,7 +180,7 @@ impl Scorer {
         // (one heavy-tailed residual alone is not an anomaly), and the reading itself to
         // stand out: the readings after a spike inherit its window, not its anomaly.
         let threshold = config.threshold();
-        verdict.anomaly = judged_before >= config.warmup
+        verdict.anomaly = !warming
             && judged.is_some_and(|j| j.score >= threshold && j.confirmation >= threshold && j.own >= OWN_MIN_SPREADS);
         Ok(verdict)
     }
@@ -197,6 +220,7 @@ mod tests {
     use crate::scoring::{EventConfig, EventTracker, EventUpdate};
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
+    use rand_distr::{Distribution, StandardNormal};
 
     const WARMUP: usize = 200;
     const CLEAN: usize = 50_000;
@@ -557,6 +581,53 @@ mod tests {
 
     /// The numbers behind the module's constants. Run with
     /// `cargo test --lib scoring::scorer::tests::measure -- --ignored --nocapture --test-threads 1`.
+    /// A stream whose model has learnt to forecast a recurring deviation (a heart in
+    /// trigeminy: every third beat is ectopic, and the model expects it) after a clean
+    /// warm-up. Returns the flags of the deviating readings and of the others.
+    fn recurring_deviation(baseline: Baseline) -> (usize, usize, Scorer) {
+        let cfg = ScorerConfig { warmup: 300, baseline, ..config() };
+        let mut rng = ChaCha8Rng::seed_from_u64(31);
+        let mut scorer = Scorer::new(1);
+        let mut norm = RunningNormaliser::new(1);
+        let (mut deviating, mut others) = (0, 0);
+        for i in 0..3300 {
+            let offset = if i >= 300 && i % 3 == 0 { 8.0 } else { 0.0 };
+            let noise: f64 = StandardNormal.sample(&mut rng);
+            let value = 10.0 + offset + noise;
+            // Mean and σ = 1 (data units) in the normaliser's units.
+            let unit = norm.normalise(0, 1.0) - norm.normalise(0, 0.0);
+            let forecast = Forecast { mean: vec![norm.normalise(0, 10.0 + offset)], log_var: vec![(unit * unit).ln()] };
+            let v = scorer.judge(&cfg, &[value], (i > 0).then_some(&forecast), &norm);
+            norm.update(&[value]);
+            if v.anomaly {
+                if offset > 0.0 {
+                    deviating += 1;
+                } else {
+                    others += 1;
+                }
+            }
+        }
+        (deviating, others, scorer)
+    }
+
+    #[test]
+    fn the_warm_up_baseline_keeps_flagging_a_deviation_the_model_has_learnt_to_expect() {
+        // 1,000 deviating readings after the warm-up.
+        let (deviating, others, _) = recurring_deviation(Baseline::Forecast);
+        assert!(deviating == 0 && others < 5, "the forecast expects them: {deviating} / {others}");
+        let (deviating, others, scorer) = recurring_deviation(Baseline::Warmup);
+        assert!(deviating >= 950, "unlike the warm-up, each one is flagged: {deviating} of 1000");
+        assert!(others < 5, "and the ordinary readings are not: {others}");
+        // The reference is fixed and kept in the snapshot, without its warm-up sample.
+        let json = serde_json::to_string(&scorer).unwrap();
+        assert!(json.contains("\"reference\"") && !json.contains("\"sample\""), "{json}");
+        let back: Scorer = serde_json::from_str(&json).unwrap();
+        assert_same_after_json(&scorer, &back);
+        // A default stream's snapshot has no reference at all.
+        let (_, _, plain) = recurring_deviation(Baseline::Forecast);
+        assert!(!serde_json::to_string(&plain).unwrap().contains("reference"));
+    }
+
     #[test]
     #[ignore = "measurement, prints a table"]
     fn measure_false_flags_and_detection_delays_on_simulated_streams() {

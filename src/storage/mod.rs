@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
+use crate::scoring::Baseline;
+
 pub use writer::{NewStream, StreamUpdate, WriteBatch, Writer};
 
 /// Storage failures. The API maps them to 503 (unavailable) or 500.
@@ -69,6 +71,8 @@ pub struct StreamConfig {
     pub sensitivity: f64,
     pub warmup: u64,
     pub auto_train: bool,
+    /// What readings are judged against besides the forecast.
+    pub baseline: Baseline,
 }
 
 /// A stream row.
@@ -216,10 +220,11 @@ impl Storage {
         now_ms: i64,
     ) -> Result<StreamRecord, StorageError> {
         sqlx::query(
-            "INSERT INTO streams (name, channels, model, sensitivity, warmup, auto_train, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
+            "INSERT INTO streams (name, channels, model, sensitivity, warmup, auto_train, baseline, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (name) DO UPDATE SET channels = excluded.channels, model = excluded.model,
-                sensitivity = excluded.sensitivity, warmup = excluded.warmup, auto_train = excluded.auto_train",
+                sensitivity = excluded.sensitivity, warmup = excluded.warmup, auto_train = excluded.auto_train,
+                baseline = excluded.baseline",
         )
         .bind(name)
         .bind(config.channels as i64)
@@ -227,14 +232,15 @@ impl Storage {
         .bind(config.sensitivity)
         .bind(config.warmup as i64)
         .bind(i64::from(config.auto_train))
+        .bind(config.baseline.as_str())
         .bind(now_ms)
         .execute(&self.pool)
         .await?;
         self.stream(name).await?.ok_or_else(|| StorageError::Corrupt(format!("stream {name} vanished")))
     }
 
-    const STREAM_COLUMNS: &'static str = "id, name, channels, model, sensitivity, warmup, auto_train, created_at, \
-         last_ts, readings_count, anomalies_count, snapshot";
+    const STREAM_COLUMNS: &'static str = "id, name, channels, model, sensitivity, warmup, auto_train, baseline, \
+         created_at, last_ts, readings_count, anomalies_count, snapshot";
 
     fn stream_from_row(row: &AnyRow) -> Result<StreamRecord, StorageError> {
         Ok(StreamRecord {
@@ -246,6 +252,11 @@ impl Storage {
                 sensitivity: row.try_get("sensitivity")?,
                 warmup: row.try_get::<i64, _>("warmup")? as u64,
                 auto_train: row.try_get::<i64, _>("auto_train")? != 0,
+                baseline: {
+                    let name: String = row.try_get("baseline")?;
+                    Baseline::parse(&name)
+                        .ok_or_else(|| StorageError::Corrupt(format!("unknown baseline {name:?} in streams")))?
+                },
             },
             created_at: row.try_get("created_at")?,
             last_ts: row.try_get("last_ts")?,

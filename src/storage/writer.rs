@@ -242,8 +242,8 @@ fn update_streams_sql(backend: Backend, rows: usize) -> String {
 async fn create_stream(tx: &mut sqlx::Transaction<'_, Any>, new: &NewStream) -> Result<i64, StorageError> {
     let c = &new.config;
     query(
-        "INSERT INTO streams (name, channels, model, sensitivity, warmup, auto_train, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING",
+        "INSERT INTO streams (name, channels, model, sensitivity, warmup, auto_train, baseline, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (name) DO NOTHING",
     )
     .bind(new.name.clone())
     .bind(c.channels as i64)
@@ -251,6 +251,7 @@ async fn create_stream(tx: &mut sqlx::Transaction<'_, Any>, new: &NewStream) -> 
     .bind(c.sensitivity)
     .bind(c.warmup as i64)
     .bind(i64::from(c.auto_train))
+    .bind(c.baseline.as_str())
     .bind(new.created_at)
     .execute(&mut **tx)
     .await?;

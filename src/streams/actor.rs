@@ -503,6 +503,7 @@ impl Actor {
         let scorer_config = ScorerConfig {
             warmup: self.record.config.warmup,
             sensitivity: self.record.config.sensitivity,
+            baseline: self.record.config.baseline,
             ..ScorerConfig::default()
         };
         let event_config = EventConfig::default();

@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::inference::{InferenceError, InferencePool, ModelCatalog, ModelInfo};
 use crate::metrics::Metrics;
-use crate::scoring::Verdict;
+use crate::scoring::{Baseline, Verdict};
 use crate::storage::{now_ms, Storage, StorageError, StreamConfig, StreamRecord, Writer};
 use actor::{Actor, Command, IngestCommand, Prepared};
 
@@ -220,6 +220,7 @@ impl Streams {
             sensitivity: self.defaults.sensitivity,
             warmup: self.defaults.warmup,
             auto_train: true,
+            baseline: Baseline::default(),
         }
     }
 

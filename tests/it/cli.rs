@@ -257,7 +257,7 @@ fn eval_ecg(dir: &Path, unit: &str) -> (String, serde_json::Value, String) {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).expect("report")).expect("json");
     let rows = std::fs::read_to_string(&beats).expect("beats");
-    assert_eq!(rows.lines().next(), Some("record,sample,symbol,class,score,surprise,flagged"));
+    assert_eq!(rows.lines().next(), Some("record,sample,symbol,class,score,surprise,flagged,baseline"));
     assert!(rows.lines().skip(1).all(|r| r.starts_with("syn,")));
     (stdout.to_string(), report, rows)
 }

@@ -47,8 +47,12 @@ async fn the_whole_api_works(app: TestApp) {
     let (status, created) = app.put("/v1/streams/pump-1", &json!({"sensitivity": 0.6, "warmup": 50})).await;
     assert_eq!(status, 201, "{created}");
     assert_eq!((created["channels"].as_u64(), created["warmup"].as_u64()), (Some(1), Some(50)));
-    let (status, _) = app.put("/v1/streams/pump-1", &json!({"sensitivity": 0.5})).await;
+    assert_eq!(created["baseline"], "forecast", "{created}");
+    let (status, changed) = app.put("/v1/streams/pump-1", &json!({"sensitivity": 0.5, "baseline": "warmup"})).await;
     assert_eq!(status, 200);
+    assert_eq!((changed["baseline"].as_str(), changed["warmup"].as_u64()), (Some("warmup"), Some(50)), "{changed}");
+    let (_, again) = app.put("/v1/streams/pump-1", &json!({"baseline": "forecast"})).await;
+    assert_eq!(again["baseline"], "forecast", "settings left out keep their values; this one changes back");
 
     let series = seasonal(710, 1);
     let values = &series[..300];
@@ -289,6 +293,7 @@ async fn every_bad_input_gets_a_problem_and_changes_nothing() {
         (422, app.put("/v1/streams/s", &json!({"channels": 4})).await),
         (422, app.put("/v1/streams/t", &json!({"model": "no-such-model"})).await),
         (400, app.put("/v1/streams/t", &json!({"colour": "red"})).await),
+        (400, app.put("/v1/streams/t", &json!({"baseline": "yesterday"})).await),
         (404, app.get("/v1/nothing-here").await),
     ];
     for (i, (expected, (status, problem))) in cases.iter().enumerate() {
