@@ -313,8 +313,9 @@ fn network_for<'a>(
 ) -> Result<&'a Network, InferenceError> {
     let key = (model.name.clone(), model.version.clone());
     if !networks.contains_key(&key) {
-        let (network, _) = Network::load(&model.dir, device)
+        let (mut network, _) = Network::load(&model.dir, device)
             .map_err(|e| InferenceError::Model(format!("{}/{}", key.0, key.1), e.to_string()))?;
+        network.prepare_streaming();
         networks.insert(key.clone(), network);
     }
     Ok(networks.get(&key).expect("inserted above"))

@@ -242,10 +242,12 @@ fn inference(streams: &[usize], shapes: &Shapes, work: &StepWork, json_out: Opti
                         scope.spawn(move || -> anyhow::Result<(u64, u64, f64)> {
                             tch::set_num_threads(1);
                             let _guard = tch::no_grad_guard();
-                            let net = match dir {
+                            let mut net = match dir {
                                 Some(dir) => Network::load(dir, tch::Device::Cpu)?.0,
                                 None => Network::new(config.clone(), tch::Device::Cpu, 0)?,
                             };
+                            // As the service's inference threads do.
+                            net.prepare_streaming();
                             let input = config.input_size as i64;
                             // The worker's streams in batches, each with its inputs and state.
                             let mut batches: Vec<(tch::Tensor, crate::model::State)> = (0..batch)

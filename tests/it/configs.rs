@@ -101,6 +101,14 @@ fn every_valid_configuration_runs_with_the_expected_shapes() {
         assert_eq!(step.is_ok(), streamable, "step works exactly for streamable configs: {c:?}");
         if streamable {
             check_streaming_matches_seq(&net, &x, &out);
+            // The same weights in the streaming kernels' layout (batches of 128 and more)
+            // give the same outputs.
+            let mut fast = Network::new(c.clone(), Device::Cpu, i as u64).expect("valid config builds");
+            fast.prepare_streaming();
+            let wide = Tensor::randn([130, time, 2], (Kind::Float, Device::Cpu));
+            let (wide_out, _) = net.seq(&wide, None).expect("seq runs");
+            check_streaming_matches_seq(&fast, &wide, &wide_out);
+            check_streaming_matches_seq(&fast, &x, &out);
         } else {
             assert!(matches!(step, Err(ModelError::InvalidConfig(_))));
         }
