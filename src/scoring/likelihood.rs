@@ -105,9 +105,10 @@ pub(super) enum Habituation {
     /// They do: the empirical tail caps the score of what recurs, and outliers are learnt
     /// (winsorised), so a lasting shift stops being flagged (the default baseline).
     Habituate,
-    /// They never do: no empirical cap, outliers are not learnt, and the sustained path,
-    /// which a lasting change would keep high for good, does not count (the warm-up
-    /// baseline).
+    /// They never do (the warm-up baseline): outliers are not learnt, the long-run level is
+    /// the median and MAD of what was, and there is no empirical cap. Each reading is judged
+    /// on its own: neither the sustained path (a lasting change would keep it high for good)
+    /// nor the short average (in a bigeminy every window holds ectopic beats) counts.
     Never,
 }
 
@@ -138,7 +139,54 @@ impl Level {
             Habituation::Habituate => score.min(self.empirical_score(t, width)),
             Habituation::Never => score,
         };
-        (self.learned >= MIN_HISTORY).then(|| capped(score_of_sigmas((t - self.mean) / self.spread())))
+        let (centre, spread) = self.moments(habituation);
+        (self.learned >= MIN_HISTORY).then(|| capped(score_of_sigmas((t - centre) / spread)))
+    }
+
+    /// The long-run centre and spread of `t`. Without habituation, once the histogram holds
+    /// [`TAIL_MIN_WEIGHT`], its median and 1.4826 × its median absolute deviation: a stream
+    /// whose warm-up held many anomalies (a heart in bigeminy) still has its normal readings'
+    /// level, where the mean and variance would sit between the two kinds.
+    fn moments(&self, habituation: Habituation) -> (f64, f64) {
+        match habituation {
+            Habituation::Never => self.robust_moments().unwrap_or((self.mean, self.spread())),
+            Habituation::Habituate => (self.mean, self.spread()),
+        }
+    }
+
+    /// Median and robust σ of the histogram (linear within a bin); `None` while it is young.
+    fn robust_moments(&self) -> Option<(f64, f64)> {
+        let total: f64 = self.tail.iter().map(|&w| f64::from(w)).sum();
+        if total < TAIL_MIN_WEIGHT {
+            return None;
+        }
+        let mut below = 0.0;
+        let mut median = 0.0;
+        for (i, &w) in self.tail.iter().enumerate() {
+            let w = f64::from(w);
+            if below + w >= total / 2.0 && w > 0.0 {
+                median = (i as f64 + (total / 2.0 - below) / w) * TAIL_BIN;
+                break;
+            }
+            below += w;
+        }
+        // The median of |t − median| over the bins' centres, weighted.
+        let mut deviations: Vec<(f64, f64)> = self
+            .tail
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| (((i as f64 + 0.5) * TAIL_BIN - median).abs(), f64::from(w)))
+            .collect();
+        deviations.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut seen = 0.0;
+        let mad = deviations
+            .iter()
+            .find(|(_, w)| {
+                seen += w;
+                seen >= total / 2.0
+            })
+            .map_or(0.0, |(d, _)| *d);
+        Some((median, (1.4826 * mad).max(STD_FLOOR)))
     }
 
     /// The score the stream's own recent history allows for `t`: a surprise that has been
@@ -170,9 +218,12 @@ impl Level {
         self.var.sqrt().max(STD_FLOOR)
     }
 
-    /// Learns `t` into the long-run statistics and the empirical tail.
+    /// Learns `t` into the long-run statistics and the empirical tail. Without habituation
+    /// an outlier (see [`Level::learn_moments`]) is learnt into neither.
     fn learn(&mut self, t: f64, habituation: Habituation) {
-        self.learn_moments(t, habituation);
+        if !self.learn_moments(t, habituation) {
+            return;
+        }
         if self.tail.len() != TAIL_BINS {
             self.tail = vec![0.0; TAIL_BINS];
         }
@@ -183,14 +234,15 @@ impl Level {
         self.tail[Self::bin(t)] += 1.0;
     }
 
-    /// Learns `t` into the long-run mean and variance.
-    /// Without habituation a value above the winsorising bound is not learnt at all, so
+    /// Learns `t` into the long-run mean and variance; whether it was learnt. Without
+    /// habituation a value above `centre + WINSOR_SIGMAS × spread` is not learnt at all, so
     /// anomalies, however frequent, never become the stream's normal.
-    fn learn_moments(&mut self, t: f64, habituation: Habituation) {
-        let bound = self.mean + WINSOR_SIGMAS * self.spread();
-        if habituation == Habituation::Never && self.learned >= MIN_HISTORY && t > bound {
-            return;
+    fn learn_moments(&mut self, t: f64, habituation: Habituation) -> bool {
+        let (centre, spread) = self.moments(habituation);
+        if habituation == Habituation::Never && self.learned >= MIN_HISTORY && t > centre + WINSOR_SIGMAS * spread {
+            return false;
         }
+        let bound = self.mean + WINSOR_SIGMAS * self.spread();
         let learnt = if self.learned >= MIN_HISTORY { t.min(bound) } else { t };
         self.learned = self.learned.saturating_add(1);
         // Weights 2/(n+1) at first: recent values count more than the first few (a stream's
@@ -200,6 +252,7 @@ impl Level {
         let step = alpha * delta;
         self.mean += step;
         self.var = (1.0 - alpha) * (self.var + delta * step);
+        true
     }
 }
 
@@ -270,7 +323,8 @@ impl Likelihood {
             // A snapshot from before the instant path: start it from the average's history.
             self.instant = self.short.clone();
         }
-        if !self.short.tail.is_empty() {
+        // The short average keeps a histogram only for its robust moments (no habituation).
+        if habituation == Habituation::Habituate && !self.short.tail.is_empty() {
             self.short.tail = Vec::new();
         }
         // `while`: a snapshot from a build with a longer window holds more values.
@@ -298,14 +352,25 @@ impl Likelihood {
         let scores =
             (self.instant.score(instant, 1.0, habituation), self.short.score(t, SHORT_WINDOW as f64, habituation));
         let judged = match scores {
-            (Some(fast), Some(average)) => Judged {
+            (Some(fast), Some(average)) if habituation == Habituation::Habituate => Judged {
                 score: fast.max(slow_part),
                 confirmation: average.max(slow_part),
                 own: (instant - self.short.mean) / self.short.spread(),
             },
+            // Without habituation each reading is judged on its own: in a heart's bigeminy
+            // every window of five holds ectopic beats, so the average would confirm nothing.
+            (Some(fast), Some(_)) => {
+                let (centre, spread) = self.instant.moments(habituation);
+                Judged { score: fast, confirmation: fast, own: (instant - centre) / spread }
+            }
             _ => Judged { score: 0.0, confirmation: 0.0, own: 0.0 },
         };
-        self.short.learn_moments(t, habituation);
+        match habituation {
+            Habituation::Habituate => {
+                self.short.learn_moments(t, habituation);
+            }
+            Habituation::Never => self.short.learn(t, habituation),
+        }
         self.instant.learn(instant, habituation);
         if s.seen as f64 >= window {
             s.level.learn(slow, habituation);
@@ -405,6 +470,43 @@ mod tests {
         assert_eq!(restored.instant.learned, restored.short.learned, "seeded, then learnt one more");
         assert!(restored.short.tail.is_empty() && restored.instant.tail.len() == TAIL_BINS);
         assert!(score > 0.9, "a huge surprise scores at once after the restore: {score}");
+    }
+
+    #[test]
+    fn without_habituation_frequent_outliers_stay_outliers_and_the_level_is_the_normal_readings() {
+        // A third of the readings are wild (a heart in trigeminy), from the start.
+        let run = |habituation| {
+            let mut rng = ChaCha8Rng::seed_from_u64(15);
+            let mut l = Likelihood::default();
+            let (mut wild, mut ordinary) = (Vec::new(), Vec::new());
+            for i in 0..6000 {
+                let is_wild = i % 3 == 0;
+                let j = l.judge(if is_wild { 900.0 } else { chi2_1(&mut rng) }, habituation);
+                if i >= 3000 {
+                    if is_wild {
+                        wild.push(j)
+                    } else {
+                        ordinary.push(j)
+                    }
+                }
+            }
+            (l, wild, ordinary)
+        };
+        let (l, wild, ordinary) = run(Habituation::Never);
+        assert!(wild.iter().all(|j| j.score > 0.9 && j.own > 2.0), "every wild reading stands out");
+        let flagged_ordinary = ordinary.iter().filter(|j| j.score > 0.55).count();
+        assert!(flagged_ordinary < 20, "ordinary readings mostly do not: {flagged_ordinary} of 2000");
+        // ∛χ²₁ has median ∛0.455 = 0.77: the level is the ordinary readings'.
+        let (centre, _) = l.instant.moments(Habituation::Never);
+        assert!((centre - 0.77).abs() < 0.1, "centre {centre}");
+        // With habituation they become the normal.
+        let (_, wild, _) = run(Habituation::Habituate);
+        let median = {
+            let mut s: Vec<f64> = wild.iter().map(|j| j.score).collect();
+            s.sort_by(f64::total_cmp);
+            s[s.len() / 2]
+        };
+        assert!(median < 0.3, "habituated: {median}");
     }
 
     #[test]

@@ -43,8 +43,8 @@ pub enum Baseline {
     Forecast,
     /// Also the stream's warm-up: each channel's median and spread over the warm-up readings,
     /// fixed when the warm-up ends. A reading unlike the warm-up stays anomalous however often
-    /// it recurs (a heart's ectopic beats), and surprise is not learnt from flagged readings.
-    /// For signals with one normal form, such as heart beats.
+    /// it recurs (a heart's ectopic beats): outlying surprise is never learnt, and each
+    /// reading is judged on its own. For signals with one normal form, such as heart beats.
     Warmup,
 }
 
