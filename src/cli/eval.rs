@@ -72,6 +72,10 @@ struct EcgArgs {
     /// minutes) or `forecast` (the model's forecast only).
     #[arg(long, value_parser = parse_baseline, default_value = "warmup")]
     baseline: Baseline,
+    /// The streams' sensitivity, 0..=1 (flags only; the scores, and so the AUC, do not
+    /// depend on it) [default: the service's].
+    #[arg(long)]
+    sensitivity: Option<f64>,
     /// Model registry [default: the shipped models].
     #[arg(long)]
     models_dir: Option<PathBuf>,
@@ -136,6 +140,9 @@ fn ecg(a: EcgArgs) -> Result<(), CliError> {
             return Err(CliError::Usage(anyhow!("{flag} must be in (0, 3600] seconds, got {v}")));
         }
     }
+    if let Some(s) = a.sensitivity.filter(|s| !(s.is_finite() && (0.0..=1.0).contains(s))) {
+        return Err(CliError::Usage(anyhow!("--sensitivity must be in [0, 1], got {s}")));
+    }
     if !a.train_records.is_empty() {
         return classify(a);
     }
@@ -148,6 +155,7 @@ fn ecg(a: EcgArgs) -> Result<(), CliError> {
         beat_window_s: a.beat_window_s,
         unit: a.unit,
         baseline: a.baseline,
+        sensitivity: a.sensitivity,
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| CliError::Runtime(e.into()))?;

@@ -42,6 +42,8 @@ pub struct EcgRun {
     pub unit: Unit,
     /// The streams' baseline setting.
     pub baseline: Baseline,
+    /// The streams' sensitivity; the service's default when `None`.
+    pub sensitivity: Option<f64>,
 }
 
 /// What one reading of a record's stream is.
@@ -218,9 +220,14 @@ impl EcgRun {
         let baseline = beats::robust_z(&values, warmup as usize);
         let mut verdicts = Vec::with_capacity(features.len());
         replay
-            .run(stream, &timestamps, &values, StreamSetup { warmup, baseline: self.baseline }, BEAT_CHUNK, |v| {
-                verdicts.push(v.verdict)
-            })
+            .run(
+                stream,
+                &timestamps,
+                &values,
+                StreamSetup { warmup, baseline: self.baseline, sensitivity: self.sensitivity },
+                BEAT_CHUNK,
+                |v| verdicts.push(v.verdict),
+            )
             .await?;
         anyhow::ensure!(verdicts.len() == features.len(), "record {name}: a verdict per beat was expected");
         Ok(features
@@ -252,11 +259,18 @@ impl EcgRun {
         let mut flags = Vec::with_capacity(signal.len());
         let mut surprises = Vec::with_capacity(signal.len());
         replay
-            .run(stream, &timestamps, &values, StreamSetup { warmup, baseline: self.baseline }, CHUNK, |v| {
-                scores.push(v.verdict.score as f32);
-                flags.push(v.verdict.anomaly);
-                surprises.push(v.verdict.surprise as f32);
-            })
+            .run(
+                stream,
+                &timestamps,
+                &values,
+                StreamSetup { warmup, baseline: self.baseline, sensitivity: self.sensitivity },
+                CHUNK,
+                |v| {
+                    scores.push(v.verdict.score as f32);
+                    flags.push(v.verdict.anomaly);
+                    surprises.push(v.verdict.surprise as f32);
+                },
+            )
             .await?;
         let half = (self.beat_window_s * hz).round() as u64;
         Ok(annotations
@@ -366,6 +380,7 @@ mod tests {
             beat_window_s: 0.1,
             unit: Unit::Beats,
             baseline: Baseline::Warmup,
+            sensitivity: None,
         };
         let (report, beats) = run.run(|_| {}).await.expect("runs");
         for (name, r) in &report.records {

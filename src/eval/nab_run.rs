@@ -208,9 +208,14 @@ impl NabRun {
                 let warmup = nab::probationary_length(values.len()) as u64;
                 let mut verdicts = Vec::with_capacity(values.len());
                 replay
-                    .run(&name, &ts, &values, StreamSetup { warmup, baseline: self.baseline }, CHUNK, |v| {
-                        verdicts.push(v)
-                    })
+                    .run(
+                        &name,
+                        &ts,
+                        &values,
+                        StreamSetup { warmup, baseline: self.baseline, sensitivity: None },
+                        CHUNK,
+                        |v| verdicts.push(v),
+                    )
                     .await?;
                 let model = replay.model_of(&name).await.map(|(m, v)| format!("{m}/{v}")).unwrap_or_default();
                 let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;

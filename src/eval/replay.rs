@@ -25,6 +25,8 @@ pub struct StreamSetup {
     /// Readings of warm-up.
     pub warmup: u64,
     pub baseline: Baseline,
+    /// The stream's sensitivity; the service's default when `None`.
+    pub sensitivity: Option<f64>,
 }
 
 /// A running core on a scratch SQLite database.
@@ -77,6 +79,9 @@ impl Replay {
         let mut config: StreamConfig = streams.default_config(channels);
         config.warmup = setup.warmup;
         config.baseline = setup.baseline;
+        if let Some(sensitivity) = setup.sensitivity {
+            config.sensitivity = sensitivity;
+        }
         streams.put(name, &config).await.with_context(|| format!("creating stream {name}"))?;
         let mut start = 0;
         while start < values.len() {

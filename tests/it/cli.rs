@@ -297,6 +297,13 @@ fn eval_ecg_scores_every_beat_after_the_warmup_and_reports_auc_and_detection() {
     let bad =
         tsad(&["eval", "ecg", "--mitdb", &path(dir.path()), "--records", "syn", "--unit", "minutes", "--out", &out]);
     assert_eq!(bad.status.code(), Some(2));
+    for (flag, value) in [("--sensitivity", "1.5"), ("--sensitivity", "NaN"), ("--baseline", "yesterday")] {
+        let bad = tsad(&["eval", "ecg", "--mitdb", &path(dir.path()), "--records", "syn", flag, value, "--out", &out]);
+        let stderr = String::from_utf8_lossy(&bad.stderr);
+        assert_eq!(bad.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(&flag[2..]), "{flag} {value}: {stderr}");
+    }
+    assert!(!dir.path().join("x.json").exists(), "a refused run writes nothing");
 }
 
 #[test]
