@@ -63,6 +63,7 @@ struct StreamSettings {
 /// and a surprise that recurs becomes normal (a daily jump the model cannot time).
 /// `warmup`: also each channel's median and spread over the stream's warm-up, fixed when it
 /// ends; a reading unlike the warm-up stays anomalous however often it recurs (heart beats).
+/// Choose it when creating the stream: the reference is learnt during the warm-up.
 #[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 #[schema(as = Baseline)]
