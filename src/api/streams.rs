@@ -64,6 +64,7 @@ struct StreamSettings {
 /// `warmup`: also each channel's median and spread over the stream's warm-up, fixed when it
 /// ends; a reading unlike the warm-up stays anomalous however often it recurs (heart beats).
 /// Choose it when creating the stream: the reference is learnt during the warm-up.
+// The API's own copy of [`Baseline`]: the schema derive stays out of the scoring library.
 #[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 #[schema(as = Baseline)]

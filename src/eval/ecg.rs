@@ -208,6 +208,11 @@ impl EcgRun {
         Ok((name.to_string(), beats, model))
     }
 
+    /// The settings of a record's stream with `warmup` readings of warm-up.
+    fn setup(&self, warmup: u64) -> StreamSetup {
+        StreamSetup { warmup, baseline: self.baseline, sensitivity: self.sensitivity }
+    }
+
     /// One reading per beat; the beats of the warm-up are not scored.
     async fn score_beats(&self, replay: &Replay, name: &str, stream: &str, lead: &Lead) -> anyhow::Result<Vec<Beat>> {
         let (signal, hz, annotations) = (&lead.signal, lead.hz, &lead.annotations);
@@ -219,16 +224,7 @@ impl EcgRun {
         let warmup = features.iter().filter(|b| b.sample < warmup_end).count() as u64;
         let baseline = beats::robust_z(&values, warmup as usize);
         let mut verdicts = Vec::with_capacity(features.len());
-        replay
-            .run(
-                stream,
-                &timestamps,
-                &values,
-                StreamSetup { warmup, baseline: self.baseline, sensitivity: self.sensitivity },
-                BEAT_CHUNK,
-                |v| verdicts.push(v.verdict),
-            )
-            .await?;
+        replay.run(stream, &timestamps, &values, self.setup(warmup), BEAT_CHUNK, |v| verdicts.push(v.verdict)).await?;
         anyhow::ensure!(verdicts.len() == features.len(), "record {name}: a verdict per beat was expected");
         Ok(features
             .iter()
@@ -259,18 +255,11 @@ impl EcgRun {
         let mut flags = Vec::with_capacity(signal.len());
         let mut surprises = Vec::with_capacity(signal.len());
         replay
-            .run(
-                stream,
-                &timestamps,
-                &values,
-                StreamSetup { warmup, baseline: self.baseline, sensitivity: self.sensitivity },
-                CHUNK,
-                |v| {
-                    scores.push(v.verdict.score as f32);
-                    flags.push(v.verdict.anomaly);
-                    surprises.push(v.verdict.surprise as f32);
-                },
-            )
+            .run(stream, &timestamps, &values, self.setup(warmup), CHUNK, |v| {
+                scores.push(v.verdict.score as f32);
+                flags.push(v.verdict.anomaly);
+                surprises.push(v.verdict.surprise as f32);
+            })
             .await?;
         let half = (self.beat_window_s * hz).round() as u64;
         Ok(annotations

@@ -207,6 +207,12 @@ impl Network {
         let _guard = tch::no_grad_guard();
         let h = self.config.hidden as i64;
         let device = self.device();
+        // Per-row factors for `gates` blocks of `hidden` rows: 1, the last block (the one
+        // under a tanh) 2.
+        let last_block_doubled = |gates: i64| {
+            let factors: Vec<f32> = (0..gates * h).map(|i| if i >= (gates - 1) * h { 2.0 } else { 1.0 }).collect();
+            Tensor::from_slice(&factors).to_device(device).to_kind(self.kind())
+        };
         let prepared: Option<Vec<StreamingCell>> = self
             .cells
             .iter()
@@ -215,15 +221,13 @@ impl Network {
                     // PyTorch's gate order is i, f, g, o.
                     let order: Vec<i64> = (0..2 * h).chain(3 * h..4 * h).chain(2 * h..3 * h).collect();
                     let order = Tensor::from_slice(&order).to_device(device);
-                    let double: Vec<f32> = (0..4 * h).map(|i| if i >= 3 * h { 2.0 } else { 1.0 }).collect();
-                    let double = Tensor::from_slice(&double).to_device(device).to_kind(self.kind());
+                    let double = last_block_doubled(4);
                     let w = Tensor::cat(&[&p.w_hh, &p.w_ih], 1).index_select(0, &order) * double.unsqueeze(1);
                     let b = (&p.b_ih + &p.b_hh).index_select(0, &order) * &double;
                     Some(StreamingCell::Lstm { w: w.transpose(0, 1).contiguous(), b })
                 }
                 Architecture::Gru => {
-                    let double: Vec<f32> = (0..3 * h).map(|i| if i >= 2 * h { 2.0 } else { 1.0 }).collect();
-                    let double = Tensor::from_slice(&double).to_device(device).to_kind(self.kind());
+                    let double = last_block_doubled(3);
                     let t = |w: &Tensor| (w * double.unsqueeze(1)).transpose(0, 1).contiguous();
                     Some(StreamingCell::Gru {
                         w_ih: t(&p.w_ih),

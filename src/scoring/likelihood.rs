@@ -135,11 +135,15 @@ impl Level {
     /// occurrence of a surprise fills about `width` values of `t` (1 for single readings,
     /// more for an average over several).
     fn score(&self, t: f64, width: f64, habituation: Habituation) -> Option<f64> {
+        self.score_at(t, width, habituation, self.moments(habituation))
+    }
+
+    /// [`Level::score`] with the level's [`Level::moments`] already at hand.
+    fn score_at(&self, t: f64, width: f64, habituation: Habituation, (centre, spread): (f64, f64)) -> Option<f64> {
         let capped = |score: f64| match habituation {
             Habituation::Habituate => score.min(self.empirical_score(t, width)),
             Habituation::Never => score,
         };
-        let (centre, spread) = self.moments(habituation);
         (self.learned >= MIN_HISTORY).then(|| capped(score_of_sigmas((t - centre) / spread)))
     }
 
@@ -221,7 +225,12 @@ impl Level {
     /// Learns `t` into the long-run statistics and the empirical tail. Without habituation
     /// an outlier (see [`Level::learn_moments`]) is learnt into neither.
     fn learn(&mut self, t: f64, habituation: Habituation) {
-        if !self.learn_moments(t, habituation) {
+        self.learn_at(t, habituation, self.moments(habituation));
+    }
+
+    /// [`Level::learn`] with the level's [`Level::moments`] already at hand.
+    fn learn_at(&mut self, t: f64, habituation: Habituation, moments: (f64, f64)) {
+        if !self.learn_moments(t, habituation, moments) {
             return;
         }
         if self.tail.len() != TAIL_BINS {
@@ -237,8 +246,7 @@ impl Level {
     /// Learns `t` into the long-run mean and variance; whether it was learnt. Without
     /// habituation a value above `centre + WINSOR_SIGMAS × spread` is not learnt at all, so
     /// anomalies, however frequent, never become the stream's normal.
-    fn learn_moments(&mut self, t: f64, habituation: Habituation) -> bool {
-        let (centre, spread) = self.moments(habituation);
+    fn learn_moments(&mut self, t: f64, habituation: Habituation, (centre, spread): (f64, f64)) -> bool {
         if habituation == Habituation::Never && self.learned >= MIN_HISTORY && t > centre + WINSOR_SIGMAS * spread {
             return false;
         }
@@ -323,8 +331,7 @@ impl Likelihood {
             // A snapshot from before the instant path: start it from the average's history.
             self.instant = self.short.clone();
         }
-        // The short average keeps a histogram only for its robust moments (no habituation).
-        if habituation == Habituation::Habituate && !self.short.tail.is_empty() {
+        if !self.short.tail.is_empty() {
             self.short.tail = Vec::new();
         }
         // `while`: a snapshot from a build with a longer window holds more values.
@@ -334,48 +341,56 @@ impl Likelihood {
         self.recent.push_back(surprise);
         let average = self.recent.iter().sum::<f64>() / self.recent.len() as f64;
         let t = average.cbrt();
+        let instant = surprise.cbrt();
+        // One look at the instant level's moments (a histogram scan without habituation)
+        // serves its score, the reading's own standing and its learning.
+        let moments = self.instant.moments(habituation);
+        let scores = (
+            self.instant.score_at(instant, 1.0, habituation, moments),
+            self.short.score(t, SHORT_WINDOW as f64, habituation),
+        );
+        let judged = match (habituation, scores) {
+            (Habituation::Habituate, (Some(fast), Some(average))) => {
+                let slow_part = SUSTAINED_WEIGHT * self.sustained_score(surprise).unwrap_or(0.0);
+                Judged {
+                    score: fast.max(slow_part),
+                    confirmation: average.max(slow_part),
+                    own: (instant - self.short.mean) / self.short.spread(),
+                }
+            }
+            // Without habituation each reading is judged on its own: neither the sustained
+            // path (a lasting change would keep it high for good and lift every reading's
+            // score with it) nor the short average (in a heart's bigeminy every window of five
+            // holds ectopic beats) counts.
+            (Habituation::Never, (Some(fast), Some(_))) => {
+                Judged { score: fast, confirmation: fast, own: (instant - moments.0) / moments.1 }
+            }
+            (Habituation::Habituate, _) => {
+                self.sustained_score(surprise);
+                Judged { score: 0.0, confirmation: 0.0, own: 0.0 }
+            }
+            (Habituation::Never, _) => Judged { score: 0.0, confirmation: 0.0, own: 0.0 },
+        };
+        self.short.learn_moments(t, habituation, self.short.moments(habituation));
+        self.instant.learn_at(instant, habituation, moments);
+        judged
+    }
+
+    /// Feeds `surprise` to the sustained path and returns its score (before learning it);
+    /// `None` until it has seen [`SUSTAINED_WINDOW`] readings or its level is young.
+    fn sustained_score(&mut self, surprise: f64) -> Option<f64> {
         let s = &mut self.sustained;
         s.seen = s.seen.saturating_add(1);
         let window = SUSTAINED_WINDOW;
         let alpha = (1.0 / s.seen as f64).max(1.0 / window);
         s.average += alpha * (surprise.min(SUSTAINED_CLIP) - s.average);
+        if (s.seen as f64) < window {
+            return None;
+        }
         let slow = s.average.cbrt();
-        let slow_score =
-            if s.seen as f64 >= window { s.level.score(slow, SHORT_WINDOW as f64, habituation) } else { None };
-        // Without habituation a lasting change would keep this path high for good and lift
-        // every reading's score with it: each reading is judged on its own instead.
-        let slow_part = match habituation {
-            Habituation::Habituate => SUSTAINED_WEIGHT * slow_score.unwrap_or(0.0),
-            Habituation::Never => 0.0,
-        };
-        let instant = surprise.cbrt();
-        let scores =
-            (self.instant.score(instant, 1.0, habituation), self.short.score(t, SHORT_WINDOW as f64, habituation));
-        let judged = match scores {
-            (Some(fast), Some(average)) if habituation == Habituation::Habituate => Judged {
-                score: fast.max(slow_part),
-                confirmation: average.max(slow_part),
-                own: (instant - self.short.mean) / self.short.spread(),
-            },
-            // Without habituation each reading is judged on its own: in a heart's bigeminy
-            // every window of five holds ectopic beats, so the average would confirm nothing.
-            (Some(fast), Some(_)) => {
-                let (centre, spread) = self.instant.moments(habituation);
-                Judged { score: fast, confirmation: fast, own: (instant - centre) / spread }
-            }
-            _ => Judged { score: 0.0, confirmation: 0.0, own: 0.0 },
-        };
-        match habituation {
-            Habituation::Habituate => {
-                self.short.learn_moments(t, habituation);
-            }
-            Habituation::Never => self.short.learn(t, habituation),
-        }
-        self.instant.learn(instant, habituation);
-        if s.seen as f64 >= window {
-            s.level.learn(slow, habituation);
-        }
-        judged
+        let score = s.level.score(slow, SHORT_WINDOW as f64, Habituation::Habituate);
+        s.level.learn(slow, Habituation::Habituate);
+        score
     }
 }
 
