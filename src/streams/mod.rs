@@ -114,8 +114,9 @@ pub(crate) struct Shared {
     max_active: usize,
     pub(crate) idle_evict: Duration,
     generation: AtomicU64,
-    /// Serialises the judge phase of multi-stream requests: two of them waiting on each
-    /// other's streams would deadlock; single-stream requests never wait on another stream.
+    /// Orders multi-stream requests: each puts all its messages in its streams' mailboxes
+    /// under this lock, so two of them never wait on each other's streams (single-stream
+    /// requests never wait on another stream).
     multi: tokio::sync::Mutex<()>,
     tracker: TaskTracker,
 }
@@ -295,24 +296,34 @@ impl Streams {
         make: impl Fn(oneshot::Sender<T>) -> Command,
     ) -> Result<T, IngestError> {
         for _ in 0..3 {
+            let (answer, generation) = self.enqueue(name, create_channels, &make).await?;
+            match answer.await {
+                Ok(value) => return Ok(value),
+                Err(_) => self.forget(name, generation), // stopped before answering: start it again
+            }
+        }
+        Err(IngestError::Internal(format!("stream {name} kept stopping")))
+    }
+
+    /// Puts `make(reply)` in the stream's mailbox, starting the actor if needed; returns
+    /// where its reply will come and the actor's generation. Refused at once when the
+    /// mailbox is full.
+    async fn enqueue<T>(
+        &self,
+        name: &str,
+        create_channels: Option<usize>,
+        make: &impl Fn(oneshot::Sender<T>) -> Command,
+    ) -> Result<(oneshot::Receiver<T>, u64), IngestError> {
+        for _ in 0..3 {
             let handle = self.handle(name, create_channels).await?;
             let (reply, answer) = oneshot::channel();
             let queued = self.shared.mailbox - handle.tx.capacity();
             self.shared.metrics.mailbox_depth.observe(queued as f64);
             match handle.tx.try_send(make(reply)) {
-                Ok(()) => {}
+                Ok(()) => return Ok((answer, handle.generation)),
                 Err(mpsc::error::TrySendError::Full(_)) => return Err(IngestError::Overloaded("stream mailbox full")),
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    self.forget(name, handle.generation);
-                    continue; // evicted or stopped just now: start it again
-                }
-            }
-            match answer.await {
-                Ok(value) => return Ok(value),
-                Err(_) => {
-                    self.forget(name, handle.generation);
-                    continue;
-                }
+                // Evicted or stopped just now: start it again.
+                Err(mpsc::error::TrySendError::Closed(_)) => self.forget(name, handle.generation),
             }
         }
         Err(IngestError::Internal(format!("stream {name} kept stopping")))
@@ -327,20 +338,37 @@ impl Streams {
     /// new state. Streams are created on first use with `channels` of their first reading.
     pub async fn ingest(&self, groups: Vec<(String, Vec<Reading>)>) -> Result<Vec<IngestOutcome>, IngestError> {
         let arrived = Instant::now();
-        let guard = if groups.len() > 1 { Some(self.shared.multi.lock().await) } else { None };
-        let judged = futures::future::join_all(groups.iter().map(|(name, readings)| {
-            let channels = readings.first().map_or(1, |r| r.values.len());
+        let ingest = |readings: &Vec<Reading>| {
             let readings = readings.clone();
+            move |reply| Command::Ingest(Box::new(IngestCommand { readings: readings.clone(), arrived, reply }))
+        };
+        let channels = |readings: &Vec<Reading>| Some(readings.first().map_or(1, |r| r.values.len()));
+        // A stream's actor holds a judged ingest until its commit is decided, so two requests
+        // must reach the streams they share in the same order, or each would wait for the
+        // other. Putting every message of a request in its mailboxes under one lock does
+        // that: the lock covers only the sending, not the judging.
+        let guard = if groups.len() > 1 { Some(self.shared.multi.lock().await) } else { None };
+        let mut sent = Vec::with_capacity(groups.len());
+        for (name, readings) in &groups {
+            sent.push(self.enqueue(name, channels(readings), &ingest(readings)).await);
+        }
+        drop(guard);
+        let judged = futures::future::join_all(sent.into_iter().zip(&groups).map(|(sent, (name, readings))| {
+            let ingest = ingest(readings);
             async move {
-                self.ask(name, Some(channels), move |reply| {
-                    Command::Ingest(Box::new(IngestCommand { readings: readings.clone(), arrived, reply }))
-                })
-                .await
-                .and_then(|r| r)
+                let (answer, generation) = sent?;
+                match answer.await {
+                    Ok(result) => result,
+                    // The actor stopped before judging (its state reloads from storage):
+                    // ask its successor. Only a failed commit or a shutdown does this.
+                    Err(_) => {
+                        self.forget(name, generation);
+                        self.ask(name, channels(readings), ingest).await.and_then(|r| r)
+                    }
+                }
             }
         }))
         .await;
-        drop(guard);
         let mut prepared: Vec<Prepared> = Vec::with_capacity(judged.len());
         let mut first_error = None;
         for result in judged {
