@@ -63,7 +63,10 @@ struct StreamSettings {
 /// and a surprise that recurs becomes normal (a daily jump the model cannot time).
 /// `warmup`: also each channel's median and spread over the stream's warm-up, fixed when it
 /// ends; a reading unlike the warm-up stays anomalous however often it recurs (heart beats).
-/// Choose it when creating the stream: the reference is learnt during the warm-up.
+/// `history`: not the forecast but each channel's own history — its distance from one season
+/// ago, whether its recent values ever came in that order, whether it leaves the range seen —
+/// through an anomaly likelihood (operational metrics; the forecast still gives the band).
+/// Choose `warmup` or `history` when creating the stream: both learn during the warm-up.
 // The API's own copy of [`Baseline`]: the schema derive stays out of the scoring library.
 #[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -71,6 +74,7 @@ struct StreamSettings {
 enum BaselineSetting {
     Forecast,
     Warmup,
+    History,
 }
 
 impl From<BaselineSetting> for Baseline {
@@ -78,6 +82,7 @@ impl From<BaselineSetting> for Baseline {
         match b {
             BaselineSetting::Forecast => Baseline::Forecast,
             BaselineSetting::Warmup => Baseline::Warmup,
+            BaselineSetting::History => Baseline::History,
         }
     }
 }

@@ -107,14 +107,15 @@ struct NabArgs {
     /// Automatic fits run at once.
     #[arg(long, default_value_t = 2)]
     fit_jobs: usize,
-    /// The streams' baseline: `forecast` (the model's forecast only) or `warmup` (also each
-    /// file's probationary period).
-    #[arg(long, value_parser = parse_baseline, default_value = "forecast")]
+    /// The streams' baseline: `history` (each file's own history, the forecast giving only
+    /// the band), `forecast` (the model's forecast only) or `warmup` (also each file's
+    /// probationary period).
+    #[arg(long, value_parser = parse_baseline, default_value = "history")]
     baseline: Baseline,
 }
 
 fn parse_baseline(name: &str) -> Result<Baseline, String> {
-    Baseline::parse(name).ok_or_else(|| format!("{name:?} is not a baseline (forecast, warmup)"))
+    Baseline::parse(name).ok_or_else(|| format!("{name:?} is not a baseline (forecast, warmup, history)"))
 }
 
 pub fn run(args: EvalArgs) -> Result<(), CliError> {

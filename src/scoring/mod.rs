@@ -19,6 +19,7 @@
 //!    [`EventTracker`] joins flags into events.
 mod events;
 mod gaussian;
+mod history;
 mod likelihood;
 mod normaliser;
 #[cfg(test)]
@@ -46,6 +47,12 @@ pub enum Baseline {
     /// it recurs (a heart's ectopic beats): outlying surprise is never learnt, and each
     /// reading is judged on its own. For signals with one normal form, such as heart beats.
     Warmup,
+    /// Not the forecast but the stream's own history: each channel's distance from one
+    /// season ago, whether its recent values ever came in that order, and whether it leaves
+    /// the range seen so far, through an anomaly likelihood after Numenta's HTM
+    /// (`history.rs`); the forecast still gives the expected band. For operational metrics
+    /// (the NAB family): the best of the three there.
+    History,
 }
 
 impl Baseline {
@@ -54,6 +61,7 @@ impl Baseline {
         match self {
             Baseline::Forecast => "forecast",
             Baseline::Warmup => "warmup",
+            Baseline::History => "history",
         }
     }
 
@@ -62,6 +70,7 @@ impl Baseline {
         match name {
             "forecast" => Some(Baseline::Forecast),
             "warmup" => Some(Baseline::Warmup),
+            "history" => Some(Baseline::History),
             _ => None,
         }
     }

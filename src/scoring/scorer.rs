@@ -5,6 +5,7 @@
 //! likelihood of surprise lives in [`super::likelihood`]. It never updates the normaliser:
 //! the caller does that after judging.
 
+use super::history::HistoryDetector;
 use super::likelihood::{Habituation, Likelihood};
 use super::reference::WarmupReference;
 use super::{Baseline, RunningNormaliser, ScorerConfig, ScoringError};
@@ -82,12 +83,15 @@ pub struct Scorer {
     /// none, and every stream's resident state counts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     reference: Option<Box<WarmupReference>>,
+    /// The history detector, for streams with [`Baseline::History`] (boxed, as above).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    history: Option<Box<HistoryDetector>>,
 }
 
 impl Scorer {
     /// A scorer for a stream of `channels` channels that has judged nothing yet.
     pub fn new(channels: usize) -> Self {
-        Self { channels, readings: 0, likelihood: Likelihood::default(), reference: None }
+        Self { channels, readings: 0, likelihood: Likelihood::default(), reference: None, history: None }
     }
 
     /// Channels per reading.
@@ -146,8 +150,23 @@ impl Scorer {
                 reference.fix();
             }
         }
+        // The history baseline scores every reading from the first, forecast or not.
+        let threshold = config.threshold();
+        let from_history = (config.baseline == Baseline::History).then(|| {
+            let channels = self.channels;
+            let history = self.history.get_or_insert_with(|| Box::new(HistoryDetector::new(channels, config.warmup)));
+            let warming = history.warming_up();
+            (history.score(values), warming)
+        });
+        let warming = warming || from_history.is_some_and(|(_, warming)| warming);
+        let from_history = from_history.map(|(score, _)| score);
         let Some(forecast) = forecast else {
-            return Ok(Verdict::unforecast(values));
+            let mut verdict = Verdict::unforecast(values);
+            if let Some(score) = from_history {
+                verdict.score = score;
+                verdict.anomaly = !warming && score >= threshold;
+            }
+            return Ok(verdict);
         };
 
         let band = config.band();
@@ -166,8 +185,14 @@ impl Scorer {
             verdict.upper[c] = norm.denormalise(c, mean + band * sd);
         }
         verdict.surprise = from_reference.map_or(squared, |r| squared.max(r));
+        if let Some(score) = from_history {
+            // Judged on its history alone; the forecast gives the band.
+            verdict.score = score;
+            verdict.anomaly = !warming && score >= threshold;
+            return Ok(verdict);
+        }
         let habituation = match config.baseline {
-            Baseline::Forecast => Habituation::Habituate,
+            Baseline::Forecast | Baseline::History => Habituation::Habituate,
             Baseline::Warmup => Habituation::Never,
         };
         let mut judged = None;
@@ -179,7 +204,6 @@ impl Scorer {
         // A flag needs the reading's score and the short window's to pass the threshold
         // (one heavy-tailed residual alone is not an anomaly), and the reading itself to
         // stand out: the readings after a spike inherit its window, not its anomaly.
-        let threshold = config.threshold();
         verdict.anomaly = !warming
             && judged.is_some_and(|j| j.score >= threshold && j.confirmation >= threshold && j.own >= OWN_MIN_SPREADS);
         Ok(verdict)
@@ -247,6 +271,26 @@ mod tests {
 
     fn first_flag_from(judged: &[Judged], from: usize) -> Option<usize> {
         flagged(judged, from).first().map(|i| i - from)
+    }
+
+    #[test]
+    fn a_stream_switched_to_the_history_baseline_late_is_not_flagged_while_its_history_warms_up() {
+        let mut scorer = Scorer::new(1);
+        let norm = RunningNormaliser::new(1);
+        let early = ScorerConfig { warmup: 10, ..config() };
+        for t in 0..40 {
+            scorer.judge(&early, &[(t % 3) as f64], None, &norm);
+        }
+        let history = ScorerConfig { warmup: 30, baseline: Baseline::History, ..early };
+        let verdicts: Vec<Verdict> = (0..30).map(|t| scorer.judge(&history, &[(t % 3) as f64], None, &norm)).collect();
+        // The third reading leaves the range of the first two: the history's score says so,
+        // but its warm-up is not flagged.
+        assert_eq!(verdicts[2].score, 1.0);
+        assert!(verdicts.iter().all(|v| !v.anomaly), "flagged during the history's warm-up");
+        let spike = scorer.judge(&history, &[100.0], None, &norm);
+        assert_eq!((spike.score, spike.anomaly), (1.0, true));
+        let after = scorer.judge(&history, &[1.0], None, &norm);
+        assert!(!after.anomaly && after.score < spike.score, "{after:?}");
     }
 
     #[test]

@@ -51,6 +51,8 @@ async fn the_whole_api_works(app: TestApp) {
     let (status, changed) = app.put("/v1/streams/pump-1", &json!({"sensitivity": 0.5, "baseline": "warmup"})).await;
     assert_eq!(status, 200);
     assert_eq!((changed["baseline"].as_str(), changed["warmup"].as_u64()), (Some("warmup"), Some(50)), "{changed}");
+    let (_, history) = app.put("/v1/streams/pump-1", &json!({"baseline": "history"})).await;
+    assert_eq!(history["baseline"], "history", "{history}");
     let (_, again) = app.put("/v1/streams/pump-1", &json!({"baseline": "forecast"})).await;
     assert_eq!(again["baseline"], "forecast", "settings left out keep their values; this one changes back");
 
@@ -408,6 +410,30 @@ async fn a_restart_keeps_streams_and_anomalies_and_resumes_scoring_without_a_new
         more[3] += 6.0;
         let flagged = feed(&app, "boiler", &more, 700, 20).await;
         assert!(flagged.contains(&703), "{backend:?}: scoring resumed at once: {flagged:?}");
+        app.stop().await;
+    }
+}
+
+/// The history baseline through the service: a reading outside everything seen is flagged
+/// once (the readings after it are not), and the detector's state survives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_stream_flags_a_reading_outside_its_history_once_and_keeps_it_across_a_restart() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let Some(app) = spawn_app(backend).await else { continue };
+        let (status, created) = app.put("/v1/streams/meter", &json!({"baseline": "history", "warmup": 300})).await;
+        assert_eq!((status, created["baseline"].as_str()), (201, Some("history")), "{created}");
+        let mut values = seasonal(2000, 13);
+        values[1500] += 6.0; // above the range seen by twice its tolerance
+        values[1850] -= 7.0; // below it, after the restart
+        let flagged = feed(&app, "meter", &values[..1800], 0, 100).await;
+        assert!(flagged.contains(&1500), "{backend:?}: {flagged:?}");
+        assert!(!flagged.contains(&1501), "{backend:?}: only the first reading carries the score: {flagged:?}");
+        assert!(flagged.len() <= 3, "{backend:?}: false flags on a clean seasonal stream: {flagged:?}");
+        let app = restart(app).await;
+        let flagged = feed(&app, "meter", &values[1800..], 1800, 50).await;
+        assert_eq!(flagged, vec![1850], "{backend:?}: the history survived the restart");
+        let (_, stream) = app.get("/v1/streams/meter").await;
+        assert_eq!((stream["baseline"].as_str(), stream["readings"].as_u64()), (Some("history"), Some(2000)));
         app.stop().await;
     }
 }
