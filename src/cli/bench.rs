@@ -100,9 +100,13 @@ enum BenchKind {
         /// Stream counts to measure (comma-separated).
         #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
         streams: Vec<usize>,
-        /// Readings per request (one per stream, many streams per request).
+        /// Readings per request.
         #[arg(long, default_value_t = 1000)]
         batch: usize,
+        /// Consecutive readings of each stream in a request: 1 (the default) spreads a
+        /// request over `batch` streams; `batch` makes each request one stream's readings.
+        #[arg(long, default_value_t = 1)]
+        per_stream: usize,
         /// Concurrent clients.
         #[arg(long, default_value_t = 8)]
         clients: usize,
@@ -156,15 +160,18 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
             let work = TrainingWork { architecture, hidden, steps, batch, sequences, epochs, threads };
             training(&work, python, json)
         }
-        BenchKind::Http { streams, batch, clients, seconds, throughput_only, database_url, json } => {
+        BenchKind::Http { streams, batch, per_stream, clients, seconds, throughput_only, database_url, json } => {
             if batch == 0 || clients == 0 || streams.contains(&0) {
                 return Err(CliError::Usage(anyhow!("--batch, --clients and --streams must be positive")));
+            }
+            if per_stream == 0 || batch % per_stream != 0 {
+                return Err(CliError::Usage(anyhow!("--per-stream must be positive and divide --batch")));
             }
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| CliError::Runtime(e.into()))?;
-            let load = Load { batch, clients, seconds, latency: !throughput_only };
+            let load = Load { batch, per_stream, clients, seconds, latency: !throughput_only };
             runtime.block_on(http(&streams, &load, database_url, json))
         }
     };
@@ -389,6 +396,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// The load `bench http` offers.
 struct Load {
     batch: usize,
+    /// Consecutive readings of one stream in a request.
+    per_stream: usize,
     clients: usize,
     seconds: f64,
     /// Also measure latency at half the rate reached, and of single readings.
@@ -399,6 +408,7 @@ struct Load {
 #[derive(Debug, Clone, Copy)]
 struct Plan {
     batch: usize,
+    per_stream: usize,
     base: i64,
     deadline: Instant,
     pace: Option<Duration>,
@@ -415,7 +425,8 @@ async fn drive(
     names: Vec<String>,
     plan: Plan,
 ) -> anyhow::Result<(u64, Vec<f64>)> {
-    let Plan { batch, base, deadline, pace, once } = plan;
+    let Plan { batch, per_stream, base, deadline, pace, once } = plan;
+    let streams_per_request = batch / per_stream;
     let mut latencies = Vec::new();
     let mut accepted = 0u64;
     let mut ticks = pace.map(|p| {
@@ -425,7 +436,7 @@ async fn drive(
     });
     let mut round = 0i64;
     'outer: loop {
-        for (c, chunk) in names.chunks(batch).enumerate() {
+        for (c, chunk) in names.chunks(streams_per_request).enumerate() {
             if let Some(t) = ticks.as_mut() {
                 t.tick().await;
             }
@@ -435,9 +446,12 @@ async fn drive(
             let readings: Vec<serde_json::Value> = chunk
                 .iter()
                 .enumerate()
-                .map(|(i, s)| {
-                    let phase = (round as f64 + (c * batch + i) as f64) / 30.0;
-                    json!({"stream": s, "ts": base + round * 1000, "value": phase.sin()})
+                .flat_map(|(i, s)| {
+                    (0..per_stream as i64).map(move |j| {
+                        let step = round * per_stream as i64 + j;
+                        let phase = (step as f64 + (c * streams_per_request + i) as f64) / 30.0;
+                        json!({"stream": s, "ts": base + step * 1000, "value": phase.sin()})
+                    })
                 })
                 .collect();
             let body = json!({ "readings": readings });
@@ -447,7 +461,7 @@ async fn drive(
                 Ok(r) if r.status().is_success() => {
                     let _ = r.bytes().await;
                     latencies.push(started.elapsed().as_secs_f64() * 1e3);
-                    accepted += chunk.len() as u64;
+                    accepted += (chunk.len() * per_stream) as u64;
                 }
                 Ok(r) => {
                     let status = r.status();
@@ -485,7 +499,7 @@ async fn phase(
         .map(|w| {
             // Each client owns its streams, so timestamps per stream only ever increase.
             let names = (w..n).step_by(load.clients).map(|s| format!("bench-{tag}-{s}")).collect();
-            let plan = Plan { batch: load.batch, base, deadline, pace, once };
+            let plan = Plan { batch: load.batch, per_stream: load.per_stream, base, deadline, pace, once };
             tokio::spawn(drive(client.clone(), addr, names, plan))
         })
         .collect();
@@ -507,7 +521,9 @@ async fn http(
 ) -> anyhow::Result<()> {
     let (batch, clients) = (load.batch, load.clients);
     println!(
-        "HTTP ingest over loopback: {clients} clients, each posting its streams' readings, at most {batch} a request"
+        "HTTP ingest over loopback: {clients} clients, each posting its streams' readings, at most {batch} a request, \
+         {} of each stream",
+        load.per_stream
     );
     println!(
         "{:>10} {:<14} {:>12} {:>9} {:>9} {:>9} {:>9}",
@@ -533,16 +549,19 @@ async fn http(
             println!("{n:>10} {label:<14} {rate:>12.0} {p50:>9.2} {p99:>9.2} {p999:>9.2} {:>9}", latencies.len());
             rows.push(json!({
                 "streams": n, "load": label, "readings_per_s": rate, "p50_ms": p50, "p99_ms": p99,
-                "p999_ms": p999, "requests": latencies.len(), "readings_per_request": per_request, "clients": clients,
+                "p999_ms": p999, "requests": latencies.len(), "readings_per_request": per_request,
+                "readings_per_stream_per_request": if label == "single reading" { 1 } else { load.per_stream },
+                "clients": clients,
                 "database": database,
             }));
         };
         let base = 1_767_225_600_000i64;
         // One untimed round creates the streams (and their actors): the timed phases
         // measure readings to existing streams.
-        phase(addr, tag, n, load, base - 1_000_000_000, None, true).await?;
+        let create = Load { per_stream: 1, batch: load.batch, clients, seconds: load.seconds, latency: false };
+        phase(addr, tag, n, &create, base - 1_000_000_000, None, true).await?;
         let (rate, latencies) = phase(addr, tag, n, load, base, None, false).await?;
-        let per_request = n.div_ceil(clients.min(n)).min(batch);
+        let per_request = n.div_ceil(clients.min(n)).min(batch / load.per_stream) * load.per_stream;
         report("max", rate, &latencies, per_request);
         if load.latency && !latencies.is_empty() {
             // The same load paced to half the request rate reached: each client sends one
@@ -552,7 +571,7 @@ async fn http(
             let (half, latencies) = phase(addr, tag, n, load, base + 1_000_000_000, Some(pace), false).await?;
             report("half of max", half, &latencies, per_request);
             // Single readings, one at a time, on an otherwise idle server.
-            let single = Load { batch: 1, clients: 1, seconds: load.seconds.min(5.0), latency: false };
+            let single = Load { batch: 1, per_stream: 1, clients: 1, seconds: load.seconds.min(5.0), latency: false };
             let (rate, latencies) = phase(addr, tag ^ 1, 1, &single, base, None, false).await?;
             report("single reading", rate, &latencies, 1);
         }

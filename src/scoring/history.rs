@@ -311,7 +311,9 @@ struct Likelihood {
     /// first ones, all of it before any score.
     learning: usize,
     seen: u64,
-    history: VecDeque<f64>,
+    /// The last [`HISTORY`] raw scores, in single precision (half the state; the fit and
+    /// the scores are the same to the digits NAB reports).
+    history: VecDeque<f32>,
     /// Mean and standard deviation of the fitted Gaussian.
     fit: Option<(f64, f64)>,
     averaged: VecDeque<f64>,
@@ -343,7 +345,7 @@ impl Likelihood {
         let mut averages = Vec::with_capacity(self.history.len());
         let mut window = VecDeque::with_capacity(AVERAGE + 1);
         let mut sum = 0.0;
-        for &v in &self.history {
+        for v in self.history.iter().map(|&v| f64::from(v)) {
             window.push_back(v);
             sum += v;
             if window.len() > AVERAGE {
@@ -361,7 +363,8 @@ impl Likelihood {
             (mean.max(MIN_MEAN), var.max(MIN_VARIANCE).sqrt())
         };
         self.fit = Some(fit);
-        self.averaged = self.history.iter().skip(self.history.len().saturating_sub(AVERAGE)).copied().collect();
+        self.averaged =
+            self.history.iter().skip(self.history.len().saturating_sub(AVERAGE)).map(|&v| f64::from(v)).collect();
         self.last_tail = averages.last().map(|&a| Self::tail(a, fit));
     }
 
@@ -390,7 +393,7 @@ impl Likelihood {
         if self.history.len() == HISTORY {
             self.history.pop_front();
         }
-        self.history.push_back(raw);
+        self.history.push_back(raw as f32);
         self.seen += 1;
         log_score(tail)
     }

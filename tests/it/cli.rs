@@ -573,3 +573,24 @@ fn import_refuses_bad_files_with_one_line_naming_the_problem_and_exit_2() {
         assert!(stderr.contains(needle), "{full:?} should mention {needle}: {stderr}");
     }
 }
+
+#[test]
+fn bench_http_posts_each_streams_readings_together_and_refuses_a_shape_that_does_not_divide() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("http.json");
+    let json_arg = json.to_str().expect("utf-8");
+    let common = ["bench", "http", "--streams", "6", "--batch", "20", "--clients", "2", "--throughput-only"];
+    let run = tsad(&[&common[..], &["--per-stream", "10", "--seconds", "0.5", "--json", json_arg]].concat());
+    let (stdout, stderr) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+    assert!(run.status.success(), "{stdout}{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("json");
+    let row = &report["results"][0];
+    // Two streams a request (20 readings, 10 of each); every client owns 3 streams.
+    assert_eq!(
+        (row["readings_per_request"].as_u64(), row["readings_per_stream_per_request"].as_u64()),
+        (Some(20), Some(10))
+    );
+    assert!(row["readings_per_s"].as_f64().is_some_and(|r| r > 0.0), "{report}");
+    let bad = tsad(&[&common[..], &["--per-stream", "3"]].concat());
+    assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
+}
