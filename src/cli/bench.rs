@@ -513,6 +513,62 @@ async fn phase(
     Ok((accepted as f64 / started.elapsed().as_secs_f64(), latencies))
 }
 
+/// Sums and counts of the server's latency and size histograms, from `/metrics`.
+struct ServerMeans(Vec<(&'static str, f64, f64)>);
+
+/// The histograms `bench http` reports the means of, with their units.
+const SERVER_HISTOGRAMS: [(&str, &str); 5] = [
+    ("verdict_latency_seconds", "ms"),
+    ("inference_latency_seconds", "ms"),
+    ("inference_batch_size", ""),
+    ("commit_latency_seconds", "ms"),
+    ("commit_rows", ""),
+];
+
+impl ServerMeans {
+    /// The means over what was observed after `before`.
+    fn since(&self, before: &ServerMeans) -> ServerMeans {
+        let pairs = self.0.iter().zip(&before.0);
+        ServerMeans(pairs.map(|(&(name, sum, count), &(_, s0, c0))| (name, sum - s0, count - c0)).collect())
+    }
+
+    fn means(&self) -> impl Iterator<Item = (&'static str, f64)> + '_ {
+        self.0.iter().zip(SERVER_HISTOGRAMS).map(|(&(name, sum, count), (_, unit))| {
+            let scale = if unit == "ms" { 1e3 } else { 1.0 };
+            (name, if count > 0.0 { scale * sum / count } else { f64::NAN })
+        })
+    }
+
+    fn describe(&self) -> String {
+        let short = |name: &str| name.trim_end_matches("_seconds").trim_end_matches("_size").to_string();
+        let parts: Vec<String> = self
+            .means()
+            .zip(SERVER_HISTOGRAMS)
+            .map(|((name, mean), (_, unit))| format!("{} {mean:.1}{unit}", short(name)))
+            .collect();
+        parts.join(", ")
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::Value::Object(self.means().map(|(name, mean)| (name.to_string(), json!(mean))).collect())
+    }
+}
+
+async fn server_means(addr: std::net::SocketAddr) -> anyhow::Result<ServerMeans> {
+    let text = reqwest::get(format!("http://{addr}/metrics")).await?.text().await?;
+    let value = |series: String| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()).and_then(|rest| rest.trim().parse::<f64>().ok()))
+            .unwrap_or(0.0)
+    };
+    Ok(ServerMeans(
+        SERVER_HISTOGRAMS
+            .iter()
+            .map(|&(name, _)| (name, value(format!("tsad_{name}_sum ")), value(format!("tsad_{name}_count "))))
+            .collect(),
+    ))
+}
+
 async fn http(
     streams: &[usize],
     load: &Load,
@@ -543,37 +599,43 @@ async fn http(
         }));
         let tag = rand::random::<u32>();
         let database = if url.starts_with("sqlite") { "sqlite" } else { "postgres" };
-        let mut report = |label: &str, rate: f64, latencies: &[f64], per_request: usize| {
-            let (p50, p99, p999) =
-                (percentile(latencies, 0.5), percentile(latencies, 0.99), percentile(latencies, 0.999));
-            println!("{n:>10} {label:<14} {rate:>12.0} {p50:>9.2} {p99:>9.2} {p999:>9.2} {:>9}", latencies.len());
-            rows.push(json!({
-                "streams": n, "load": label, "readings_per_s": rate, "p50_ms": p50, "p99_ms": p99,
-                "p999_ms": p999, "requests": latencies.len(), "readings_per_request": per_request,
-                "readings_per_stream_per_request": if label == "single reading" { 1 } else { load.per_stream },
-                "clients": clients,
-                "database": database,
-            }));
-        };
+        let mut report =
+            |label: &str, rate: f64, latencies: &[f64], per_request: usize, server: Option<&ServerMeans>| {
+                let (p50, p99, p999) =
+                    (percentile(latencies, 0.5), percentile(latencies, 0.99), percentile(latencies, 0.999));
+                println!("{n:>10} {label:<14} {rate:>12.0} {p50:>9.2} {p99:>9.2} {p999:>9.2} {:>9}", latencies.len());
+                rows.push(json!({
+                    "streams": n, "load": label, "readings_per_s": rate, "p50_ms": p50, "p99_ms": p99,
+                    "p999_ms": p999, "requests": latencies.len(), "readings_per_request": per_request,
+                    "readings_per_stream_per_request": if label == "single reading" { 1 } else { load.per_stream },
+                    "clients": clients,
+                    "database": database,
+                    "server_means": server.map(ServerMeans::json),
+                }));
+            };
         let base = 1_767_225_600_000i64;
         // One untimed round creates the streams (and their actors): the timed phases
         // measure readings to existing streams.
         let create = Load { per_stream: 1, batch: load.batch, clients, seconds: load.seconds, latency: false };
         phase(addr, tag, n, &create, base - 1_000_000_000, None, true).await?;
+        let before = server_means(addr).await?;
         let (rate, latencies) = phase(addr, tag, n, load, base, None, false).await?;
         let per_request = n.div_ceil(clients.min(n)).min(batch / load.per_stream) * load.per_stream;
-        report("max", rate, &latencies, per_request);
+        // Where a request's time went, from the server's own histograms over that phase.
+        let stages = server_means(addr).await?.since(&before);
+        report("max", rate, &latencies, per_request, Some(&stages));
+        println!("{:>10} {:<14} {}", "", "server means", stages.describe());
         if load.latency && !latencies.is_empty() {
             // The same load paced to half the request rate reached: each client sends one
             // request every clients / (requests per second / 2) seconds.
             let requests_per_s = latencies.len() as f64 / load.seconds / 2.0;
             let pace = Duration::from_secs_f64(clients.min(n) as f64 / requests_per_s);
             let (half, latencies) = phase(addr, tag, n, load, base + 1_000_000_000, Some(pace), false).await?;
-            report("half of max", half, &latencies, per_request);
+            report("half of max", half, &latencies, per_request, None);
             // Single readings, one at a time, on an otherwise idle server.
             let single = Load { batch: 1, per_stream: 1, clients: 1, seconds: load.seconds.min(5.0), latency: false };
             let (rate, latencies) = phase(addr, tag ^ 1, 1, &single, base, None, false).await?;
-            report("single reading", rate, &latencies, 1);
+            report("single reading", rate, &latencies, 1, None);
         }
         let _ = stop.send(());
         server.await??;

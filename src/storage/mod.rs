@@ -151,11 +151,28 @@ pub struct AnomalyQuery {
 pub struct Storage {
     pool: AnyPool,
     backend: Backend,
+    /// Where it points, for [`Storage::own_connection`].
+    url: String,
 }
 
 impl Storage {
     /// Connects (creating a SQLite file if missing) and applies the migrations.
     pub async fn connect(url: &str) -> Result<Storage, StorageError> {
+        let storage = Self::open(url, None).await?;
+        match storage.backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&storage.pool).await?,
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&storage.pool).await?,
+        }
+        Ok(storage)
+    }
+
+    /// Another handle on the same database with a pool of its own of one connection (the
+    /// writer's, opened on the writer's thread), the migrations already applied.
+    pub async fn own_connection(&self) -> Result<Storage, StorageError> {
+        Self::open(&self.url, Some(1)).await
+    }
+
+    async fn open(url: &str, connections: Option<u32>) -> Result<Storage, StorageError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
         let url = match backend {
@@ -165,7 +182,7 @@ impl Storage {
             _ => url.to_string(),
         };
         let options = AnyPoolOptions::new()
-            .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
+            .max_connections(connections.unwrap_or(if backend == Backend::Sqlite { 4 } else { 8 }))
             .acquire_timeout(std::time::Duration::from_secs(5))
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
@@ -191,11 +208,7 @@ impl Storage {
                 })
             });
         let pool = options.connect(&url).await?;
-        match backend {
-            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
-            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
-        }
-        Ok(Storage { pool, backend })
+        Ok(Storage { pool, backend, url })
     }
 
     pub fn backend(&self) -> Backend {

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use sqlx::{query, Any};
 use tokio::sync::{mpsc, oneshot};
-use tracing::warn;
+use tracing::{error, warn};
 
 use super::{Backend, EventRow, ReadingRow, Storage, StorageError, StreamConfig};
 use crate::metrics::Metrics;
@@ -65,10 +65,34 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer task; it ends when every handle is dropped and the queue is empty.
+    /// Starts the writer; it ends when every handle is dropped and the queue is empty.
+    ///
+    /// It runs on a thread of its own with its own connection: on the service's runtime its
+    /// every statement would wait its turn behind request work (parsing, judging), and every
+    /// commit's wait holds up every request in it (`bench http` at 1,000 readings of a
+    /// stream a request: docs/PERFORMANCE.md).
     pub fn spawn(storage: Storage, queue: usize, metrics: Metrics) -> (Writer, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(queue);
-        let task = tokio::spawn(run(storage, rx, metrics));
+        let task = tokio::task::spawn_blocking(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(e) => return error!(error = %e, "the storage writer's runtime did not start"),
+            };
+            runtime.block_on(async move {
+                // Its own connection, opened on this thread; the shared pool if that fails
+                // (the database's failures are then the first commit's to report).
+                match storage.own_connection().await {
+                    Ok(own) => {
+                        run(own.clone(), rx, metrics).await;
+                        own.pool().close().await;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "the storage writer shares the service's pool");
+                        run(storage, rx, metrics).await;
+                    }
+                }
+            })
+        });
         (Writer { tx }, task)
     }
 
