@@ -208,12 +208,52 @@ pub struct Path<T>(pub T);
 
 /// Reads a whole body, refusing more than `limit` bytes with 413.
 pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    use futures::StreamExt;
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
+    let mut stream = body.into_data_stream();
+    let drain_bound = limit.saturating_mul(2).min(DRAIN_MAX_BYTES);
+    if let Some(declared) = declared.filter(|&n| n > limit) {
+        if declared <= drain_bound {
+            drain(&mut stream, 0, drain_bound).await;
+        }
         return Err(ApiError::PayloadTooLarge(limit));
     }
-    axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::PayloadTooLarge(limit))
+    let mut bytes = Vec::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("the body could not be read: {e}")))?;
+        if bytes.len() + chunk.len() > limit {
+            drain(&mut stream, bytes.len() + chunk.len(), drain_bound).await;
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(bytes))
+}
+
+/// An oversized body is read on (and discarded) up to twice the limit, at most this many
+/// bytes and [`DRAIN_TIME`], before the 413 is sent: a client still writing its body to a
+/// server that stopped reading fails with a broken pipe and never sees the answer. Beyond
+/// that the connection is closed instead.
+const DRAIN_MAX_BYTES: usize = 16 << 20;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn drain(
+    stream: &mut (impl futures::Stream<Item = Result<Bytes, axum::Error>> + Unpin),
+    seen: usize,
+    bound: usize,
+) {
+    use futures::StreamExt;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut seen = seen;
+        while seen <= bound {
+            match stream.next().await {
+                Some(Ok(chunk)) => seen += chunk.len(),
+                _ => break,
+            }
+        }
+    })
+    .await;
 }
 
 /// Largest body of a configuration or feedback request.
