@@ -58,6 +58,8 @@ const MIN_MEAN: f64 = 0.03;
 const MIN_VARIANCE: f64 = 0.0003;
 /// Contexts remembered per resolution; beyond this an unseen context stays unseen (novel).
 pub const MAX_CONTEXTS: usize = 1 << 16;
+/// Largest seasonal error counted (readings near ±f64::MAX would overflow the sums).
+const MAX_ERROR: f64 = 1e200;
 /// Warm-up lengths the detector works with (a shorter warm-up is lengthened to this; a
 /// longer one is cut: the season and range are fixed after at most this many readings).
 const WARMUP_RANGE: (u64, u64) = (20, HISTORY as u64);
@@ -217,8 +219,10 @@ impl Fitted {
         let warmup = self.likelihood.learning;
         let lagged =
             if self.values.len() >= self.season { self.values[self.values.len() - self.season] } else { self.first };
-        let error = (x - lagged).abs();
-        let mean = if self.errors.is_empty() { 0.0 } else { self.error_sum / self.errors.len() as f64 };
+        // Bounded so that sums of a warm-up's worth stay finite for any finite readings.
+        let error = (x - lagged).abs().min(MAX_ERROR);
+        // Not below 0: the running sum may drift under 0 by rounding after huge errors left it.
+        let mean = if self.errors.is_empty() { 0.0 } else { (self.error_sum / self.errors.len() as f64).max(0.0) };
         let seasonal = error / (error + ERROR_SCALE * mean + 1e-12);
         if self.errors.len() == warmup {
             self.error_sum -= self.errors.pop_front().unwrap_or(0.0);
@@ -256,7 +260,12 @@ impl Fitted {
             novelty += unseen as f64 / CONTEXT as f64;
         }
         self.raw_count += 1;
-        0.5 * (novelty / RESOLUTIONS.len() as f64) + 0.5 * seasonal
+        let raw = 0.5 * (novelty / RESOLUTIONS.len() as f64) + 0.5 * seasonal;
+        if raw.is_finite() {
+            raw.clamp(0.0, 1.0)
+        } else {
+            1.0
+        }
     }
 }
 

@@ -1,9 +1,10 @@
-//! Properties of the scorer over arbitrary streams: every verdict is finite with its score
+//! Properties of the scorer over arbitrary streams, with every baseline: every verdict is
+//! finite with its score
 //! in [0, 1] and its band around the forecast; flags only grow with sensitivity; bad input
 //! changes nothing; the state survives the JSON round trip that persistence uses.
 use proptest::prelude::*;
 
-use super::{Forecast, RunningNormaliser, Scorer, ScorerConfig, Verdict};
+use super::{Baseline, Forecast, RunningNormaliser, Scorer, ScorerConfig, Verdict};
 
 /// One step of a stream: a reading (two channels) and the forecast made before it.
 #[derive(Debug, Clone)]
@@ -46,16 +47,24 @@ fn run(scorer: &mut Scorer, norm: &mut RunningNormaliser, config: &ScorerConfig,
         .collect()
 }
 
-fn config(sensitivity: f64) -> ScorerConfig {
-    ScorerConfig { warmup: 20, sensitivity, ..ScorerConfig::default() }
+fn config(sensitivity: f64, baseline: Baseline) -> ScorerConfig {
+    ScorerConfig { warmup: 20, sensitivity, baseline, ..ScorerConfig::default() }
+}
+
+fn baseline() -> impl Strategy<Value = Baseline> {
+    prop_oneof![Just(Baseline::Forecast), Just(Baseline::Warmup), Just(Baseline::History)]
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 
     #[test]
-    fn verdicts_are_finite_with_scores_in_0_1(steps in prop::collection::vec(step(), 1..300), sensitivity in 0.0f64..=1.0) {
-        let config = config(sensitivity);
+    fn verdicts_are_finite_with_scores_in_0_1(
+        steps in prop::collection::vec(step(), 1..300),
+        sensitivity in 0.0f64..=1.0,
+        baseline in baseline(),
+    ) {
+        let config = config(sensitivity, baseline);
         let mut scorer = Scorer::new(2);
         let mut norm = RunningNormaliser::new(2);
         for (i, v) in run(&mut scorer, &mut norm, &config, &steps).iter().enumerate() {
@@ -73,12 +82,17 @@ proptest! {
     }
 
     #[test]
-    fn flags_only_grow_with_sensitivity(steps in prop::collection::vec(step(), 30..200), a in 0.0f64..=1.0, b in 0.0f64..=1.0) {
+    fn flags_only_grow_with_sensitivity(
+        steps in prop::collection::vec(step(), 30..200),
+        a in 0.0f64..=1.0,
+        b in 0.0f64..=1.0,
+        baseline in baseline(),
+    ) {
         let (low, high) = if a <= b { (a, b) } else { (b, a) };
         let flags = |s: f64| {
             let mut scorer = Scorer::new(2);
             let mut norm = RunningNormaliser::new(2);
-            run(&mut scorer, &mut norm, &config(s), &steps).iter().map(|v| v.anomaly).collect::<Vec<_>>()
+            run(&mut scorer, &mut norm, &config(s, baseline), &steps).iter().map(|v| v.anomaly).collect::<Vec<_>>()
         };
         let (few, many) = (flags(low), flags(high));
         for (i, (f, m)) in few.iter().zip(&many).enumerate() {
@@ -91,8 +105,9 @@ proptest! {
         steps in prop::collection::vec(step(), 1..60),
         bad in prop_oneof![Just(f64::NAN), Just(f64::INFINITY), Just(f64::NEG_INFINITY)],
         where_ in 0usize..3,
+        baseline in baseline(),
     ) {
-        let config = config(0.5);
+        let config = config(0.5, baseline);
         let mut scorer = Scorer::new(2);
         let mut norm = RunningNormaliser::new(2);
         run(&mut scorer, &mut norm, &config, &steps);
@@ -108,8 +123,12 @@ proptest! {
     }
 
     #[test]
-    fn state_survives_the_json_round_trip(steps in prop::collection::vec(step(), 1..150), more in prop::collection::vec(step(), 1..50)) {
-        let config = config(0.5);
+    fn state_survives_the_json_round_trip(
+        steps in prop::collection::vec(step(), 1..150),
+        more in prop::collection::vec(step(), 1..50),
+        baseline in baseline(),
+    ) {
+        let config = config(0.5, baseline);
         let mut scorer = Scorer::new(2);
         let mut norm = RunningNormaliser::new(2);
         run(&mut scorer, &mut norm, &config, &steps);

@@ -46,7 +46,7 @@ impl WarmupReference {
         self.seen = self.seen.saturating_add(1);
         if self.sample[0].len() < SAMPLE {
             for (column, v) in self.sample.iter_mut().zip(values) {
-                column.push(*v as f32);
+                column.push(single(*v));
             }
         } else {
             // Reservoir sampling with a hash of the count for its randomness: deterministic, so
@@ -54,7 +54,7 @@ impl WarmupReference {
             let slot = (splitmix64(self.seen) % self.seen) as usize;
             if slot < SAMPLE {
                 for (column, v) in self.sample.iter_mut().zip(values) {
-                    column[slot] = *v as f32;
+                    column[slot] = single(*v);
                 }
             }
         }
@@ -131,6 +131,12 @@ fn splitmix64(x: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// A reading in single precision, saturated at ±f32::MAX: a larger finite reading must not
+/// become an infinity (which JSON cannot carry, and the stored state would be unreadable).
+fn single(v: f64) -> f32 {
+    v.clamp(-f64::from(f32::MAX), f64::from(f32::MAX)) as f32
 }
 
 #[cfg(test)]
