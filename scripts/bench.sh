@@ -31,6 +31,9 @@ $tsad bench inference --threads 2 --seconds 3 --json "$out/inference.json"
 
 echo "== 2. end to end, SQLite"
 $tsad bench http --streams "$streams" --batch 1000 --clients 8 --seconds "$seconds" --json "$out/http-sqlite.json"
+# The same requests carrying 1,000 readings of one stream each.
+$tsad bench http --streams 10000 --batch 1000 --per-stream 1000 --clients 8 --seconds "$seconds" \
+  --json "$out/http-sqlite-per-stream.json"
 pg=${TSAD_BENCH_PG:-}
 if [[ -z $pg ]]; then
   pg=$(scripts/postgres.sh)
@@ -41,6 +44,8 @@ else
   echo "== 2. end to end, PostgreSQL"
   $tsad bench http --streams "$streams" --batch 1000 --clients 8 --seconds "$seconds" \
     --database-url "$pg" --json "$out/http-postgres.json"
+  $tsad bench http --streams 10000 --batch 1000 --per-stream 1000 --clients 8 --seconds "$seconds" \
+    --database-url "$pg" --json "$out/http-postgres-per-stream.json"
 fi
 
 echo "== 3. memory per stream"
