@@ -2,6 +2,7 @@
 //! edge into domain values.
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap};
+use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 use time::format_description::well_known::Rfc3339;
@@ -208,7 +209,6 @@ pub struct Path<T>(pub T);
 
 /// Reads a whole body, refusing more than `limit` bytes with 413.
 pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    use futures::StreamExt;
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     let mut stream = body.into_data_stream();
@@ -243,7 +243,6 @@ async fn drain(
     seen: usize,
     bound: usize,
 ) {
-    use futures::StreamExt;
     let _ = tokio::time::timeout(DRAIN_TIME, async {
         let mut seen = seen;
         while seen <= bound {

@@ -31,6 +31,7 @@ use std::collections::{HashSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use super::gaussian::erfc;
+use super::reference::splitmix64;
 
 /// Quantisation resolutions of the context novelty: bins across the warm-up's range.
 const RESOLUTIONS: [f64; 3] = [4.0, 8.0, 16.0];
@@ -125,11 +126,9 @@ struct Fitted {
     /// The last warm-up's worth of seasonal errors, and their sum.
     errors: VecDeque<f64>,
     error_sum: f64,
-    /// The last `CONTEXT` bins and the contexts seen, per resolution.
+    /// The last `CONTEXT` bins (fewer at first) and the contexts seen, per resolution.
     bins: Vec<VecDeque<i64>>,
     contexts: Vec<HashSet<u64>>,
-    /// Readings through the raw score (the warm-up's replay included).
-    raw_count: u64,
     likelihood: Likelihood,
 }
 
@@ -152,8 +151,9 @@ impl ChannelHistory {
             self.buffer.push(x);
             log_score(0.5) // the likelihood's neutral answer while it learns
         } else {
-            let fitted = self.fitted.get_or_insert_with(|| Box::new(Fitted::from_warmup(&self.buffer, self.warmup)));
-            self.buffer = Vec::new();
+            let (buffer, warmup) = (&mut self.buffer, self.warmup);
+            let fitted =
+                self.fitted.get_or_insert_with(|| Box::new(Fitted::from_warmup(&std::mem::take(buffer), warmup)));
             let raw = fitted.raw(x);
             fitted.likelihood.score(raw)
         };
@@ -179,8 +179,8 @@ impl ChannelHistory {
             }
             _ => false,
         };
-        self.max = Some(self.max.map_or(x, |m| if x > m { x } else { m }));
-        self.min = Some(self.min.map_or(x, |m| if x < m { x } else { m }));
+        self.max = Some(self.max.map_or(x, |m| m.max(x)));
+        self.min = Some(self.min.map_or(x, |m| m.min(x)));
         outside
     }
 }
@@ -204,7 +204,6 @@ impl Fitted {
             error_sum: 0.0,
             bins: vec![VecDeque::new(); RESOLUTIONS.len()],
             contexts: vec![HashSet::new(); RESOLUTIONS.len()],
-            raw_count: 0,
             likelihood: Likelihood::new(warmup),
         };
         for &x in buffer {
@@ -242,24 +241,16 @@ impl Fitted {
                 context.pop_front();
             }
             context.push_back(bin);
-            let mut unseen = 0;
-            for k in 1..=CONTEXT {
-                if k as u64 > self.raw_count + 1 {
-                    unseen += 1; // not enough history for a context this long
-                    continue;
-                }
+            // A context longer than the readings so far counts as unseen.
+            let mut unseen = CONTEXT - context.len();
+            let contexts = &mut self.contexts[r];
+            for k in 1..=context.len() {
                 let key = context_key(k, context.iter().skip(context.len() - k));
-                let contexts = &mut self.contexts[r];
-                if !contexts.contains(&key) {
-                    unseen += 1;
-                    if contexts.len() < MAX_CONTEXTS {
-                        contexts.insert(key);
-                    }
-                }
+                let new = if contexts.len() < MAX_CONTEXTS { contexts.insert(key) } else { !contexts.contains(&key) };
+                unseen += usize::from(new);
             }
             novelty += unseen as f64 / CONTEXT as f64;
         }
-        self.raw_count += 1;
         let raw = 0.5 * (novelty / RESOLUTIONS.len() as f64) + 0.5 * seasonal;
         if raw.is_finite() {
             raw.clamp(0.0, 1.0)
@@ -272,18 +263,7 @@ impl Fitted {
 /// A context's key: its length and bins, mixed into 64 bits (stable across runs and builds,
 /// since keys are persisted).
 fn context_key<'a>(length: usize, bins: impl Iterator<Item = &'a i64>) -> u64 {
-    let mut h = splitmix(length as u64);
-    for &b in bins {
-        h = splitmix(h ^ b as u64);
-    }
-    h
-}
-
-fn splitmix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    bins.fold(splitmix64(length as u64), |h, &b| splitmix64(h ^ b as u64))
 }
 
 /// The season of `x`: the lag (from [`MIN_SEASON`], below half the length) of the highest
@@ -478,7 +458,8 @@ mod tests {
         for t in 0..700 {
             a.score(&[seasonal(t), seasonal(t + 5)]);
         }
-        let mut b: HistoryDetector = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+        let mut b: HistoryDetector =
+            serde_json::from_str(&serde_json::to_string(&a).expect("serialises")).expect("deserialises");
         for t in 700..900 {
             let x = [seasonal(t) + if t == 800 { 5.0 } else { 0.0 }, seasonal(t + 5)];
             assert_eq!(a.score(&x).to_bits(), b.score(&x).to_bits(), "at {t}");

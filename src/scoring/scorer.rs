@@ -152,21 +152,24 @@ impl Scorer {
         }
         // The history baseline scores every reading from the first, forecast or not.
         let threshold = config.threshold();
+        let mut warming = warming;
         let from_history = (config.baseline == Baseline::History).then(|| {
             let channels = self.channels;
             let history = self.history.get_or_insert_with(|| Box::new(HistoryDetector::new(channels, config.warmup)));
-            let warming = history.warming_up();
-            (history.score(values), warming)
+            warming |= history.warming_up();
+            history.score(values)
         });
-        let warming = warming || from_history.is_some_and(|(_, warming)| warming);
-        let from_history = from_history.map(|(score, _)| score);
+        // With the history baseline, its score and flag are the verdict's.
+        let by_history = |mut verdict: Verdict, score: f64| {
+            verdict.score = score;
+            verdict.anomaly = !warming && score >= threshold;
+            Ok(verdict)
+        };
         let Some(forecast) = forecast else {
-            let mut verdict = Verdict::unforecast(values);
-            if let Some(score) = from_history {
-                verdict.score = score;
-                verdict.anomaly = !warming && score >= threshold;
-            }
-            return Ok(verdict);
+            return match from_history {
+                Some(score) => by_history(Verdict::unforecast(values), score),
+                None => Ok(Verdict::unforecast(values)),
+            };
         };
 
         let band = config.band();
@@ -186,10 +189,7 @@ impl Scorer {
         }
         verdict.surprise = from_reference.map_or(squared, |r| squared.max(r));
         if let Some(score) = from_history {
-            // Judged on its history alone; the forecast gives the band.
-            verdict.score = score;
-            verdict.anomaly = !warming && score >= threshold;
-            return Ok(verdict);
+            return by_history(verdict, score); // the forecast gives only the band
         }
         let habituation = match config.baseline {
             Baseline::Forecast | Baseline::History => Habituation::Habituate,

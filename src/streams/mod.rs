@@ -152,6 +152,14 @@ impl Shared {
     }
 }
 
+/// The message asking a stream to judge `readings` (copied into each message sent).
+fn ingest_command(
+    readings: &[Reading],
+    arrived: Instant,
+) -> impl Fn(oneshot::Sender<Result<Prepared, IngestError>>) -> Command + '_ {
+    move |reply| Command::Ingest(Box::new(IngestCommand { readings: readings.to_vec(), arrived, reply }))
+}
+
 /// Defaults for streams created by their first reading.
 #[derive(Debug, Clone)]
 pub struct StreamDefaults {
@@ -338,10 +346,7 @@ impl Streams {
     /// new state. Streams are created on first use with `channels` of their first reading.
     pub async fn ingest(&self, groups: Vec<(String, Vec<Reading>)>) -> Result<Vec<IngestOutcome>, IngestError> {
         let arrived = Instant::now();
-        let ingest = |readings: &Vec<Reading>| {
-            let readings = readings.clone();
-            move |reply| Command::Ingest(Box::new(IngestCommand { readings: readings.clone(), arrived, reply }))
-        };
+        let ingest = |readings| ingest_command(readings, arrived);
         let channels = |readings: &Vec<Reading>| Some(readings.first().map_or(1, |r| r.values.len()));
         // A stream's actor holds a judged ingest until its commit is decided, so two requests
         // must reach the streams they share in the same order, or each would wait for the
@@ -354,7 +359,6 @@ impl Streams {
         }
         drop(guard);
         let judged = futures::future::join_all(sent.into_iter().zip(&groups).map(|(sent, (name, readings))| {
-            let ingest = ingest(readings);
             async move {
                 let (answer, generation) = sent?;
                 match answer.await {
@@ -363,7 +367,7 @@ impl Streams {
                     // ask its successor. Only a failed commit or a shutdown does this.
                     Err(_) => {
                         self.forget(name, generation);
-                        self.ask(name, channels(readings), ingest).await.and_then(|r| r)
+                        self.ask(name, channels(readings), ingest(readings)).await.and_then(|r| r)
                     }
                 }
             }
