@@ -48,9 +48,17 @@ struct EcgArgs {
     /// Supervised mode: most training epochs (early stopping ends sooner).
     #[arg(long, default_value_t = 12)]
     epochs: usize,
-    /// Supervised mode: seed of initialisation and shuffling.
+    /// Supervised mode: seed of initialisation and shuffling (of the first GRU; the others
+    /// take the next ones).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Supervised mode: GRUs trained with successive seeds and averaged.
+    #[arg(long, default_value_t = 3)]
+    seeds: usize,
+    /// Supervised mode: boosting rounds of the gradient-boosted trees averaged with the GRUs
+    /// (0: the GRUs alone).
+    #[arg(long, default_value_t = 200)]
+    tree_rounds: usize,
     /// Where to write the report (JSON).
     #[arg(long)]
     out: PathBuf,
@@ -185,8 +193,14 @@ fn classify(a: EcgArgs) -> Result<(), CliError> {
     if let Some(both) = a.train_records.iter().find(|r| a.test_records.contains(r)) {
         return Err(CliError::Usage(anyhow!("record {both} is in both --train-records and --test-records")));
     }
-    if !(1..=1024).contains(&a.hidden) || !(1..=1000).contains(&a.epochs) {
-        return Err(CliError::Usage(anyhow!("--hidden must be in 1..=1024 and --epochs in 1..=1000")));
+    if !(1..=1024).contains(&a.hidden)
+        || !(1..=1000).contains(&a.epochs)
+        || !(1..=16).contains(&a.seeds)
+        || a.tree_rounds > 10_000
+    {
+        return Err(CliError::Usage(anyhow!(
+            "--hidden must be in 1..=1024, --epochs in 1..=1000, --seeds in 1..=16 and --tree-rounds in 0..=10000"
+        )));
     }
     let run = ClassifyRun {
         mitdb: a.mitdb,
@@ -196,6 +210,8 @@ fn classify(a: EcgArgs) -> Result<(), CliError> {
         hidden: a.hidden,
         epochs: a.epochs,
         seed: a.seed,
+        seeds: a.seeds,
+        tree_rounds: a.tree_rounds,
         max_training: std::time::Duration::from_secs(480),
     };
     let (report, beats) = run.run(|line| eprintln!("{line}")).map_err(CliError::Runtime)?;
@@ -203,11 +219,23 @@ fn classify(a: EcgArgs) -> Result<(), CliError> {
     std::fs::write(&a.out, json + "\n").map_err(|e| CliError::Runtime(anyhow!("writing {}: {e}", a.out.display())))?;
     write_beats(a.beats_out.as_deref(), &beats)?;
     print!("{}", classify_table(&report));
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}", 100.0 * v));
+    let v = |s: &crate::eval::classify::ClassifyScores| {
+        format!("{} / {}", pct(s.ventricular.sensitivity), pct(s.ventricular.positive_predictivity))
+    };
     println!(
-        "trained {} epochs (best {}) in {:.1} s; total {:.1} s; report in {}",
+        "V Se / +P: GRUs alone {}, trees alone {}, together {}",
+        v(&report.gru_overall),
+        report.trees_overall.as_ref().map_or("-".to_string(), v),
+        v(&report.overall)
+    );
+    println!(
+        "trained {} GRUs (epochs {:?}, best {:?}) in {:.1} s, trees in {:.1} s; total {:.1} s; report in {}",
+        report.seeds,
         report.epochs_run,
         report.best_epoch,
         report.training_seconds,
+        report.trees_seconds,
         report.total_seconds,
         a.out.display()
     );

@@ -41,6 +41,13 @@ pub struct BeatFeatures {
     /// RR before / running RR, RR after / running RR, RR after / RR before, RR before /
     /// the record's typical RR.
     pub rhythm: [f32; RHYTHM],
+    /// The beat's shape against the record's typical beat, at full resolution
+    /// ([`shape_numbers`]).
+    pub numbers: [f32; SHAPE_NUMBERS],
+    /// Each of [`Self::numbers`] as a robust z-score against its median and MAD over the
+    /// beats of the learning stretch (clipped to ±[`Z_CLIP`]): how unusual the number is for
+    /// this patient.
+    pub numbers_z: [f32; SHAPE_NUMBERS],
 }
 
 impl BeatFeatures {
@@ -53,20 +60,143 @@ impl BeatFeatures {
     }
 
     /// The beat as a sequence for the classifier, `[steps][inputs]` flattened: at each step
-    /// the shape, its deviation from the typical beat and the rhythm features.
-    pub fn sequence(&self) -> Vec<f32> {
-        let mut out = Vec::with_capacity(self.shape.len() * CLASSIFIER_INPUTS);
+    /// the shape, its deviation from the typical beat, the rhythm features and `constant`
+    /// (numbers describing the whole beat, the same at every step).
+    pub fn sequence(&self, constant: &[f32]) -> Vec<f32> {
+        let inputs = 2 + RHYTHM + constant.len();
+        let mut out = Vec::with_capacity(self.shape.len() * inputs);
         for (s, d) in self.shape.iter().zip(&self.deviation) {
             out.push(*s);
             out.push(*d);
             out.extend_from_slice(&self.rhythm);
+            out.extend_from_slice(constant);
         }
+        out
+    }
+
+    /// The shape numbers and their robust z-scores, [`Self::numbers`] then
+    /// [`Self::numbers_z`].
+    pub fn all_numbers(&self) -> [f32; 2 * SHAPE_NUMBERS] {
+        let mut out = [0.0; 2 * SHAPE_NUMBERS];
+        out[..SHAPE_NUMBERS].copy_from_slice(&self.numbers);
+        out[SHAPE_NUMBERS..].copy_from_slice(&self.numbers_z);
+        out
+    }
+
+    /// The beat as one row of tabular features: the rhythm, the shape numbers and their
+    /// robust z-scores, and the deviation from the typical beat averaged in bins of
+    /// [`TABLE_BIN`] steps.
+    pub fn table_row(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(RHYTHM + 2 * SHAPE_NUMBERS + self.deviation.len() / TABLE_BIN);
+        out.extend_from_slice(&self.rhythm);
+        out.extend_from_slice(&self.all_numbers());
+        out.extend(self.deviation.chunks_exact(TABLE_BIN).map(|b| b.iter().sum::<f32>() / TABLE_BIN as f32));
         out
     }
 }
 
-/// Inputs per step of the classifier's sequences.
-pub const CLASSIFIER_INPUTS: usize = 2 + RHYTHM;
+/// Inputs per step of the classifier's sequences without constant numbers.
+pub const SEQUENCE_INPUTS: usize = 2 + RHYTHM;
+/// Steps of the deviation averaged into one column of [`BeatFeatures::table_row`].
+pub const TABLE_BIN: usize = 3;
+/// How many [`shape_numbers`] a beat has.
+pub const SHAPE_NUMBERS: usize = 10;
+/// Bound of the shape numbers' robust z-scores.
+pub const Z_CLIP: f32 = 50.0;
+
+/// Ten numbers comparing a beat's window `w` (full resolution, baseline-removed, in units of
+/// the record's amplitude, the R peak at `r`) with the record's typical beat `t`, the way a
+/// cardiologist reads a QRS complex against the patient's usual one. With `q` the ±100 ms
+/// around the R peak and the QRS segment ±150 ms:
+///
+/// 0. correlation of `w` and `t` over `q` (a ventricular beat has another morphology);
+/// 1. `ln(Σ(w − t)² / Σt² + 1e-6)` over the QRS segment (relative energy of the difference);
+/// 2. QRS width (span where |slope| exceeds 0.2 of its largest) minus the template's, ms;
+/// 3. QRS width, ms (ventricular beats are wide);
+/// 4. energy width (10–90 % of the cumulative squared slope) minus the template's, ms;
+/// 5. energy width, ms;
+/// 6. peak-to-peak over the template's, QRS segment;
+/// 7. largest |w − t| over the template's peak-to-peak, whole window;
+/// 8. largest value over the template's; 9. smallest value over the template's, QRS segment.
+pub fn shape_numbers(w: &[f64], t: &[f64], r: usize, hz: f64) -> [f32; SHAPE_NUMBERS] {
+    let n = w.len().min(t.len());
+    let span = |s: f64| (s * hz).round() as usize;
+    let q = r.saturating_sub(span(0.1))..(r + span(0.1) + 1).min(n);
+    let seg = r.saturating_sub(span(0.15))..(r + span(0.15) + 1).min(n);
+    let ms = 1000.0 / hz;
+    let correlation = {
+        let (a, b) = (&w[q.clone()], &t[q]);
+        let len = a.len().max(1) as f64;
+        let (ma, mb) = (a.iter().sum::<f64>() / len, b.iter().sum::<f64>() / len);
+        let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+        let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
+        let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
+        if va > 0.0 && vb > 0.0 {
+            cov / (va * vb).sqrt()
+        } else {
+            0.0
+        }
+    };
+    let (ws, ts) = (&w[seg.clone()], &t[seg]);
+    let difference: f64 = ws.iter().zip(ts).map(|(a, b)| (a - b).powi(2)).sum();
+    let energy: f64 = ts.iter().map(|b| b * b).sum();
+    let relative = (difference / energy.max(1e-12) + 1e-6).ln();
+    let slope_width = |x: &[f64]| {
+        let slope: Vec<f64> = x.windows(2).map(|p| (p[1] - p[0]).abs()).collect();
+        let top = slope.iter().copied().fold(0.0, f64::max);
+        if top <= 0.0 {
+            return 0.0;
+        }
+        let above: Vec<usize> = (0..slope.len()).filter(|&i| slope[i] > 0.2 * top).collect();
+        match (above.first(), above.last()) {
+            (Some(a), Some(b)) => (b - a) as f64 * ms,
+            _ => 0.0,
+        }
+    };
+    let energy_width = |x: &[f64]| {
+        let squared: Vec<f64> = x.windows(2).map(|p| (p[1] - p[0]).powi(2)).collect();
+        let total: f64 = squared.iter().sum();
+        if total <= 0.0 {
+            return 0.0;
+        }
+        let mut cumulative = 0.0;
+        let (mut from, mut to) = (None, None);
+        for (i, v) in squared.iter().enumerate() {
+            cumulative += v;
+            if from.is_none() && cumulative >= 0.1 * total {
+                from = Some(i);
+            }
+            if to.is_none() && cumulative >= 0.9 * total {
+                to = Some(i);
+            }
+        }
+        (to.unwrap_or(0).saturating_sub(from.unwrap_or(0))) as f64 * ms
+    };
+    let peak_to_peak = |x: &[f64]| {
+        x.iter().copied().fold(f64::NEG_INFINITY, f64::max) - x.iter().copied().fold(f64::INFINITY, f64::min)
+    };
+    // A ratio whose denominator keeps its sign and stays away from zero.
+    let ratio = |a: f64, b: f64| a / if b.abs() < 0.1 { 0.1f64.copysign(b) } else { b };
+    let template_ptp = peak_to_peak(ts).max(0.1);
+    let largest_deviation = w[..n].iter().zip(&t[..n]).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let (w_width, t_width) = (slope_width(ws), slope_width(ts));
+    let (w_energy, t_energy) = (energy_width(ws), energy_width(ts));
+    let max = |x: &[f64]| x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let min = |x: &[f64]| x.iter().copied().fold(f64::INFINITY, f64::min);
+    let numbers = [
+        correlation,
+        relative,
+        w_width - t_width,
+        w_width,
+        w_energy - t_energy,
+        w_energy,
+        peak_to_peak(ws) / template_ptp,
+        largest_deviation / template_ptp,
+        ratio(max(ws), max(ts)),
+        ratio(min(ws), min(ts)),
+    ];
+    numbers.map(|v| if v.is_finite() { v.clamp(-1e4, 1e4) as f32 } else { 0.0 })
+}
 
 /// Steps of a beat's shape at `hz`.
 pub fn steps(hz: f64) -> usize {
@@ -103,7 +233,8 @@ pub fn extract(signal: &[f64], hz: f64, annotations: &[Annotation], learn_s: f64
         let mut dev: Vec<f64> = first.iter().map(|v| (v - m).abs()).collect();
         median(&mut dev) * 1.4826 + 1e-3
     };
-    let shape_at = |s: usize| -> Option<Vec<f32>> {
+    // A beat's window at full resolution, baseline-removed and scaled.
+    let window_at = |s: usize| -> Option<Vec<f64>> {
         if s < pre || s + post > signal.len() {
             return None;
         }
@@ -112,13 +243,19 @@ pub fn extract(signal: &[f64], hz: f64, annotations: &[Annotation], learn_s: f64
         for v in &mut w {
             *v = (*v - base) / scale;
         }
-        Some(w.chunks_exact(DECIMATE).map(|c| (c.iter().sum::<f64>() / DECIMATE as f64) as f32).collect())
+        Some(w)
+    };
+    let decimate = |w: &[f64]| -> Vec<f32> {
+        w.chunks_exact(DECIMATE).map(|c| (c.iter().sum::<f64>() / DECIMATE as f64) as f32).collect()
     };
     // The typical beat and RR of the learning stretch (all beats: no labels are used).
-    let learnt: Vec<Vec<f32>> = marks.iter().filter(|m| m.0 < learn_end).filter_map(|m| shape_at(m.0)).collect();
+    let learnt: Vec<Vec<f64>> = marks.iter().filter(|m| m.0 < learn_end).filter_map(|m| window_at(m.0)).collect();
+    let learnt_shapes: Vec<Vec<f32>> = learnt.iter().map(|w| decimate(w)).collect();
     let template: Vec<f32> = (0..steps(hz))
-        .map(|i| median(&mut learnt.iter().map(|w| f64::from(w[i])).collect::<Vec<_>>()) as f32)
+        .map(|i| median(&mut learnt_shapes.iter().map(|w| f64::from(w[i])).collect::<Vec<_>>()) as f32)
         .collect();
+    let full_template: Vec<f64> =
+        (0..pre + post).map(|i| median(&mut learnt.iter().map(|w| w[i]).collect::<Vec<_>>())).collect();
     let mut learnt_rr: Vec<f64> =
         marks.windows(2).filter(|w| w[1].0 < learn_end).map(|w| (w[1].0 - w[0].0) as f64).collect();
     let typical_rr = match median(&mut learnt_rr) {
@@ -128,7 +265,8 @@ pub fn extract(signal: &[f64], hz: f64, annotations: &[Annotation], learn_s: f64
     let mut out = Vec::with_capacity(marks.len());
     for k in 1..marks.len().saturating_sub(1) {
         let (s, symbol, class) = marks[k];
-        let Some(shape) = shape_at(s) else { continue };
+        let Some(window) = window_at(s) else { continue };
+        let shape = decimate(&window);
         let rr = |i: usize| (marks[i].0 - marks[i - 1].0).max(1) as f64;
         let before = rr(k);
         let after = rr(k + 1);
@@ -147,7 +285,21 @@ pub fn extract(signal: &[f64], hz: f64, annotations: &[Annotation], learn_s: f64
                 (after / before) as f32,
                 (before / typical_rr) as f32,
             ],
+            numbers: shape_numbers(&window, &full_template, pre, hz),
+            numbers_z: [0.0; SHAPE_NUMBERS],
         });
+    }
+    // Each number against its spread over the learning stretch's beats.
+    for i in 0..SHAPE_NUMBERS {
+        let mut learnt: Vec<f64> =
+            out.iter().filter(|b| (b.sample as usize) < learn_end).map(|b| f64::from(b.numbers[i])).collect();
+        let centre = median(&mut learnt);
+        let mut deviations: Vec<f64> = learnt.iter().map(|v| (v - centre).abs()).collect();
+        let spread = 1.4826 * median(&mut deviations) + 1e-3;
+        for b in &mut out {
+            b.numbers_z[i] =
+                ((f64::from(b.numbers[i]) - centre) / spread).clamp(-f64::from(Z_CLIP), f64::from(Z_CLIP)) as f32;
+        }
     }
     out
 }
@@ -213,7 +365,15 @@ mod tests {
         // A regular rhythm: every RR ratio is 1.
         assert!(beats.iter().all(|b| b.rhythm.iter().all(|r| (r - 1.0).abs() < 1e-6)));
         assert_eq!(wide.reading().len(), 2 + steps(hz) / BIN);
-        assert_eq!(wide.sequence().len(), steps(hz) * CLASSIFIER_INPUTS);
+        assert_eq!(wide.sequence(&[0.5; 3]).len(), steps(hz) * (SEQUENCE_INPUTS + 3));
+        assert_eq!(wide.table_row().len(), RHYTHM + 2 * SHAPE_NUMBERS + steps(hz) / TABLE_BIN);
+        // The wide beat's QRS is wider than the template's, its correlation lower, and both
+        // stand out for this record.
+        let normal = beats.iter().find(|b| b.symbol == "N").unwrap();
+        assert!(wide.numbers[2] > 20.0 && normal.numbers[2].abs() < 1e-3, "{:?} {:?}", wide.numbers, normal.numbers);
+        assert!(wide.numbers[0] < normal.numbers[0] && (normal.numbers[0] - 1.0).abs() < 1e-6);
+        assert!(wide.numbers_z.iter().any(|z| z.abs() >= Z_CLIP) && normal.numbers_z.iter().all(|z| z.abs() < 1.0));
+        assert!(beats.iter().all(|b| b.all_numbers().iter().all(|v| v.is_finite())));
     }
 
     #[test]

@@ -335,6 +335,12 @@ fn eval_ecg_supervised_trains_on_some_records_and_reports_on_others() {
     assert_eq!(alone.status.code(), Some(2));
     let mixed = tsad(&[&args[..], &["--records", "syn", "--train-records", "syn", "--test-records", "big"]].concat());
     assert_eq!(mixed.status.code(), Some(2));
+    // No GRU at all, or an absurd number of boosting rounds, is refused before any work.
+    for bad in [["--seeds", "0"], ["--tree-rounds", "1000000"]] {
+        let run = tsad(&[&args[..], &["--train-records", "syn", "--test-records", "big"], &bad[..]].concat());
+        assert_eq!(run.status.code(), Some(2), "{bad:?}: {}", String::from_utf8_lossy(&run.stderr));
+        assert!(String::from_utf8_lossy(&run.stderr).contains("--seeds"), "{bad:?}");
+    }
 }
 
 /// `tsad serve` at its most verbose, driven with valid and invalid keys: no key, nor any
