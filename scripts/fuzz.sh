@@ -21,7 +21,7 @@ cargo test --lib --no-run --quiet
 started=$(date +%s)
 runs=0
 while (( $(date +%s) - started < budget )); do
-  if ! cargo test --lib --quiet properties -- --quiet >/tmp/tsad-fuzz.$$ 2>&1; then
+  if ! cargo test --lib --quiet properties >/tmp/tsad-fuzz.$$ 2>&1; then
     cat /tmp/tsad-fuzz.$$ >&2
     rm -f /tmp/tsad-fuzz.$$
     echo "{\"fuzz\":\"failed\",\"runs\":$runs,\"seconds\":$(( $(date +%s) - started ))}"
