@@ -29,6 +29,8 @@ pub struct Metrics {
     pub commit_latency: Histogram,
     /// Readings per group commit.
     pub commit_rows: Histogram,
+    /// Seconds per move of SQLite's readings log into the readings table.
+    pub compaction_latency: Histogram,
     /// HTTP requests by matched route, method and status.
     pub http_requests: IntCounterVec,
     /// HTTP request duration by matched route.
@@ -120,7 +122,12 @@ impl Metrics {
             inference_latency: histogram("inference_latency_seconds", "Seconds per inference call", seconds.clone()),
             active_streams,
             mailbox_depth: histogram("mailbox_depth", "Messages queued in a stream's mailbox at send", sizes.clone()),
-            commit_latency: histogram("commit_latency_seconds", "Seconds per group commit", seconds),
+            commit_latency: histogram("commit_latency_seconds", "Seconds per group commit", seconds.clone()),
+            compaction_latency: histogram(
+                "compaction_latency_seconds",
+                "Seconds per move of the readings log into the readings table (SQLite)",
+                seconds,
+            ),
             commit_rows: histogram("commit_rows", "Readings per group commit", sizes),
             http_requests,
             http_duration,

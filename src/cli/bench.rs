@@ -517,12 +517,13 @@ async fn phase(
 struct ServerMeans(Vec<(&'static str, f64, f64)>);
 
 /// The histograms `bench http` reports the means of, with their units.
-const SERVER_HISTOGRAMS: [(&str, &str); 5] = [
+const SERVER_HISTOGRAMS: [(&str, &str); 6] = [
     ("verdict_latency_seconds", "ms"),
     ("inference_latency_seconds", "ms"),
     ("inference_batch_size", ""),
     ("commit_latency_seconds", "ms"),
     ("commit_rows", ""),
+    ("compaction_latency_seconds", "ms"),
 ];
 
 impl ServerMeans {

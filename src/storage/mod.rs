@@ -160,7 +160,11 @@ impl Storage {
     pub async fn connect(url: &str) -> Result<Storage, StorageError> {
         let storage = Self::open(url, None).await?;
         match storage.backend {
-            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&storage.pool).await?,
+            Backend::Sqlite => {
+                sqlx::migrate!("./migrations/sqlite").run(&storage.pool).await?;
+                // Reads are cheapest with the log empty; it is moved at every start.
+                storage.compact_log().await?;
+            }
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&storage.pool).await?,
         }
         Ok(storage)
@@ -252,8 +256,10 @@ impl Storage {
         self.stream(name).await?.ok_or_else(|| StorageError::Corrupt(format!("stream {name} vanished")))
     }
 
-    const STREAM_COLUMNS: &'static str = "id, name, channels, model, sensitivity, warmup, auto_train, baseline, \
-         created_at, last_ts, readings_count, anomalies_count, snapshot";
+    /// The stream row with its scoring state (kept in a table of its own: migration 0004).
+    const STREAM_SELECT: &'static str = "SELECT s.id, s.name, s.channels, s.model, s.sensitivity, s.warmup, \
+         s.auto_train, s.baseline, s.created_at, s.last_ts, s.readings_count, s.anomalies_count, ss.snapshot \
+         FROM streams s LEFT JOIN stream_snapshots ss ON ss.stream_id = s.id";
 
     fn stream_from_row(row: &AnyRow) -> Result<StreamRecord, StorageError> {
         Ok(StreamRecord {
@@ -281,14 +287,14 @@ impl Storage {
 
     /// One stream by name.
     pub async fn stream(&self, name: &str) -> Result<Option<StreamRecord>, StorageError> {
-        let sql = format!("SELECT {} FROM streams WHERE name = $1", Self::STREAM_COLUMNS);
+        let sql = format!("{} WHERE s.name = $1", Self::STREAM_SELECT);
         let row = sqlx::query(&sql).bind(name).fetch_optional(&self.pool).await?;
         row.as_ref().map(Self::stream_from_row).transpose()
     }
 
     /// All streams, by name.
     pub async fn streams(&self) -> Result<Vec<StreamRecord>, StorageError> {
-        let sql = format!("SELECT {} FROM streams ORDER BY name", Self::STREAM_COLUMNS);
+        let sql = format!("{} ORDER BY s.name", Self::STREAM_SELECT);
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         rows.iter().map(Self::stream_from_row).collect()
     }
@@ -302,6 +308,10 @@ impl Storage {
             .await?;
         sqlx::query("DELETE FROM anomalies WHERE stream_id = $1").bind(id).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM readings WHERE stream_id = $1").bind(id).execute(&mut *tx).await?;
+        if self.backend == Backend::Sqlite {
+            sqlx::query("DELETE FROM readings_log WHERE stream_id = $1").bind(id).execute(&mut *tx).await?;
+        }
+        sqlx::query("DELETE FROM stream_snapshots WHERE stream_id = $1").bind(id).execute(&mut *tx).await?;
         let deleted = sqlx::query("DELETE FROM streams WHERE id = $1").bind(id).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(deleted.rows_affected() > 0)
@@ -317,32 +327,86 @@ impl Storage {
         limit: i64,
     ) -> Result<Vec<ReadingRow>, StorageError> {
         let lower = from.unwrap_or(i64::MIN).max(after.map_or(i64::MIN, |a| a.saturating_add(1)));
-        let rows = sqlx::query(
-            "SELECT ts, value, expected, lower, upper, score, anomaly, channels_json FROM readings
-             WHERE stream_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts LIMIT $4",
-        )
-        .bind(stream_id)
-        .bind(lower)
-        .bind(to.unwrap_or(i64::MAX))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(reading_from_row).collect()
+        let upper = to.unwrap_or(i64::MAX);
+        let (sql, params) = match self.backend {
+            // The first `limit` of each table hold the first `limit` of both.
+            Backend::Sqlite => (
+                format!(
+                    "SELECT {READING_COLUMNS} FROM (
+                        SELECT * FROM (SELECT {READING_COLUMNS} FROM readings
+                            WHERE stream_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts LIMIT $4)
+                        UNION ALL
+                        SELECT {READING_COLUMNS} FROM readings_log WHERE stream_id = $5 AND ts >= $6 AND ts < $7
+                     ) ORDER BY ts LIMIT $8"
+                ),
+                vec![stream_id, lower, upper, limit, stream_id, lower, upper, limit],
+            ),
+            Backend::Postgres => (
+                format!(
+                    "SELECT {READING_COLUMNS} FROM readings
+                     WHERE stream_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts LIMIT $4"
+                ),
+                vec![stream_id, lower, upper, limit],
+            ),
+        };
+        self.fetch_readings(&sql, &params).await
     }
 
     /// The most recent `limit` readings of a stream, oldest first (for re-warming state).
     pub async fn recent_readings(&self, stream_id: i64, limit: i64) -> Result<Vec<ReadingRow>, StorageError> {
-        let rows = sqlx::query(
-            "SELECT ts, value, expected, lower, upper, score, anomaly, channels_json FROM readings
-             WHERE stream_id = $1 ORDER BY ts DESC LIMIT $2",
-        )
-        .bind(stream_id)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut out: Vec<ReadingRow> = rows.iter().map(reading_from_row).collect::<Result<_, _>>()?;
+        let (sql, params) = match self.backend {
+            Backend::Sqlite => (
+                format!(
+                    "SELECT {READING_COLUMNS} FROM (
+                        SELECT {READING_COLUMNS} FROM readings_log WHERE stream_id = $1
+                        UNION ALL
+                        SELECT * FROM (SELECT {READING_COLUMNS} FROM readings WHERE stream_id = $2
+                            ORDER BY ts DESC LIMIT $3)
+                     ) ORDER BY ts DESC LIMIT $4"
+                ),
+                vec![stream_id, stream_id, limit, limit],
+            ),
+            Backend::Postgres => (
+                format!("SELECT {READING_COLUMNS} FROM readings WHERE stream_id = $1 ORDER BY ts DESC LIMIT $2"),
+                vec![stream_id, limit],
+            ),
+        };
+        let mut out = self.fetch_readings(&sql, &params).await?;
         out.reverse();
         Ok(out)
+    }
+
+    async fn fetch_readings(&self, sql: &str, params: &[i64]) -> Result<Vec<ReadingRow>, StorageError> {
+        let mut query = sqlx::query(sql);
+        for &p in params {
+            query = query.bind(p);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter().map(reading_from_row).collect()
+    }
+
+    /// Moves the readings log (SQLite) into `readings`, ordered by stream and time, in one
+    /// transaction; returns the rows moved. A no-op on PostgreSQL, which has no log.
+    pub async fn compact_log(&self) -> Result<u64, StorageError> {
+        if self.backend != Backend::Sqlite {
+            return Ok(0);
+        }
+        let mut tx = self.pool.begin().await?;
+        // OR REPLACE: a stream's readings are unique by time (its actor refuses any other),
+        // so a repeat can only be a bug; the newer row wins rather than the log growing
+        // without end behind a move that fails on it every time.
+        let moved = sqlx::query(&format!(
+            "INSERT OR REPLACE INTO readings (stream_id, {READING_COLUMNS})
+             SELECT stream_id, {READING_COLUMNS} FROM readings_log ORDER BY stream_id, ts"
+        ))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if moved > 0 {
+            sqlx::query("DELETE FROM readings_log").execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(moved)
     }
 
     /// Anomaly events, newest first.
@@ -407,6 +471,9 @@ impl Storage {
         Ok(inserted.rows_affected() > 0)
     }
 }
+
+/// The columns a reading is read back with.
+const READING_COLUMNS: &str = "ts, value, expected, lower, upper, score, anomaly, channels_json";
 
 fn reading_from_row(row: &AnyRow) -> Result<ReadingRow, StorageError> {
     let channels: Option<String> = row.try_get("channels_json")?;

@@ -4,18 +4,18 @@
 //!
 //! If a group fails, each request in it is retried alone, so one bad request cannot fail
 //! the others. The queue is bounded: a full queue is refused at once (the API answers 429).
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sqlx::{query, Any};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 use super::{Backend, EventRow, ReadingRow, Storage, StorageError, StreamConfig};
 use crate::metrics::Metrics;
 
 /// Readings per INSERT statement (9 parameters each; SQLite allows 32,766).
 const ROWS_PER_STATEMENT: usize = 1000;
-/// Stream rows per UPDATE statement (5 parameters each).
+/// Stream rows per UPDATE statement (4 parameters each).
 const UPDATES_PER_STATEMENT: usize = 500;
 /// Readings gathered into one transaction before it is committed.
 const ROWS_PER_TRANSACTION: usize = 50_000;
@@ -118,8 +118,36 @@ impl Writer {
     }
 }
 
+/// Rows in SQLite's readings log that make the writer move it into `readings` after a
+/// commit: each stream's leaf page is then written once for all its rows in the log, and a
+/// read of a stream scans at most about this many rows of the log (a few milliseconds).
+/// Moving it in parts by stream id (shorter pauses) was tried: each part scans the whole
+/// log, and 10,000 streams ingested 20 % less (docs/PERFORMANCE.md).
+const COMPACT_ROWS: usize = 65_536;
+/// A stream's readings in one commit from which they skip SQLite's log: a run of them
+/// fills its leaf page by itself.
+const DIRECT_ROWS: usize = 32;
+/// Idle time after which the writer moves all of a non-empty log.
+const COMPACT_IDLE: Duration = Duration::from_secs(1);
+
 async fn run(storage: Storage, mut rx: mpsc::Receiver<Job>, metrics: Metrics) {
-    while let Some(first) = rx.recv().await {
+    let mut logged: usize = 0;
+    loop {
+        let first = if logged > 0 {
+            match tokio::time::timeout(COMPACT_IDLE, rx.recv()).await {
+                Ok(Some(job)) => job,
+                Ok(None) => break,
+                Err(_) => {
+                    compact(&storage, &mut logged, &metrics).await;
+                    continue;
+                }
+            }
+        } else {
+            match rx.recv().await {
+                Some(job) => job,
+                None => break,
+            }
+        };
         let mut jobs = vec![first];
         let mut rows: usize = jobs[0].batches.iter().map(|b| b.readings.len()).sum();
         while rows < ROWS_PER_TRANSACTION {
@@ -134,9 +162,10 @@ async fn run(storage: Storage, mut rx: mpsc::Receiver<Job>, metrics: Metrics) {
         let started = Instant::now();
         let all: Vec<&WriteBatch> = jobs.iter().flat_map(|j| &j.batches).collect();
         match write(&storage, &all).await {
-            Ok(ids) => {
+            Ok((ids, to_log)) => {
                 metrics.commit_latency.observe(started.elapsed().as_secs_f64());
                 metrics.commit_rows.observe(rows as f64);
+                logged += to_log;
                 let mut ids = ids.into_iter();
                 for job in jobs {
                     let mine: Vec<i64> = ids.by_ref().take(job.batches.len()).collect();
@@ -148,7 +177,10 @@ async fn run(storage: Storage, mut rx: mpsc::Receiver<Job>, metrics: Metrics) {
                 for job in jobs {
                     let batches: Vec<&WriteBatch> = job.batches.iter().collect();
                     let result = write(&storage, &batches).await.map_err(|e| (e.is_transient(), e.to_string()));
-                    let _ = job.reply.send(result);
+                    let _ = job.reply.send(result.map(|(ids, to_log)| {
+                        logged += to_log;
+                        ids
+                    }));
                 }
             }
             Err(e) => {
@@ -158,10 +190,31 @@ async fn run(storage: Storage, mut rx: mpsc::Receiver<Job>, metrics: Metrics) {
                 }
             }
         }
+        if logged >= COMPACT_ROWS {
+            compact(&storage, &mut logged, &metrics).await;
+        }
+    }
+    if logged > 0 {
+        compact(&storage, &mut logged, &metrics).await;
     }
 }
 
-async fn write(storage: &Storage, batches: &[&WriteBatch]) -> Result<Vec<i64>, StorageError> {
+/// Moves SQLite's readings log into `readings`. A failure leaves the log as it is (reads
+/// still see it), to be tried again after as many rows more.
+async fn compact(storage: &Storage, logged: &mut usize, metrics: &Metrics) {
+    let started = Instant::now();
+    match storage.compact_log().await {
+        Ok(moved) => {
+            metrics.compaction_latency.observe(started.elapsed().as_secs_f64());
+            debug!(rows = moved, ms = started.elapsed().as_millis() as u64, "moved the readings log");
+        }
+        Err(e) => warn!(error = %e, "moving the readings log failed; it stays readable and is tried again later"),
+    }
+    *logged = 0;
+}
+
+/// Commits `batches`; returns each one's stream id and the rows that went to the log.
+async fn write(storage: &Storage, batches: &[&WriteBatch]) -> Result<(Vec<i64>, usize), StorageError> {
     let mut tx = storage.pool().begin().await?;
     let mut ids = Vec::with_capacity(batches.len());
     for batch in batches {
@@ -171,13 +224,66 @@ async fn write(storage: &Storage, batches: &[&WriteBatch]) -> Result<Vec<i64>, S
         });
     }
     // Every reading of every stream in multi-row statements: a request carrying one reading
-    // for each of 1,000 streams is one statement, not 1,000.
-    let rows: Vec<(i64, &ReadingRow)> =
-        batches.iter().zip(&ids).flat_map(|(b, &id)| b.readings.iter().map(move |r| (id, r))).collect();
+    // for each of 1,000 streams is one statement, not 1,000. On SQLite a stream's few
+    // readings go to the log (migration 0005), its long runs straight to their place.
+    let logs = storage.backend() == Backend::Sqlite;
+    let (mut direct, mut logged) = (Vec::new(), Vec::new());
+    for (batch, &id) in batches.iter().zip(&ids) {
+        let to = if logs && batch.readings.len() < DIRECT_ROWS { &mut logged } else { &mut direct };
+        to.extend(batch.readings.iter().map(|r| (id, r)));
+    }
+    insert_readings(&mut tx, storage.backend(), "readings", &direct).await?;
+    insert_readings(&mut tx, storage.backend(), "readings_log", &logged).await?;
+    for (batch, &stream_id) in batches.iter().zip(&ids) {
+        for event in &batch.events {
+            upsert_event(&mut tx, stream_id, event).await?;
+        }
+    }
+    // The stream rows, many per statement. A stream has one batch in flight at a time (its
+    // actor waits for the commit), so ids do not repeat; if they ever did, an UPDATE … FROM
+    // would apply only one of the rows, so repeats are written one by one instead.
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
+    let (unique, repeated): (Vec<_>, Vec<_>) =
+        batches.iter().zip(&ids).map(|(b, &id)| (id, &b.update)).partition(|(id, _)| seen.insert(*id));
+    for chunk in unique.chunks(UPDATES_PER_STATEMENT) {
+        update_streams(&mut tx, storage.backend(), chunk).await?;
+    }
+    for row in repeated {
+        update_streams(&mut tx, storage.backend(), &[row]).await?;
+    }
+    // The scoring states due, in their own table: most commits write none.
+    let snapshots: Vec<(i64, i64, &str)> = batches
+        .iter()
+        .zip(&ids)
+        .filter_map(|(b, &id)| b.update.snapshot.as_deref().map(|s| (id, b.update.last_ts, s)))
+        .collect();
+    for snapshot in &snapshots {
+        query(
+            "INSERT INTO stream_snapshots (stream_id, last_ts, snapshot) VALUES ($1, $2, $3)
+             ON CONFLICT (stream_id) DO UPDATE SET last_ts = excluded.last_ts, snapshot = excluded.snapshot
+             WHERE stream_snapshots.last_ts <= excluded.last_ts",
+        )
+        .bind(snapshot.0)
+        .bind(snapshot.1)
+        .bind(snapshot.2.to_string())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok((ids, logged.len()))
+}
+
+/// Inserts `rows` (stream id, reading) into `table`, `ROWS_PER_STATEMENT` a statement.
+async fn insert_readings(
+    tx: &mut sqlx::Transaction<'_, Any>,
+    backend: Backend,
+    table: &str,
+    rows: &[(i64, &ReadingRow)],
+) -> Result<(), StorageError> {
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         // Written out with `$n` placeholders: sqlx's QueryBuilder over `Any` emits `?`,
         // which PostgreSQL does not accept.
-        let sql = insert_readings_sql(storage.backend(), chunk.len());
+        let sql = insert_readings_sql(backend, table, chunk.len());
         let mut insert = query(sql.as_str());
         for &(stream_id, r) in chunk {
             let channels = r.channels.as_ref().map(|c| serde_json::to_string(c).unwrap_or_default());
@@ -192,72 +298,50 @@ async fn write(storage: &Storage, batches: &[&WriteBatch]) -> Result<Vec<i64>, S
                 .bind(i64::from(r.anomaly))
                 .bind(channels);
         }
-        insert.execute(&mut *tx).await?;
+        insert.execute(&mut **tx).await?;
     }
-    for (batch, &stream_id) in batches.iter().zip(&ids) {
-        for event in &batch.events {
-            upsert_event(&mut tx, stream_id, event).await?;
-        }
+    Ok(())
+}
+
+/// Updates the bookkeeping of `rows` streams (id, update) in one statement.
+async fn update_streams(
+    tx: &mut sqlx::Transaction<'_, Any>,
+    backend: Backend,
+    rows: &[(i64, &StreamUpdate)],
+) -> Result<(), StorageError> {
+    let sql = update_streams_sql(backend, rows.len());
+    let mut update = query(sql.as_str());
+    for &(stream_id, u) in rows {
+        update = update.bind(stream_id).bind(u.last_ts).bind(u.readings_added).bind(u.anomalies_added);
     }
-    // The stream rows, many per statement. A stream has one batch in flight at a time (its
-    // actor waits for the commit), so ids do not repeat; if they ever did, an UPDATE … FROM
-    // would apply only one of the rows, so repeats are written one by one instead.
-    let mut seen = std::collections::HashSet::with_capacity(ids.len());
-    let (unique, repeated): (Vec<_>, Vec<_>) =
-        batches.iter().zip(&ids).map(|(b, &id)| (id, &b.update)).partition(|(id, _)| seen.insert(*id));
-    for chunk in unique.chunks(UPDATES_PER_STATEMENT) {
-        let sql = update_streams_sql(storage.backend(), chunk.len());
-        let mut update = query(sql.as_str());
-        for &(stream_id, u) in chunk {
-            update = update
-                .bind(stream_id)
-                .bind(u.last_ts)
-                .bind(u.readings_added)
-                .bind(u.anomalies_added)
-                .bind(u.snapshot.clone());
-        }
-        update.execute(&mut *tx).await?;
-    }
-    for (stream_id, u) in repeated {
-        let sql = update_streams_sql(storage.backend(), 1);
-        query(sql.as_str())
-            .bind(stream_id)
-            .bind(u.last_ts)
-            .bind(u.readings_added)
-            .bind(u.anomalies_added)
-            .bind(u.snapshot.clone())
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
-    Ok(ids)
+    update.execute(&mut **tx).await?;
+    Ok(())
 }
 
 /// `UPDATE streams … FROM (VALUES …)` for `rows` streams: (id, last_ts, readings added,
-/// anomalies added, snapshot) each. VALUES columns are `column1…` in SQLite and PostgreSQL
-/// alike; the casts give PostgreSQL the parameter types.
+/// anomalies added) each. VALUES columns are `column1…` in SQLite and PostgreSQL alike; the
+/// casts give PostgreSQL the parameter types.
 fn update_streams_sql(backend: Backend, rows: usize) -> String {
     let mut sql = String::from(
         "UPDATE streams SET last_ts = v.column2, readings_count = streams.readings_count + v.column3,
-            anomalies_count = streams.anomalies_count + v.column4, snapshot = COALESCE(v.column5, streams.snapshot)
+            anomalies_count = streams.anomalies_count + v.column4
          FROM (VALUES ",
     );
     for r in 0..rows {
-        let p = r * 5;
+        let p = r * 4;
         if r > 0 {
             sql.push_str(", ");
         }
         let n = |i: usize| placeholder(backend, p + i);
         sql.push_str(&format!(
-            "(CAST({} AS BIGINT), CAST({} AS BIGINT), CAST({} AS BIGINT), CAST({} AS BIGINT), CAST({} AS TEXT))",
+            "(CAST({} AS BIGINT), CAST({} AS BIGINT), CAST({} AS BIGINT), CAST({} AS BIGINT))",
             n(1),
             n(2),
             n(3),
-            n(4),
-            n(5)
+            n(4)
         ));
     }
-    // The last_ts guard keeps a stopping actor's final snapshot from overwriting a newer
+    // The last_ts guard keeps a stopping actor's final write from overwriting a newer
     // stream state written by its successor.
     sql.push_str(") AS v WHERE streams.id = v.column1 AND (streams.last_ts IS NULL OR streams.last_ts <= v.column2)");
     sql
@@ -293,11 +377,11 @@ fn placeholder(backend: Backend, n: usize) -> String {
     }
 }
 
-/// `INSERT … VALUES ($1, …, $9), ($10, …)` for `rows` readings.
-fn insert_readings_sql(backend: Backend, rows: usize) -> String {
+/// `INSERT INTO table … VALUES ($1, …, $9), ($10, …)` for `rows` readings.
+fn insert_readings_sql(backend: Backend, table: &str, rows: usize) -> String {
     const COLUMNS: usize = 9;
-    let mut sql = String::from(
-        "INSERT INTO readings (stream_id, ts, value, expected, lower, upper, score, anomaly, channels_json) VALUES ",
+    let mut sql = format!(
+        "INSERT INTO {table} (stream_id, ts, value, expected, lower, upper, score, anomaly, channels_json) VALUES "
     );
     for r in 0..rows {
         sql.push_str(if r == 0 { "(" } else { ", (" });

@@ -10,5 +10,6 @@ mod openapi;
 mod outage;
 mod pytorch;
 mod service;
+mod storage;
 mod support;
 mod synthetic;
