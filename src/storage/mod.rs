@@ -188,6 +188,9 @@ impl Storage {
         let options = AnyPoolOptions::new()
             .max_connections(connections.unwrap_or(if backend == Backend::Sqlite { 4 } else { 8 }))
             .acquire_timeout(std::time::Duration::from_secs(5))
+            // A SQLite connection is a file handle that cannot drop: testing it with a query
+            // at every checkout only adds a round trip to its worker thread to every commit.
+            .test_before_acquire(backend != Backend::Sqlite)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
