@@ -633,7 +633,9 @@ async fn http(
             let pace = Duration::from_secs_f64(clients.min(n) as f64 / requests_per_s);
             let (half, latencies) = phase(addr, tag, n, load, base + 1_000_000_000, Some(pace), false).await?;
             report("half of max", half, &latencies, per_request, None);
-            // Single readings, one at a time, on an otherwise idle server.
+            // Single readings, one at a time, on an otherwise idle server: first let it
+            // finish what the loaded phases left (SQLite's log moves after 1 s idle).
+            tokio::time::sleep(Duration::from_secs(3)).await;
             let single = Load { batch: 1, per_stream: 1, clients: 1, seconds: load.seconds.min(5.0), latency: false };
             let (rate, latencies) = phase(addr, tag ^ 1, 1, &single, base, None, false).await?;
             report("single reading", rate, &latencies, 1, None);
