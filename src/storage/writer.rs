@@ -119,11 +119,13 @@ impl Writer {
 }
 
 /// Rows in SQLite's readings log that make the writer move it into `readings` after a
-/// commit: each stream's leaf page is then written once for all its rows in the log, and a
-/// read of a stream scans at most about this many rows of the log (a few milliseconds).
-/// Moving it in parts by stream id (shorter pauses) was tried: each part scans the whole
-/// log, and 10,000 streams ingested 20 % less (docs/PERFORMANCE.md).
-const COMPACT_ROWS: usize = 65_536;
+/// commit: `COMPACT_PER_STREAM` rows for each stream in it, within these bounds. Each
+/// stream's leaf page is then written once for all its rows in the log; the move pauses
+/// commits ~3 µs a row; a read of a stream scans at most this many rows of the log (a few
+/// milliseconds). Moving it in parts by stream id (shorter pauses) was tried: each part
+/// scans the whole log, and 10,000 streams ingested 20 % less (docs/PERFORMANCE.md).
+const COMPACT_ROWS: std::ops::RangeInclusive<usize> = 8_192..=65_536;
+const COMPACT_PER_STREAM: usize = 8;
 /// A stream's readings in one commit from which they skip SQLite's log: a run of them
 /// fills its leaf page by itself.
 const DIRECT_ROWS: usize = 32;
@@ -132,6 +134,8 @@ const COMPACT_IDLE: Duration = Duration::from_secs(1);
 
 async fn run(storage: Storage, mut rx: mpsc::Receiver<Job>, metrics: Metrics) {
     let mut logged: usize = 0;
+    // The streams with rows in the log (for its threshold).
+    let mut logging = std::collections::HashSet::new();
     loop {
         let first = if logged > 0 {
             match tokio::time::timeout(COMPACT_IDLE, rx.recv()).await {
@@ -139,6 +143,7 @@ async fn run(storage: Storage, mut rx: mpsc::Receiver<Job>, metrics: Metrics) {
                 Ok(None) => break,
                 Err(_) => {
                     compact(&storage, &mut logged, &metrics).await;
+                    logging.clear();
                     continue;
                 }
             }
@@ -166,6 +171,9 @@ async fn run(storage: Storage, mut rx: mpsc::Receiver<Job>, metrics: Metrics) {
                 metrics.commit_latency.observe(started.elapsed().as_secs_f64());
                 metrics.commit_rows.observe(rows as f64);
                 logged += to_log;
+                if to_log > 0 {
+                    logging.extend(logged_streams(&all, &ids));
+                }
                 let mut ids = ids.into_iter();
                 for job in jobs {
                     let mine: Vec<i64> = ids.by_ref().take(job.batches.len()).collect();
@@ -190,13 +198,20 @@ async fn run(storage: Storage, mut rx: mpsc::Receiver<Job>, metrics: Metrics) {
                 }
             }
         }
-        if logged >= COMPACT_ROWS {
+        let threshold = (COMPACT_PER_STREAM * logging.len()).clamp(*COMPACT_ROWS.start(), *COMPACT_ROWS.end());
+        if logged >= threshold {
             compact(&storage, &mut logged, &metrics).await;
+            logging.clear();
         }
     }
     if logged > 0 {
         compact(&storage, &mut logged, &metrics).await;
     }
+}
+
+/// The streams of `batches` whose readings `write` put in the log.
+fn logged_streams<'a>(batches: &'a [&WriteBatch], ids: &'a [i64]) -> impl Iterator<Item = i64> + 'a {
+    batches.iter().zip(ids).filter(|(b, _)| (1..DIRECT_ROWS).contains(&b.readings.len())).map(|(_, &id)| id)
 }
 
 /// Moves SQLite's readings log into `readings`. A failure leaves the log as it is (reads
