@@ -570,6 +570,18 @@ async fn server_means(addr: std::net::SocketAddr) -> anyhow::Result<ServerMeans>
     ))
 }
 
+/// Waits until the server has moved its readings log since `before` (it does after 1 s
+/// idle), or 10 s.
+async fn wait_for_log_move(addr: std::net::SocketAddr, before: &ServerMeans) -> anyhow::Result<()> {
+    let moves =
+        |m: &ServerMeans| m.0.iter().find(|(name, ..)| *name == "compaction_latency_seconds").map_or(0.0, |h| h.2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while moves(&server_means(addr).await?) <= moves(before) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
 async fn http(
     streams: &[usize],
     load: &Load,
@@ -634,8 +646,10 @@ async fn http(
             let (half, latencies) = phase(addr, tag, n, load, base + 1_000_000_000, Some(pace), false).await?;
             report("half of max", half, &latencies, per_request, None);
             // Single readings, one at a time, on an otherwise idle server: first let it
-            // finish what the loaded phases left (SQLite's log moves after 1 s idle).
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            // finish what the loaded phases left (SQLite's readings log, moved when idle).
+            if database == "sqlite" {
+                wait_for_log_move(addr, &server_means(addr).await?).await?;
+            }
             let single = Load { batch: 1, per_stream: 1, clients: 1, seconds: load.seconds.min(5.0), latency: false };
             let (rate, latencies) = phase(addr, tag ^ 1, 1, &single, base, None, false).await?;
             report("single reading", rate, &latencies, 1, None);

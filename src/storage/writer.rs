@@ -171,9 +171,7 @@ async fn run(storage: Storage, mut rx: mpsc::Receiver<Job>, metrics: Metrics) {
                 metrics.commit_latency.observe(started.elapsed().as_secs_f64());
                 metrics.commit_rows.observe(rows as f64);
                 logged += to_log;
-                if to_log > 0 {
-                    logging.extend(logged_streams(&all, &ids));
-                }
+                logging.extend(logged_streams(storage.backend(), &all, &ids));
                 let mut ids = ids.into_iter();
                 for job in jobs {
                     let mine: Vec<i64> = ids.by_ref().take(job.batches.len()).collect();
@@ -187,6 +185,7 @@ async fn run(storage: Storage, mut rx: mpsc::Receiver<Job>, metrics: Metrics) {
                     let result = write(&storage, &batches).await.map_err(|e| (e.is_transient(), e.to_string()));
                     let _ = job.reply.send(result.map(|(ids, to_log)| {
                         logged += to_log;
+                        logging.extend(logged_streams(storage.backend(), &batches, &ids));
                         ids
                     }));
                 }
@@ -209,9 +208,14 @@ async fn run(storage: Storage, mut rx: mpsc::Receiver<Job>, metrics: Metrics) {
     }
 }
 
+/// Whether `write` puts a batch of `readings` readings in the log (SQLite; a short run).
+fn to_log(backend: Backend, readings: usize) -> bool {
+    backend == Backend::Sqlite && (1..DIRECT_ROWS).contains(&readings)
+}
+
 /// The streams of `batches` whose readings `write` put in the log.
-fn logged_streams<'a>(batches: &'a [&WriteBatch], ids: &'a [i64]) -> impl Iterator<Item = i64> + 'a {
-    batches.iter().zip(ids).filter(|(b, _)| (1..DIRECT_ROWS).contains(&b.readings.len())).map(|(_, &id)| id)
+fn logged_streams<'a>(backend: Backend, batches: &'a [&WriteBatch], ids: &'a [i64]) -> impl Iterator<Item = i64> + 'a {
+    batches.iter().zip(ids).filter(move |(b, _)| to_log(backend, b.readings.len())).map(|(_, &id)| id)
 }
 
 /// Moves SQLite's readings log into `readings`. A failure leaves the log as it is (reads
@@ -241,10 +245,9 @@ async fn write(storage: &Storage, batches: &[&WriteBatch]) -> Result<(Vec<i64>, 
     // Every reading of every stream in multi-row statements: a request carrying one reading
     // for each of 1,000 streams is one statement, not 1,000. On SQLite a stream's few
     // readings go to the log (migration 0005), its long runs straight to their place.
-    let logs = storage.backend() == Backend::Sqlite;
     let (mut direct, mut logged) = (Vec::new(), Vec::new());
     for (batch, &id) in batches.iter().zip(&ids) {
-        let to = if logs && batch.readings.len() < DIRECT_ROWS { &mut logged } else { &mut direct };
+        let to = if to_log(storage.backend(), batch.readings.len()) { &mut logged } else { &mut direct };
         to.extend(batch.readings.iter().map(|r| (id, r)));
     }
     insert_readings(&mut tx, storage.backend(), "readings", &direct).await?;
@@ -280,7 +283,7 @@ async fn write(storage: &Storage, batches: &[&WriteBatch]) -> Result<(Vec<i64>, 
         )
         .bind(snapshot.0)
         .bind(snapshot.1)
-        .bind(snapshot.2.to_string())
+        .bind(snapshot.2)
         .execute(&mut *tx)
         .await?;
     }
