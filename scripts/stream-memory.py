@@ -5,8 +5,9 @@ recurrent and scoring state), then the server's resident set is read.
     scripts/stream-memory.py --streams 10000,100000 [--binary target/release/tsad]
 
 Streams are created in steps of the given counts (each step adds streams to the same
-server); at each step prints the RSS and (RSS − RSS before any stream) / streams.
-One JSON line per step.
+server); at each step prints the RSS and (RSS − RSS before any stream) / streams, and the
+same for RssAnon, the anonymous part of the RSS (the heap, without the memory-mapped SQLite
+database's pages, which the kernel may drop). One JSON line per step.
 """
 import argparse
 import json
@@ -28,10 +29,13 @@ def free_port():
         return s.getsockname()[1]
 
 
-def rss_kib(pid):
+def rss_kib(pid, field="VmRSS"):
+    """A resident-set figure of /proc/PID/status in KiB: VmRSS (everything), or RssAnon
+    (heap and stacks only: without SQLite's memory-mapped database file, whose pages the
+    kernel may drop and share with the page cache)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
 
@@ -76,6 +80,7 @@ def main():
         except OSError:
             time.sleep(0.1)
     base = rss_kib(server.pid)
+    base_anon = rss_kib(server.pid, "RssAnon")
     created = 0
     try:
         for target in [int(x) for x in a.streams.split(",")]:
@@ -90,6 +95,7 @@ def main():
             created = target
             time.sleep(1.0)
             rss = rss_kib(server.pid)
+            anon = rss_kib(server.pid, "RssAnon")
             active = None
             for line in urllib.request.urlopen(url + "/metrics").read().decode().splitlines():
                 if line.startswith("tsad_active_streams "):
@@ -102,6 +108,7 @@ def main():
                         "rss_mib": round(rss / 1024, 1),
                         "rss_before_streams_mib": round(base / 1024, 1),
                         "kib_per_stream": round((rss - base) / target, 2),
+                        "anon_kib_per_stream": round((anon - base_anon) / target, 2),
                         "seconds_to_create": round(time.time() - started, 1),
                     }
                 ),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::{debug, instrument, warn};
 
 use super::{IngestError, Reading, ReadingVerdict, Shared, StreamStatus};
@@ -294,10 +294,10 @@ impl Actor {
         &self.model.name
     }
 
-    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Command>, generation: u64) {
+    pub(super) async fn run(mut self, rx: flume::Receiver<Command>, generation: u64) {
         loop {
             let command = tokio::select! {
-                command = rx.recv() => command,
+                command = rx.recv_async() => command.ok(),
                 _ = tokio::time::sleep(self.shared.idle_evict) => {
                     Box::pin(self.flush()).await;
                     if self.shared.evict(&self.name, generation, &rx) {
