@@ -9,6 +9,8 @@ verdict latency (arrival to judged), inference call, commit.
     scripts/single-reading.py --url http://127.0.0.1:8099 --requests 3000
 
 Uses a stream named `single-reading-<random>`; warms it up with 300 readings first.
+`--pause-ms 5` leaves the server idle between requests (back to back, a request can meet the
+work the previous one left for after its reply).
 """
 import argparse
 import http.client
@@ -22,6 +24,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--url", default="http://127.0.0.1:8080")
     p.add_argument("--requests", type=int, default=3000)
+    p.add_argument("--pause-ms", type=float, default=0.0, help="wait between requests (0: back to back)")
     a = p.parse_args()
     u = urllib.parse.urlparse(a.url)
     conn = http.client.HTTPConnection(u.hostname, u.port or 80)
@@ -48,6 +51,8 @@ def main():
         t = time.perf_counter()
         post(i)
         latencies.append((time.perf_counter() - t) * 1e3)
+        if a.pause_ms:
+            time.sleep(a.pause_ms / 1e3)
     after = metrics()
     latencies.sort()
     n = len(latencies)

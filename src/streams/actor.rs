@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, instrument, warn};
 
 use super::{IngestError, Reading, ReadingVerdict, Shared, StreamStatus};
-use crate::inference::ModelInfo;
+use crate::inference::{InferenceResult, ModelInfo};
 use crate::scoring::{EventConfig, EventTracker, EventUpdate, Forecast, RunningNormaliser, Scorer, ScorerConfig};
 use crate::storage::{ChannelValues, EventRow, NewStream, ReadingRow, StreamRecord, StreamUpdate, WriteBatch};
 
@@ -210,7 +210,7 @@ impl Actor {
             })
             .collect();
         for chunk in readings.chunks(CATCH_UP_CHUNK) {
-            let (state, _, _) = self.prepare(chunk, true).await?;
+            let (state, ..) = self.prepare(chunk, true).await?;
             self.state = state;
         }
         self.unsaved = readings.len() as u64;
@@ -375,7 +375,7 @@ impl Actor {
             }
         };
         let prepared = if fresh.is_empty() { self.unchanged() } else { self.prepare(fresh, false).await };
-        let (state, batch, fresh_verdicts) = match prepared {
+        let (state, batch, fresh_verdicts, deferred) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 let _ = reply.send(Err(e));
@@ -404,6 +404,11 @@ impl Actor {
                     self.unsaved = 0;
                 } else {
                     self.unsaved += added as u64;
+                }
+                if let Some(inputs) = deferred {
+                    if !self.step_after_commit(inputs).await {
+                        return Flow::Reload;
+                    }
                 }
                 self.maybe_request_fit();
             }
@@ -448,7 +453,7 @@ impl Actor {
     }
 
     /// What an ingest of only already-stored readings writes: the stream as it is.
-    fn unchanged(&self) -> Result<(Snapshot, WriteBatch, Vec<ReadingVerdict>), IngestError> {
+    fn unchanged(&self) -> Result<Judged, IngestError> {
         let last_ts = self.state.last_ts.ok_or_else(|| IngestError::Internal("no last reading".into()))?;
         let batch = WriteBatch {
             stream_id: self.record.id,
@@ -457,16 +462,18 @@ impl Actor {
             events: Vec::new(),
             update: StreamUpdate { last_ts, readings_added: 0, anomalies_added: 0, snapshot: None },
         };
-        Ok((self.state.clone(), batch, Vec::new()))
+        Ok((self.state.clone(), batch, Vec::new(), None))
     }
 
     /// Judges `readings` on a copy of the state. Returns the new state, the rows to store
-    /// and the verdicts. `replay` (catching up at start) skips the snapshot.
-    async fn prepare(
-        &self,
-        readings: &[Reading],
-        replay: bool,
-    ) -> Result<(Snapshot, WriteBatch, Vec<ReadingVerdict>), IngestError> {
+    /// and the verdicts, and the network's inputs of a step left for after the commit, if
+    /// any. `replay` (catching up at start) skips the snapshot.
+    ///
+    /// A reading is judged against the forecast made at the step before it, so a lone
+    /// reading's verdict needs no inference: unless the state is to be written with this
+    /// commit, its step (which only forecasts the next reading) is left to
+    /// [`Actor::step_after_commit`], and the reply does not wait for it.
+    async fn prepare(&self, readings: &[Reading], replay: bool) -> Result<Judged, IngestError> {
         let channels = self.record.config.channels;
         let (first, last) = match (readings.first(), readings.last()) {
             (Some(f), Some(l)) => (f, l),
@@ -495,11 +502,23 @@ impl Actor {
             }
             norms.push(next.normaliser.clone());
         }
-        let result = self
-            .shared
-            .inference
-            .run(model.clone(), rows(channels, model), steps, inputs, self.state.recurrent.clone())
-            .await?;
+        let deferrable = steps == 1 && !replay;
+        let result = if deferrable {
+            None
+        } else {
+            Some(
+                self.shared
+                    .inference
+                    .run(
+                        model.clone(),
+                        rows(channels, model),
+                        steps,
+                        std::mem::take(&mut inputs),
+                        self.state.recurrent.clone(),
+                    )
+                    .await?,
+            )
+        };
         let scorer_config = ScorerConfig {
             warmup: self.record.config.warmup,
             sensitivity: self.record.config.sensitivity,
@@ -555,19 +574,35 @@ impl Actor {
                 }),
             });
             verdicts.push(ReadingVerdict { ts: r.ts, values: r.values.clone(), verdict });
-            let at = |v: &[f32]| (0..channels).map(|c| v[index(model, steps, t, c)] as f64).collect::<Vec<_>>();
-            forecast = Some(Forecast { mean: at(&result.mean), log_var: at(&result.log_var) });
-            forecast_norm = norms[t].clone();
+            if let Some(result) = &result {
+                let at = |v: &[f32]| (0..channels).map(|c| v[index(model, steps, t, c)] as f64).collect::<Vec<_>>();
+                forecast = Some(Forecast { mean: at(&result.mean), log_var: at(&result.log_var) });
+                forecast_norm = norms[t].clone();
+            }
         }
-        next.recurrent = result.state;
-        next.forecast_mean = forecast.as_ref().map(|f| f.mean.clone());
-        next.forecast_log_var = forecast.map(|f| f.log_var);
         next.last_ts = Some(last.ts);
         let persist = !replay
             && (self.record.id == UNSTORED
                 || !events.is_empty()
                 || Instant::now() >= self.snapshot_due
                 || self.unsaved + steps as u64 >= SNAPSHOT_EVERY_READINGS);
+        let deferred = match result {
+            Some(result) => {
+                apply_step(&mut next, model, steps, result);
+                None
+            }
+            // The state written with this commit must include the step: take it now.
+            None if persist => {
+                let result = self
+                    .shared
+                    .inference
+                    .run(model.clone(), rows(channels, model), steps, inputs, self.state.recurrent.clone())
+                    .await?;
+                apply_step(&mut next, model, steps, result);
+                None
+            }
+            None => Some(inputs),
+        };
         let snapshot = if persist {
             Some(serde_json::to_string(&next).map_err(|e| IngestError::Internal(e.to_string()))?)
         } else {
@@ -584,8 +619,40 @@ impl Actor {
             events: events.into_values().collect(),
             update: StreamUpdate { last_ts: last.ts, readings_added: steps as i64, anomalies_added: opened, snapshot },
         };
-        Ok((next, batch, verdicts))
+        Ok((next, batch, verdicts, deferred))
     }
+
+    /// Takes the step [`Actor::prepare`] left for after the commit (`inputs` of the lone
+    /// reading just applied): the recurrent state and the forecast of the next reading.
+    /// False if inference failed: the state then lacks a step and must be reloaded.
+    async fn step_after_commit(&mut self, inputs: Vec<f32>) -> bool {
+        let model = self.model.clone();
+        let rows = rows(self.record.config.channels, &model);
+        match self.shared.inference.run(model.clone(), rows, 1, inputs, self.state.recurrent.clone()).await {
+            Ok(result) => {
+                apply_step(&mut self.state, &model, 1, result);
+                true
+            }
+            Err(e) => {
+                warn!(stream = %self.name, error = %e, "step after commit failed; the stream reloads from storage");
+                false
+            }
+        }
+    }
+}
+
+/// Judged readings: the new state, the rows to store, the verdicts, and the inputs of a
+/// step left for after the commit.
+type Judged = (Snapshot, WriteBatch, Vec<ReadingVerdict>, Option<Vec<f32>>);
+
+/// Puts the result of `steps` steps into `state`: the recurrent state after the last and
+/// the forecast it made (of the reading after it).
+fn apply_step(state: &mut Snapshot, model: &ModelInfo, steps: usize, result: InferenceResult) {
+    let channels = state.normaliser.channels();
+    let last = |v: &[f32]| (0..channels).map(|c| v[index(model, steps, steps - 1, c)] as f64).collect::<Vec<_>>();
+    state.forecast_mean = Some(last(&result.mean));
+    state.forecast_log_var = Some(last(&result.log_var));
+    state.recurrent = result.state;
 }
 
 /// A stored reading's verdict, as it was answered when the reading was first ingested.
