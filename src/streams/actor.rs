@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, instrument, warn};
 
 use super::{IngestError, Reading, ReadingVerdict, Shared, StreamStatus};
-use crate::inference::{InferenceResult, ModelInfo};
+use crate::inference::{InferenceError, InferenceResult, ModelInfo};
 use crate::scoring::{EventConfig, EventTracker, EventUpdate, Forecast, RunningNormaliser, Scorer, ScorerConfig};
 use crate::storage::{ChannelValues, EventRow, NewStream, ReadingRow, StreamRecord, StreamUpdate, WriteBatch};
 
@@ -280,10 +280,7 @@ impl Actor {
         }
         let result =
             shared.inference.run(model.clone(), rows(channels, model), steps, inputs, state.recurrent.clone()).await?;
-        state.recurrent = result.state;
-        let last = |v: &[f32]| (0..channels).map(|c| v[index(model, steps, steps - 1, c)] as f64).collect::<Vec<_>>();
-        state.forecast_mean = Some(last(&result.mean));
-        state.forecast_log_var = Some(last(&result.log_var));
+        apply_step(&mut state, model, steps, result);
         state.last_ts = history.last().map(|r| r.ts);
         debug!(readings = steps, "re-warmed recurrent state from stored history");
         Ok(state)
@@ -503,22 +500,7 @@ impl Actor {
             norms.push(next.normaliser.clone());
         }
         let deferrable = steps == 1 && !replay;
-        let result = if deferrable {
-            None
-        } else {
-            Some(
-                self.shared
-                    .inference
-                    .run(
-                        model.clone(),
-                        rows(channels, model),
-                        steps,
-                        std::mem::take(&mut inputs),
-                        self.state.recurrent.clone(),
-                    )
-                    .await?,
-            )
-        };
+        let result = if deferrable { None } else { Some(self.infer(steps, std::mem::take(&mut inputs)).await?) };
         let scorer_config = ScorerConfig {
             warmup: self.record.config.warmup,
             sensitivity: self.record.config.sensitivity,
@@ -593,12 +575,7 @@ impl Actor {
             }
             // The state written with this commit must include the step: take it now.
             None if persist => {
-                let result = self
-                    .shared
-                    .inference
-                    .run(model.clone(), rows(channels, model), steps, inputs, self.state.recurrent.clone())
-                    .await?;
-                apply_step(&mut next, model, steps, result);
+                apply_step(&mut next, model, steps, self.infer(steps, inputs).await?);
                 None
             }
             None => Some(inputs),
@@ -622,14 +599,19 @@ impl Actor {
         Ok((next, batch, verdicts, deferred))
     }
 
+    /// Runs `steps` steps of this stream's `inputs` from its current recurrent state.
+    async fn infer(&self, steps: usize, inputs: Vec<f32>) -> Result<InferenceResult, InferenceError> {
+        let rows = rows(self.record.config.channels, &self.model);
+        self.shared.inference.run(self.model.clone(), rows, steps, inputs, self.state.recurrent.clone()).await
+    }
+
     /// Takes the step [`Actor::prepare`] left for after the commit (`inputs` of the lone
     /// reading just applied): the recurrent state and the forecast of the next reading.
     /// False if inference failed: the state then lacks a step and must be reloaded.
     async fn step_after_commit(&mut self, inputs: Vec<f32>) -> bool {
-        let model = self.model.clone();
-        let rows = rows(self.record.config.channels, &model);
-        match self.shared.inference.run(model.clone(), rows, 1, inputs, self.state.recurrent.clone()).await {
+        match self.infer(1, inputs).await {
             Ok(result) => {
+                let model = self.model.clone();
                 apply_step(&mut self.state, &model, 1, result);
                 true
             }

@@ -86,8 +86,8 @@ pub enum IngestError {
 
 #[derive(Clone)]
 struct Handle {
-    /// flume's channel, not tokio's: an idle actor's mailbox is ~150 bytes against ~800
-    /// (tokio allocates a block of 32 slots per channel up front).
+    /// flume's channel, not tokio's: tokio allocates a block of 32 slots per channel up
+    /// front, ~700 bytes more per idle actor (docs/PERFORMANCE.md, memory).
     tx: flume::Sender<Command>,
     generation: u64,
     /// The model the stream is bound to, to find the streams a model swap concerns.
