@@ -48,6 +48,10 @@ pub struct BeatFeatures {
     /// beats of the learning stretch (clipped to ±[`Z_CLIP`]): how unusual the number is for
     /// this patient.
     pub numbers_z: [f32; SHAPE_NUMBERS],
+    /// The same numbers against the patient's recent typical beat (the element-wise median
+    /// of the [`RECENT_BEATS`] beats before this one): a beat like its neighbours is
+    /// ordinary for the patient now, even where the beat has changed since the first minutes.
+    pub numbers_recent: [f32; SHAPE_NUMBERS],
 }
 
 impl BeatFeatures {
@@ -74,12 +78,13 @@ impl BeatFeatures {
         out
     }
 
-    /// The shape numbers and their robust z-scores, [`Self::numbers`] then
-    /// [`Self::numbers_z`].
-    pub fn all_numbers(&self) -> [f32; 2 * SHAPE_NUMBERS] {
-        let mut out = [0.0; 2 * SHAPE_NUMBERS];
+    /// The shape numbers, their robust z-scores and the numbers against the recent typical
+    /// beat: [`Self::numbers`], [`Self::numbers_z`], [`Self::numbers_recent`].
+    pub fn all_numbers(&self) -> [f32; BEAT_NUMBERS] {
+        let mut out = [0.0; BEAT_NUMBERS];
         out[..SHAPE_NUMBERS].copy_from_slice(&self.numbers);
-        out[SHAPE_NUMBERS..].copy_from_slice(&self.numbers_z);
+        out[SHAPE_NUMBERS..2 * SHAPE_NUMBERS].copy_from_slice(&self.numbers_z);
+        out[2 * SHAPE_NUMBERS..].copy_from_slice(&self.numbers_recent);
         out
     }
 
@@ -87,7 +92,7 @@ impl BeatFeatures {
     /// robust z-scores, and the deviation from the typical beat averaged in bins of
     /// [`TABLE_BIN`] steps.
     pub fn table_row(&self) -> Vec<f32> {
-        let mut out = Vec::with_capacity(RHYTHM + 2 * SHAPE_NUMBERS + self.deviation.len() / TABLE_BIN);
+        let mut out = Vec::with_capacity(RHYTHM + BEAT_NUMBERS + self.deviation.len() / TABLE_BIN);
         out.extend_from_slice(&self.rhythm);
         out.extend_from_slice(&self.all_numbers());
         out.extend(self.deviation.chunks_exact(TABLE_BIN).map(|b| b.iter().sum::<f32>() / TABLE_BIN as f32));
@@ -101,6 +106,10 @@ pub const SEQUENCE_INPUTS: usize = 2 + RHYTHM;
 pub const TABLE_BIN: usize = 3;
 /// How many [`shape_numbers`] a beat has.
 pub const SHAPE_NUMBERS: usize = 10;
+/// How many numbers describe a whole beat ([`BeatFeatures::all_numbers`]).
+pub const BEAT_NUMBERS: usize = 3 * SHAPE_NUMBERS;
+/// Beats whose element-wise median is the recent typical beat (about a minute).
+pub const RECENT_BEATS: usize = 64;
 /// Bound of the shape numbers' robust z-scores.
 pub const Z_CLIP: f32 = 50.0;
 
@@ -263,9 +272,24 @@ pub fn extract(signal: &[f64], hz: f64, annotations: &[Annotation], learn_s: f64
         _ => hz, // no beats to learn from: 60 beats a minute
     };
     let mut out = Vec::with_capacity(marks.len());
+    // The windows of the last RECENT_BEATS beats, and their element-wise median.
+    let mut recent: std::collections::VecDeque<Vec<f64>> = std::collections::VecDeque::new();
+    let mut column = Vec::with_capacity(RECENT_BEATS);
     for k in 1..marks.len().saturating_sub(1) {
         let (s, symbol, class) = marks[k];
         let Some(window) = window_at(s) else { continue };
+        let recent_template: Vec<f64> = if recent.is_empty() {
+            full_template.clone()
+        } else {
+            (0..pre + post)
+                .map(|i| {
+                    column.clear();
+                    column.extend(recent.iter().map(|w| w[i]));
+                    median(&mut column)
+                })
+                .collect()
+        };
+        let numbers_recent = shape_numbers(&window, &recent_template, pre, hz);
         let shape = decimate(&window);
         let rr = |i: usize| (marks[i].0 - marks[i - 1].0).max(1) as f64;
         let before = rr(k);
@@ -287,7 +311,12 @@ pub fn extract(signal: &[f64], hz: f64, annotations: &[Annotation], learn_s: f64
             ],
             numbers: shape_numbers(&window, &full_template, pre, hz),
             numbers_z: [0.0; SHAPE_NUMBERS],
+            numbers_recent,
         });
+        if recent.len() == RECENT_BEATS {
+            recent.pop_front();
+        }
+        recent.push_back(window);
     }
     // Each number against its spread over the learning stretch's beats.
     for i in 0..SHAPE_NUMBERS {
@@ -366,7 +395,7 @@ mod tests {
         assert!(beats.iter().all(|b| b.rhythm.iter().all(|r| (r - 1.0).abs() < 1e-6)));
         assert_eq!(wide.reading().len(), 2 + steps(hz) / BIN);
         assert_eq!(wide.sequence(&[0.5; 3]).len(), steps(hz) * (SEQUENCE_INPUTS + 3));
-        assert_eq!(wide.table_row().len(), RHYTHM + 2 * SHAPE_NUMBERS + steps(hz) / TABLE_BIN);
+        assert_eq!(wide.table_row().len(), RHYTHM + BEAT_NUMBERS + steps(hz) / TABLE_BIN);
         // The wide beat's QRS is wider than the template's, its correlation lower, and both
         // stand out for this record.
         let normal = beats.iter().find(|b| b.symbol == "N").unwrap();
@@ -374,6 +403,34 @@ mod tests {
         assert!(wide.numbers[0] < normal.numbers[0] && (normal.numbers[0] - 1.0).abs() < 1e-6);
         assert!(wide.numbers_z.iter().any(|z| z.abs() >= Z_CLIP) && normal.numbers_z.iter().all(|z| z.abs() < 1.0));
         assert!(beats.iter().all(|b| b.all_numbers().iter().all(|v| v.is_finite())));
+    }
+
+    #[test]
+    fn a_lasting_change_of_shape_becomes_the_recent_typical_beat() {
+        // Narrow beats for the first minute, wider ones (a new normal) from then on.
+        let (hz, rr) = (360.0, 300);
+        let (mut x, ann) = lead(360 * 180, rr, usize::MAX);
+        let change = 360 * 60;
+        for a in ann.iter().filter(|a| a.sample as usize >= change) {
+            let s = a.sample as usize;
+            for (i, v) in x.iter_mut().enumerate().take(s + 12).skip(s - 12) {
+                *v = 1.0 - (i as f64 - s as f64).abs() / 12.0;
+            }
+        }
+        let beats = extract(&x, hz, &ann, 30.0);
+        let first_wide = beats.iter().find(|b| b.sample as usize >= change).expect("beats after the change");
+        let later = beats.iter().find(|b| b.sample as usize >= change + 2 * RECENT_BEATS * rr).expect("later beats");
+        // Against the first minute's typical beat every wide beat is wider; against the recent
+        // typical beat only the first wide ones are, until they are most of the recent beats.
+        for b in [first_wide, later] {
+            assert!(b.numbers[2] > 20.0, "{:?}", b.numbers);
+        }
+        assert!(first_wide.numbers_recent[2] > 20.0, "{:?}", first_wide.numbers_recent);
+        assert!(
+            later.numbers_recent[2].abs() < 1e-3 && (later.numbers_recent[0] - 1.0).abs() < 1e-6,
+            "{:?}",
+            later.numbers_recent
+        );
     }
 
     #[test]

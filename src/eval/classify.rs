@@ -7,14 +7,14 @@
 //! sees during training (a record in both lists is refused). Q beats (paced, unclassifiable)
 //! are left out of both, as the AAMI recommendation does.
 //!
-//! Beside the shape at each step, the GRU reads twenty numbers that describe the whole beat
-//! against the record's typical beat ([`beats::shape_numbers`] and their per-record robust
-//! z-scores), standardised on the training beats. One GRU swings with its seed (a record's
+//! Beside the shape at each step, the GRU reads thirty numbers that describe the whole beat
+//! against the record's typical beat ([`beats::shape_numbers`], their per-record robust
+//! z-scores, and the same numbers against the recent typical beat of the last minute),
+//! standardised on the training beats. One GRU swings with its seed (a record's
 //! ventricular beats found or missed), so [`ClassifyRun::seeds`] of them are trained and
 //! their softmaxes averaged. A second learner of another kind, gradient-boosted trees
 //! (hessboost, multiclass softprob, depth 4) on one row of tabular features per beat
-//! ([`BeatFeatures::table_row`]: rhythm, the shape numbers and their per-record z-scores,
-//! the deviation from the typical beat in 26 bins), gives its own class probabilities; the
+//! ([`BeatFeatures::table_row`]: rhythm, the thirty numbers, the deviation from the typical beat in 26 bins), gives its own class probabilities; the
 //! classifier's answer is the average of the two.
 //!
 //! The classes are imbalanced (N is ~90 % of beats): each rarer class is repeated
@@ -29,7 +29,7 @@ use anyhow::Context;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use super::beats::{self, BeatFeatures, SEQUENCE_INPUTS, SHAPE_NUMBERS};
+use super::beats::{self, BeatFeatures, BEAT_NUMBERS, SEQUENCE_INPUTS};
 use super::ecg::{class_name, Beat, Lead};
 use super::wfdb::{self, AamiClass};
 use crate::model::{
@@ -158,19 +158,19 @@ fn labelled(run: &ClassifyRun, records: &[String]) -> anyhow::Result<Vec<(String
 }
 
 /// Inputs per step of the GRU: the sequence's own and the beat's numbers.
-const GRU_INPUTS: usize = SEQUENCE_INPUTS + 2 * SHAPE_NUMBERS;
+const GRU_INPUTS: usize = SEQUENCE_INPUTS + BEAT_NUMBERS;
 
 /// The mean and standard deviation of each of the beat numbers over the training beats.
 struct Standardise {
-    mean: [f32; 2 * SHAPE_NUMBERS],
-    scale: [f32; 2 * SHAPE_NUMBERS],
+    mean: [f32; BEAT_NUMBERS],
+    scale: [f32; BEAT_NUMBERS],
 }
 
 impl Standardise {
     fn fit<'a>(beats: impl Iterator<Item = &'a BeatFeatures> + Clone) -> Self {
         let n = beats.clone().count().max(1) as f64;
-        let (mut mean, mut scale) = ([0f32; 2 * SHAPE_NUMBERS], [1f32; 2 * SHAPE_NUMBERS]);
-        for i in 0..2 * SHAPE_NUMBERS {
+        let (mut mean, mut scale) = ([0f32; BEAT_NUMBERS], [1f32; BEAT_NUMBERS]);
+        for i in 0..BEAT_NUMBERS {
             let m = beats.clone().map(|b| f64::from(b.all_numbers()[i])).sum::<f64>() / n;
             let v = beats.clone().map(|b| (f64::from(b.all_numbers()[i]) - m).powi(2)).sum::<f64>() / n;
             mean[i] = m as f32;
@@ -179,7 +179,7 @@ impl Standardise {
         Self { mean, scale }
     }
 
-    fn apply(&self, beat: &BeatFeatures) -> [f32; 2 * SHAPE_NUMBERS] {
+    fn apply(&self, beat: &BeatFeatures) -> [f32; BEAT_NUMBERS] {
         let mut out = beat.all_numbers();
         for (i, v) in out.iter_mut().enumerate() {
             *v = (*v - self.mean[i]) / self.scale[i];
