@@ -146,6 +146,10 @@ pub struct AnomalyQuery {
     pub limit: i64,
 }
 
+/// Stream names looked up by one query of [`Storage::streams_named`] (SQLite allows 32,766
+/// parameters a statement, PostgreSQL 65,535).
+pub const NAMES_PER_QUERY: usize = 500;
+
 /// The connection pool and what it points at.
 #[derive(Debug, Clone)]
 pub struct Storage {
@@ -293,6 +297,23 @@ impl Storage {
         let sql = format!("{} WHERE s.name = $1", Self::STREAM_SELECT);
         let row = sqlx::query(&sql).bind(name).fetch_optional(&self.pool).await?;
         row.as_ref().map(Self::stream_from_row).transpose()
+    }
+
+    /// The streams of `names` that exist, in one query per [`NAMES_PER_QUERY`] names.
+    pub async fn streams_named(&self, names: &[&str]) -> Result<Vec<StreamRecord>, StorageError> {
+        let mut out = Vec::new();
+        for chunk in names.chunks(NAMES_PER_QUERY) {
+            let sql =
+                format!("{} WHERE s.name IN {}", Self::STREAM_SELECT, writer::values_list(self.backend, chunk.len()));
+            let mut query = sqlx::query(&sql);
+            for name in chunk {
+                query = query.bind(*name);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                out.push(Self::stream_from_row(&row)?);
+            }
+        }
+        Ok(out)
     }
 
     /// All streams, by name.

@@ -17,6 +17,10 @@ use crate::metrics::Metrics;
 const ROWS_PER_STATEMENT: usize = 1000;
 /// Stream rows per UPDATE statement (4 parameters each).
 const UPDATES_PER_STATEMENT: usize = 500;
+/// New stream rows a statement (8 parameters each).
+const STREAMS_PER_STATEMENT: usize = 500;
+/// Scoring states a statement (3 parameters each).
+const SNAPSHOTS_PER_STATEMENT: usize = 500;
 /// Readings gathered into one transaction before it is committed.
 const ROWS_PER_TRANSACTION: usize = 50_000;
 
@@ -235,10 +239,16 @@ async fn compact(storage: &Storage, logged: &mut usize, metrics: &Metrics) {
 /// Commits `batches`; returns each one's stream id and the rows that went to the log.
 async fn write(storage: &Storage, batches: &[&WriteBatch]) -> Result<(Vec<i64>, usize), StorageError> {
     let mut tx = storage.pool().begin().await?;
+    // New streams, many a statement (a request that creates 1,000 streams made 2,000
+    // statement round trips here, 0.28 ms a stream on SQLite).
+    let new: Vec<&NewStream> = batches.iter().filter_map(|b| b.create.as_ref()).collect();
+    let created = create_streams(&mut tx, storage.backend(), &new).await?;
     let mut ids = Vec::with_capacity(batches.len());
     for batch in batches {
         ids.push(match &batch.create {
-            Some(new) => create_stream(&mut tx, new).await?,
+            Some(new) => *created
+                .get(new.name.as_str())
+                .ok_or_else(|| StorageError::Corrupt(format!("stream {} was not created", new.name)))?,
             None => batch.stream_id,
         });
     }
@@ -275,17 +285,15 @@ async fn write(storage: &Storage, batches: &[&WriteBatch]) -> Result<(Vec<i64>, 
         .zip(&ids)
         .filter_map(|(b, &id)| b.update.snapshot.as_deref().map(|s| (id, b.update.last_ts, s)))
         .collect();
-    for snapshot in &snapshots {
-        query(
-            "INSERT INTO stream_snapshots (stream_id, last_ts, snapshot) VALUES ($1, $2, $3)
-             ON CONFLICT (stream_id) DO UPDATE SET last_ts = excluded.last_ts, snapshot = excluded.snapshot
-             WHERE stream_snapshots.last_ts <= excluded.last_ts",
-        )
-        .bind(snapshot.0)
-        .bind(snapshot.1)
-        .bind(snapshot.2)
-        .execute(&mut *tx)
-        .await?;
+    // Many a statement; as with the stream rows, a stream id twice in one statement would be
+    // refused by PostgreSQL's upsert, so repeats go one by one.
+    let mut seen = std::collections::HashSet::with_capacity(snapshots.len());
+    let (unique, repeated): (Vec<_>, Vec<_>) = snapshots.into_iter().partition(|s| seen.insert(s.0));
+    for chunk in unique.chunks(SNAPSHOTS_PER_STATEMENT) {
+        upsert_snapshots(&mut tx, storage.backend(), chunk).await?;
+    }
+    for snapshot in repeated {
+        upsert_snapshots(&mut tx, storage.backend(), &[snapshot]).await?;
     }
     tx.commit().await?;
     Ok((ids, logged.len()))
@@ -365,30 +373,95 @@ fn update_streams_sql(backend: Backend, rows: usize) -> String {
     sql
 }
 
-async fn create_stream(tx: &mut sqlx::Transaction<'_, Any>, new: &NewStream) -> Result<i64, StorageError> {
-    let c = &new.config;
-    query(
-        "INSERT INTO streams (name, channels, model, sensitivity, warmup, auto_train, baseline, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (name) DO NOTHING",
-    )
-    .bind(new.name.clone())
-    .bind(c.channels as i64)
-    .bind(c.model.clone())
-    .bind(c.sensitivity)
-    .bind(c.warmup as i64)
-    .bind(i64::from(c.auto_train))
-    .bind(c.baseline.as_str())
-    .bind(new.created_at)
-    .execute(&mut **tx)
-    .await?;
-    let row = query("SELECT id FROM streams WHERE name = $1").bind(new.name.clone()).fetch_one(&mut **tx).await?;
-    Ok(sqlx::Row::try_get(&row, "id")?)
+/// `VALUES (…), (…)` for `rows` rows of `columns` parameters each.
+fn values_sql(backend: Backend, rows: usize, columns: usize) -> String {
+    let mut sql = String::with_capacity(rows * columns * 5);
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..columns {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&placeholder(backend, r * columns + c + 1));
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// Inserts the new streams (a name already stored keeps its row) and returns the id of each
+/// name.
+async fn create_streams<'a>(
+    tx: &mut sqlx::Transaction<'_, Any>,
+    backend: Backend,
+    new: &[&'a NewStream],
+) -> Result<std::collections::HashMap<&'a str, i64>, StorageError> {
+    let mut ids = std::collections::HashMap::with_capacity(new.len());
+    for chunk in new.chunks(STREAMS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO streams (name, channels, model, sensitivity, warmup, auto_train, baseline, created_at)
+             VALUES {} ON CONFLICT (name) DO NOTHING",
+            values_sql(backend, chunk.len(), 8)
+        );
+        let mut q = query(&sql);
+        for stream in chunk {
+            let c = &stream.config;
+            q = q
+                .bind(stream.name.clone())
+                .bind(c.channels as i64)
+                .bind(c.model.clone())
+                .bind(c.sensitivity)
+                .bind(c.warmup as i64)
+                .bind(i64::from(c.auto_train))
+                .bind(c.baseline.as_str())
+                .bind(stream.created_at);
+        }
+        q.execute(&mut **tx).await?;
+        let sql = format!("SELECT id, name FROM streams WHERE name IN {}", values_list(backend, chunk.len()));
+        let mut q = query(&sql);
+        for stream in chunk {
+            q = q.bind(stream.name.clone());
+        }
+        for row in q.fetch_all(&mut **tx).await? {
+            let name: String = sqlx::Row::try_get(&row, "name")?;
+            if let Some(stream) = chunk.iter().find(|s| s.name == name) {
+                ids.insert(stream.name.as_str(), sqlx::Row::try_get(&row, "id")?);
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// `(…)` with `n` parameters: the list of an `IN`.
+pub(super) fn values_list(backend: Backend, n: usize) -> String {
+    let items: Vec<String> = (1..=n).map(|i| placeholder(backend, i)).collect();
+    format!("({})", items.join(", "))
+}
+
+/// Writes scoring states (stream id, last timestamp, JSON), each unless a newer one is stored.
+async fn upsert_snapshots(
+    tx: &mut sqlx::Transaction<'_, Any>,
+    backend: Backend,
+    rows: &[(i64, i64, &str)],
+) -> Result<(), StorageError> {
+    let sql = format!(
+        "INSERT INTO stream_snapshots (stream_id, last_ts, snapshot) VALUES {}
+         ON CONFLICT (stream_id) DO UPDATE SET last_ts = excluded.last_ts, snapshot = excluded.snapshot
+         WHERE stream_snapshots.last_ts <= excluded.last_ts",
+        values_sql(backend, rows.len(), 3)
+    );
+    let mut q = query(&sql);
+    for &(id, last_ts, snapshot) in rows {
+        q = q.bind(id).bind(last_ts).bind(snapshot);
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
 }
 
 /// Parameter `n` (from 1) of a statement: `$n` for PostgreSQL; an anonymous `?` for SQLite,
 /// where binding many numbered parameters costs quadratic time (every bind looks its name
 /// up in a list: 55 % of the writer's time at 9,000 parameters a statement).
-fn placeholder(backend: Backend, n: usize) -> String {
+pub(super) fn placeholder(backend: Backend, n: usize) -> String {
     match backend {
         Backend::Sqlite => "?".to_string(),
         Backend::Postgres => format!("${n}"),
@@ -397,21 +470,10 @@ fn placeholder(backend: Backend, n: usize) -> String {
 
 /// `INSERT INTO table … VALUES ($1, …, $9), ($10, …)` for `rows` readings.
 fn insert_readings_sql(backend: Backend, table: &str, rows: usize) -> String {
-    const COLUMNS: usize = 9;
-    let mut sql = format!(
-        "INSERT INTO {table} (stream_id, ts, value, expected, lower, upper, score, anomaly, channels_json) VALUES "
-    );
-    for r in 0..rows {
-        sql.push_str(if r == 0 { "(" } else { ", (" });
-        for c in 0..COLUMNS {
-            if c > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&placeholder(backend, r * COLUMNS + c + 1));
-        }
-        sql.push(')');
-    }
-    sql
+    format!(
+        "INSERT INTO {table} (stream_id, ts, value, expected, lower, upper, score, anomaly, channels_json) VALUES {}",
+        values_sql(backend, rows, 9)
+    )
 }
 
 async fn upsert_event(tx: &mut sqlx::Transaction<'_, Any>, stream_id: i64, e: &EventRow) -> Result<(), StorageError> {

@@ -261,7 +261,39 @@ impl Streams {
         if let Some(h) = self.shared.actors.lock().expect("actor registry lock").get(name) {
             return Ok(h.clone());
         }
-        let record = match (self.shared.storage.stream(name).await?, create_channels) {
+        let stored = self.shared.storage.stream(name).await?;
+        self.start(name, stored, create_channels).await
+    }
+
+    /// Starts the actors of the streams of `names` that have none, looking their records up
+    /// in one query per few hundred names instead of one each: a request that creates (or
+    /// wakes) a thousand streams makes a few round trips to the database, not a thousand.
+    async fn start_missing(&self, names: &[(&str, Option<usize>)]) -> Result<(), IngestError> {
+        let missing: Vec<(&str, Option<usize>)> = {
+            let actors = self.shared.actors.lock().expect("actor registry lock");
+            names.iter().filter(|(name, _)| !actors.contains_key(*name)).copied().collect()
+        };
+        if missing.len() < 2 {
+            return Ok(()); // one lookup either way
+        }
+        let lookup: Vec<&str> = missing.iter().map(|(name, _)| *name).collect();
+        let mut stored: HashMap<String, StreamRecord> =
+            self.shared.storage.streams_named(&lookup).await?.into_iter().map(|r| (r.name.clone(), r)).collect();
+        for (name, create_channels) in missing {
+            self.start(name, stored.remove(name), create_channels).await?;
+        }
+        Ok(())
+    }
+
+    /// The handle of `name`'s actor, starting it from its stored record (`stored`, or a new
+    /// stream when `None` and `create_channels` is given).
+    async fn start(
+        &self,
+        name: &str,
+        stored: Option<StreamRecord>,
+        create_channels: Option<usize>,
+    ) -> Result<Handle, IngestError> {
+        let record = match (stored, create_channels) {
             (Some(record), _) => record,
             // A new stream lives in memory until its first readings are committed with it.
             (None, Some(channels)) => {
@@ -354,6 +386,11 @@ impl Streams {
         // must reach the streams they share in the same order, or each would wait for the
         // other. Putting every message of a request in its mailboxes under one lock does
         // that: the lock covers only the sending, not the judging.
+        if groups.len() > 1 {
+            let names: Vec<(&str, Option<usize>)> =
+                groups.iter().map(|(name, readings)| (name.as_str(), channels(readings))).collect();
+            self.start_missing(&names).await?;
+        }
         let guard = if groups.len() > 1 { Some(self.shared.multi.lock().await) } else { None };
         let mut sent = Vec::with_capacity(groups.len());
         for (name, readings) in &groups {

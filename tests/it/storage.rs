@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use tsad::metrics::Metrics;
 use tsad::scoring::Baseline;
-use tsad::storage::{ReadingRow, Storage, StreamConfig, StreamUpdate, WriteBatch, Writer};
+use tsad::storage::{NewStream, ReadingRow, Storage, StreamConfig, StreamUpdate, WriteBatch, Writer};
 
 use crate::app::{fresh_database, Backend};
 
@@ -115,6 +115,53 @@ async fn readings_round_trip_sqlite() {
 #[tokio::test]
 async fn readings_round_trip_postgres() {
     readings_round_trip(Backend::Postgres).await;
+}
+
+/// One commit creating more streams than a statement holds, one of them already stored:
+/// every new stream gets its own row, its readings and its state; the stored one keeps its id.
+async fn many_streams_created_in_one_commit(backend: Backend) {
+    let Some((url, _dir)) = fresh_database(backend).await else { return };
+    let storage = Storage::connect(&url).await.expect("connects");
+    let existing = storage.put_stream("s7", &config(), 0).await.expect("stream s7").id;
+    let (writer, task) = Writer::spawn(storage.clone(), 16, Metrics::new());
+    let names: Vec<String> = (0..1203).map(|i| format!("s{i}")).collect();
+    let batches: Vec<WriteBatch> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| WriteBatch {
+            create: Some(NewStream { name: name.clone(), config: config(), created_at: i as i64 }),
+            ..batch(0, vec![reading(i as i64 + 1)], Some(&format!("{{\"state\":{i}}}")))
+        })
+        .collect();
+    let ids = writer.commit(batches).await.expect("commits");
+    assert_eq!(ids.len(), names.len());
+    assert_eq!(ids[7], existing, "a stored name keeps its id");
+    assert_eq!(ids.iter().collect::<std::collections::HashSet<_>>().len(), names.len(), "one id a stream");
+    let stored = storage.streams().await.unwrap();
+    assert_eq!(stored.len(), names.len());
+    for (i, name) in names.iter().enumerate().step_by(97) {
+        let record = storage.stream(name).await.unwrap().expect("stored");
+        assert_eq!(record.id, ids[i], "{name}: the id returned");
+        assert_eq!(record.snapshot, Some(format!("{{\"state\":{i}}}")), "{name}: its own state");
+        let readings = storage.readings(record.id, None, None, None, 10).await.unwrap();
+        assert_eq!(readings.iter().map(|r| r.ts).collect::<Vec<_>>(), vec![i as i64 + 1], "{name}: its reading");
+    }
+    let named = storage.streams_named(&["s1", "s1202", "nope"]).await.unwrap();
+    let mut found: Vec<&str> = named.iter().map(|r| r.name.as_str()).collect();
+    found.sort_unstable();
+    assert_eq!(found, vec!["s1", "s1202"], "looked up by name, the unknown one left out");
+    drop(writer);
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn many_streams_created_in_one_commit_sqlite() {
+    many_streams_created_in_one_commit(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn many_streams_created_in_one_commit_postgres() {
+    many_streams_created_in_one_commit(Backend::Postgres).await;
 }
 
 /// A database written before migration 0004 keeps its streams' scoring states.
