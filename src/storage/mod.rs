@@ -304,7 +304,7 @@ impl Storage {
         let mut out = Vec::new();
         for chunk in names.chunks(NAMES_PER_QUERY) {
             let sql =
-                format!("{} WHERE s.name IN {}", Self::STREAM_SELECT, writer::values_list(self.backend, chunk.len()));
+                format!("{} WHERE s.name IN {}", Self::STREAM_SELECT, writer::values_sql(self.backend, 1, chunk.len()));
             let mut query = sqlx::query(&sql);
             for name in chunk {
                 query = query.bind(*name);

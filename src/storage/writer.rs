@@ -373,8 +373,8 @@ fn update_streams_sql(backend: Backend, rows: usize) -> String {
     sql
 }
 
-/// `VALUES (…), (…)` for `rows` rows of `columns` parameters each.
-fn values_sql(backend: Backend, rows: usize, columns: usize) -> String {
+/// `(…), (…)` for `rows` rows of `columns` parameters each (one row: the list of an `IN`).
+pub(super) fn values_sql(backend: Backend, rows: usize, columns: usize) -> String {
     let mut sql = String::with_capacity(rows * columns * 5);
     for r in 0..rows {
         sql.push_str(if r == 0 { "(" } else { ", (" });
@@ -391,11 +391,11 @@ fn values_sql(backend: Backend, rows: usize, columns: usize) -> String {
 
 /// Inserts the new streams (a name already stored keeps its row) and returns the id of each
 /// name.
-async fn create_streams<'a>(
+async fn create_streams(
     tx: &mut sqlx::Transaction<'_, Any>,
     backend: Backend,
-    new: &[&'a NewStream],
-) -> Result<std::collections::HashMap<&'a str, i64>, StorageError> {
+    new: &[&NewStream],
+) -> Result<std::collections::HashMap<String, i64>, StorageError> {
     let mut ids = std::collections::HashMap::with_capacity(new.len());
     for chunk in new.chunks(STREAMS_PER_STATEMENT) {
         let sql = format!(
@@ -417,25 +417,16 @@ async fn create_streams<'a>(
                 .bind(stream.created_at);
         }
         q.execute(&mut **tx).await?;
-        let sql = format!("SELECT id, name FROM streams WHERE name IN {}", values_list(backend, chunk.len()));
+        let sql = format!("SELECT id, name FROM streams WHERE name IN {}", values_sql(backend, 1, chunk.len()));
         let mut q = query(&sql);
         for stream in chunk {
             q = q.bind(stream.name.clone());
         }
         for row in q.fetch_all(&mut **tx).await? {
-            let name: String = sqlx::Row::try_get(&row, "name")?;
-            if let Some(stream) = chunk.iter().find(|s| s.name == name) {
-                ids.insert(stream.name.as_str(), sqlx::Row::try_get(&row, "id")?);
-            }
+            ids.insert(sqlx::Row::try_get(&row, "name")?, sqlx::Row::try_get(&row, "id")?);
         }
     }
     Ok(ids)
-}
-
-/// `(…)` with `n` parameters: the list of an `IN`.
-pub(super) fn values_list(backend: Backend, n: usize) -> String {
-    let items: Vec<String> = (1..=n).map(|i| placeholder(backend, i)).collect();
-    format!("({})", items.join(", "))
 }
 
 /// Writes scoring states (stream id, last timestamp, JSON), each unless a newer one is stored.
@@ -461,7 +452,7 @@ async fn upsert_snapshots(
 /// Parameter `n` (from 1) of a statement: `$n` for PostgreSQL; an anonymous `?` for SQLite,
 /// where binding many numbered parameters costs quadratic time (every bind looks its name
 /// up in a list: 55 % of the writer's time at 9,000 parameters a statement).
-pub(super) fn placeholder(backend: Backend, n: usize) -> String {
+fn placeholder(backend: Backend, n: usize) -> String {
     match backend {
         Backend::Sqlite => "?".to_string(),
         Backend::Postgres => format!("${n}"),
