@@ -144,31 +144,176 @@ impl IngestQuery {
     }
 }
 
-/// Parses one reading object; `stream` is required when `multi`.
+/// One reading object as written, its fields kept as JSON but not yet checked
+/// ([`parse_reading`] judges them). Deserialised straight from the body: no map of the
+/// object's fields is built, only the values of the four known ones (a number costs no
+/// allocation).
+#[derive(Debug, Default)]
+struct RawReading {
+    stream: Option<Value>,
+    ts: Option<Value>,
+    value: Option<Value>,
+    values: Option<Value>,
+    /// The first field that is none of the four, in the order written.
+    unknown: Option<String>,
+}
+
+/// A field name of a reading object.
+enum Field {
+    Stream,
+    Ts,
+    Value,
+    Values,
+    Other(String),
+}
+
+impl<'de> serde::Deserialize<'de> for Field {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Field;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Field, E> {
+                Ok(match key {
+                    "stream" => Field::Stream,
+                    "ts" => Field::Ts,
+                    "value" => Field::Value,
+                    "values" => Field::Values,
+                    other => Field::Other(other.to_string()),
+                })
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RawReading {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess};
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawReading;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a reading object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawReading, A::Error> {
+                let mut raw = RawReading::default();
+                // A field written twice keeps its last value, as a JSON object parsed whole does.
+                while let Some(key) = map.next_key::<Field>()? {
+                    match key {
+                        Field::Stream => raw.stream = Some(map.next_value()?),
+                        Field::Ts => raw.ts = Some(map.next_value()?),
+                        Field::Value => raw.value = Some(map.next_value()?),
+                        Field::Values => raw.values = Some(map.next_value()?),
+                        Field::Other(name) => {
+                            map.next_value::<IgnoredAny>()?;
+                            raw.unknown.get_or_insert(name);
+                        }
+                    }
+                }
+                Ok(raw)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A JSON body, `{"readings": […]}`, read item by item: at most `max` readings are kept,
+/// the count of the rest is noted. Anything else (another field, a reading that is not an
+/// object) is a deserialisation error: a 400.
+#[derive(Debug, Default)]
+struct RawBody {
+    readings: Vec<RawReading>,
+    /// Items in `readings` (kept or not).
+    items: usize,
+}
+
+/// [`RawBody`]'s deserialiser, with the most readings to keep.
+struct RawBodySeed(usize);
+
+impl<'de> serde::de::DeserializeSeed<'de> for RawBodySeed {
+    type Value = RawBody;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<RawBody, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess};
+        const BODY_SHAPE: &str = "{\"readings\": [ … ]}";
+        /// The `readings` array.
+        struct Items(usize);
+        impl<'de> serde::de::DeserializeSeed<'de> for Items {
+            type Value = RawBody;
+            fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                d.deserialize_any(self)
+            }
+        }
+        impl<'de> serde::de::Visitor<'de> for Items {
+            type Value = RawBody;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array of readings")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut kept = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.0));
+                let mut items = 0;
+                loop {
+                    if items < self.0 {
+                        match seq.next_element::<RawReading>()? {
+                            Some(raw) => kept.push(raw),
+                            None => break,
+                        }
+                    } else if seq.next_element::<IgnoredAny>()?.is_none() {
+                        break;
+                    }
+                    items += 1;
+                }
+                Ok(RawBody { readings: kept, items })
+            }
+        }
+        struct V(usize);
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawBody;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(BODY_SHAPE)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawBody, A::Error> {
+                let shape = || serde::de::Error::custom(format!("the body must be {BODY_SHAPE}"));
+                match map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    Some(key) if key == "readings" => {
+                        let body = map.next_value_seed(Items(self.0))?;
+                        match map.next_key::<IgnoredAny>()? {
+                            None => Ok(body),
+                            Some(_) => Err(shape()),
+                        }
+                    }
+                    _ => Err(shape()),
+                }
+            }
+        }
+        d.deserialize_any(V(self.0))
+    }
+}
+
+/// Checks one reading object; `stream` is required when `multi`.
 fn parse_reading(
-    value: &Value,
+    raw: RawReading,
     index: usize,
     multi: bool,
     single: bool,
 ) -> Result<(Option<String>, Reading), ApiError> {
     let at = |msg: String| ApiError::Unprocessable(format!("reading {index}: {msg}"));
-    let Value::Object(fields) = value else {
-        return Err(ApiError::BadRequest(format!("reading {index}: must be an object")));
-    };
-    for key in fields.keys() {
-        if !matches!(key.as_str(), "ts" | "value" | "values" | "stream") || (key == "stream" && !multi) {
-            return Err(at(format!("unknown field {key:?}")));
-        }
+    if let Some(key) = raw.unknown {
+        return Err(at(format!("unknown field {key:?}")));
     }
-    let stream = if multi {
-        match fields.get("stream") {
-            Some(Value::String(s)) => Some(stream_name(s).map_err(|e| at(e.to_string()))?.to_string()),
-            _ => return Err(at("\"stream\" (a string) is required".into())),
+    let stream = match (multi, raw.stream) {
+        (true, Some(Value::String(s))) => {
+            stream_name(&s).map_err(|e| at(e.to_string()))?;
+            Some(s)
         }
-    } else {
-        None
+        (true, _) => return Err(at("\"stream\" (a string) is required".into())),
+        (false, Some(_)) => return Err(at("unknown field \"stream\"".into())),
+        (false, None) => None,
     };
-    let ts = match fields.get("ts") {
+    let ts = match &raw.ts {
         Some(v) => wire::timestamp(v).map_err(at)?,
         // A lone reading may leave the time to the server; in a batch order must be explicit.
         None if single => crate::storage::now_ms(),
@@ -180,7 +325,7 @@ fn parse_reading(
             _ => Err(at(format!("{v} is not a finite number"))),
         }
     };
-    let values = match (fields.get("value"), fields.get("values")) {
+    let values = match (&raw.value, &raw.values) {
         (Some(v), None) => vec![number(v)?],
         (None, Some(Value::Array(items))) if !items.is_empty() && items.len() <= MAX_CHANNELS => {
             items.iter().map(number).collect::<Result<_, _>>()?
@@ -193,7 +338,8 @@ fn parse_reading(
 }
 
 /// Splits a body into reading objects: `{"readings":[…]}` as JSON, one object a line as NDJSON.
-fn reading_values(headers: &HeaderMap, bytes: &[u8], max: usize) -> Result<Vec<Value>, ApiError> {
+fn reading_values(headers: &HeaderMap, bytes: &[u8], max: usize) -> Result<Vec<RawReading>, ApiError> {
+    use serde::de::DeserializeSeed;
     let too_many = || ApiError::Unprocessable(format!("a request may carry at most {max} readings"));
     match content_type(headers).as_deref() {
         Some("application/x-ndjson") | Some("application/ndjson") => {
@@ -214,16 +360,15 @@ fn reading_values(headers: &HeaderMap, bytes: &[u8], max: usize) -> Result<Vec<V
             Ok(out)
         }
         None | Some("application/json") => {
-            let body: Value =
-                serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
-            match body {
-                Value::Object(mut map) if map.len() == 1 => match map.remove("readings") {
-                    Some(Value::Array(items)) if items.len() > max => Err(too_many()),
-                    Some(Value::Array(items)) => Ok(items),
-                    _ => Err(ApiError::BadRequest("body must be {\"readings\": [ … ]}".into())),
-                },
-                _ => Err(ApiError::BadRequest("body must be {\"readings\": [ … ]}".into())),
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            let body: RawBody = RawBodySeed(max)
+                .deserialize(&mut de)
+                .and_then(|body| de.end().map(|()| body))
+                .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+            if body.items > max {
+                return Err(too_many());
             }
+            Ok(body.readings)
         }
         Some(other) => Err(ApiError::UnsupportedMediaType(format!(
             "readings are application/json or application/x-ndjson, not {other}"
@@ -257,8 +402,11 @@ pub(crate) fn parse_body(
     let values = reading_values(headers, bytes, max)?;
     let multi = stream.is_none();
     let single = !multi && values.len() == 1;
-    let readings =
-        values.iter().enumerate().map(|(i, v)| parse_reading(v, i, multi, single)).collect::<Result<Vec<_>, _>>()?;
+    let readings = values
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| parse_reading(v, i, multi, single))
+        .collect::<Result<Vec<_>, _>>()?;
     group(readings, stream)
 }
 
@@ -270,14 +418,30 @@ fn group(
     if readings.is_empty() {
         return Err(ApiError::Unprocessable("no readings in the request".into()));
     }
-    let mut order: Vec<String> = Vec::new();
-    let mut groups: HashMap<String, Vec<Reading>> = HashMap::new();
+    // The groups in order of first appearance, and each stream's place among them: a
+    // reading of a stream already seen costs a lookup, not a copy of its name.
+    let mut groups: Vec<(String, Vec<Reading>)> = Vec::new();
+    let mut places: HashMap<String, usize> = HashMap::new();
     for (stream, reading) in readings {
-        let name = stream.or_else(|| default_stream.map(str::to_string)).unwrap_or_default();
-        let group = groups.entry(name.clone()).or_insert_with(|| {
-            order.push(name.clone());
-            Vec::new()
-        });
+        let place = match (stream, default_stream) {
+            (None, Some(name)) if groups.is_empty() => {
+                groups.push((name.to_string(), Vec::new()));
+                0
+            }
+            (None, Some(_)) => 0,
+            (stream, _) => {
+                let name = stream.unwrap_or_default();
+                match places.get(&name) {
+                    Some(&place) => place,
+                    None => {
+                        places.insert(name.clone(), groups.len());
+                        groups.push((name, Vec::new()));
+                        groups.len() - 1
+                    }
+                }
+            }
+        };
+        let (name, group) = &mut groups[place];
         if let Some(prev) = group.last() {
             if reading.ts <= prev.ts {
                 return Err(ApiError::Unprocessable(format!(
@@ -292,13 +456,7 @@ fn group(
         }
         group.push(reading);
     }
-    Ok(order
-        .into_iter()
-        .map(|name| {
-            let readings = groups.remove(&name).unwrap_or_default();
-            (name, readings)
-        })
-        .collect())
+    Ok(groups)
 }
 
 fn outcome_json(o: &IngestOutcome, all: bool) -> Value {
@@ -397,6 +555,92 @@ async fn post_readings(
     let accepted: usize = outcomes.iter().map(|o| o.accepted).sum();
     let streams: Vec<Value> = outcomes.iter().map(|o| outcome_json(o, all)).collect();
     Ok(Json(json!({ "accepted": accepted, "streams": streams })))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{header, HeaderMap, HeaderValue};
+
+    use super::{parse_body, ApiError};
+
+    fn json_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h
+    }
+
+    /// Each stream's readings as (timestamp, values).
+    type Groups = Vec<(String, Vec<(i64, Vec<f64>)>)>;
+
+    fn parse(body: &str, stream: Option<&str>) -> Result<Groups, ApiError> {
+        let groups = parse_body(&json_headers(), body.as_bytes(), 3, stream)?;
+        Ok(groups.into_iter().map(|(name, rs)| (name, rs.into_iter().map(|r| (r.ts, r.values)).collect())).collect())
+    }
+
+    fn problem(body: &str, stream: Option<&str>) -> (u16, String) {
+        let e = parse(body, stream).expect_err(body);
+        (e.status().as_u16(), e.to_string())
+    }
+
+    #[test]
+    fn reading_objects_are_read_as_json_objects_parsed_whole_would_be() {
+        // Escaped field names are the same fields; a field written twice keeps its last value.
+        let body =
+            r#"{"readings":[{"\u0074s":5,"value":1,"value":2.5},{"ts":"1970-01-01T00:00:00.006Z","values":[3]}]}"#;
+        assert_eq!(parse(body, Some("s")).unwrap(), vec![("s".to_string(), vec![(5, vec![2.5]), (6, vec![3.0])])]);
+        // Streams in order of first appearance, each with its readings in order.
+        let body = r#"{"readings":[{"stream":"b","ts":1,"value":1},{"stream":"a","ts":1,"value":2},
+            {"stream":"b","ts":2,"value":3}]}"#;
+        let groups = parse(body, None).unwrap();
+        assert_eq!(
+            groups,
+            vec![("b".into(), vec![(1, vec![1.0]), (2, vec![3.0])]), ("a".into(), vec![(1, vec![2.0])])]
+        );
+    }
+
+    #[test]
+    fn every_rule_is_checked_with_the_reading_it_concerns_named() {
+        let cases = [
+            // Anything but an object as a reading is a malformed body (400) ...
+            (r#"{"readings":[{"ts":1,"value":1},[1,{"a":2}]]}"#, 400, "expected a reading object"),
+            (r#"{"readings":[null]}"#, 400, "expected a reading object"),
+            // ... and so is anything but {"readings": [...]}.
+            (r#"{"readings":[],"more":1}"#, 400, "the body must be {\"readings\""),
+            (r#"{"data":[]}"#, 400, "the body must be {\"readings\""),
+            (r#"{"readings":{"ts":1}}"#, 400, "expected an array of readings"),
+            (r#"[{"ts":1,"value":1}]"#, 400, "expected {\"readings\""),
+            // Broken JSON anywhere is a 400, even after a reading that breaks a rule.
+            (r#"{"readings":[{"ts":1,"value":"x"},{"ts":2,"value":1}"#, 400, "invalid JSON body"),
+            (r#"{"readings":[{"ts":1,"value":1}]} trailing"#, 400, "invalid JSON body"),
+            // Field rules are 422s naming the reading; unknown fields however deeply nested.
+            (
+                r#"{"readings":[{"ts":1,"value":1},{"ts":2,"value":1,"extra":{"deep":[1,2]}}]}"#,
+                422,
+                "reading 1: unknown field \"extra\"",
+            ),
+            (r#"{"readings":[{"ts":1,"value":true}]}"#, 422, "reading 0: true is not a finite number"),
+            (r#"{"readings":[{"ts":1,"values":[1,"2"]}]}"#, 422, "reading 0: \"2\" is not a finite number"),
+            (r#"{"readings":[{"ts":1,"values":[]}]}"#, 422, "must be an array of 1 to 64 numbers"),
+            (r#"{"readings":[{"ts":1.5,"value":1}]}"#, 422, "not an integer of milliseconds"),
+            (
+                r#"{"readings":[{"ts":1,"value":1},{"ts":2,"value":1},{"ts":3,"value":1},{"ts":4,"value":1}]}"#,
+                422,
+                "at most 3 readings",
+            ),
+        ];
+        for (body, status, message) in cases {
+            let (got, text) = problem(body, Some("s"));
+            assert_eq!(got, status, "{body}: {text}");
+            assert!(text.contains(message), "{body}: {text}");
+        }
+        // `stream` belongs to the many-stream body only, where it is required.
+        assert!(problem(r#"{"readings":[{"stream":"a","ts":1,"value":1}]}"#, Some("s"))
+            .1
+            .contains("unknown field \"stream\""));
+        assert!(problem(r#"{"readings":[{"ts":1,"value":1}]}"#, None).1.contains("\"stream\" (a string) is required"));
+        assert!(problem(r#"{"readings":[{"stream":7,"ts":1,"value":1}]}"#, None).1.contains("is required"));
+        assert_eq!(problem(r#"{"readings":[{"stream":"a b","ts":1,"value":1}]}"#, None).0, 422);
+    }
 }
 
 #[cfg(test)]

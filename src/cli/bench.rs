@@ -14,6 +14,7 @@
 //!   work in PyTorch (`scripts/bench-training.py`) when `--python` is given, as a ratio.
 //!
 //! Results print as a table and, with `--json FILE`, are written as JSON.
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -443,20 +444,36 @@ async fn drive(
             if Instant::now() >= deadline {
                 break 'outer;
             }
-            let readings: Vec<serde_json::Value> = chunk
-                .iter()
-                .enumerate()
-                .flat_map(|(i, s)| {
-                    (0..per_stream as i64).map(move |j| {
-                        let step = round * per_stream as i64 + j;
-                        let phase = (step as f64 + (c * streams_per_request + i) as f64) / 30.0;
-                        json!({"stream": s, "ts": base + step * 1000, "value": phase.sin()})
-                    })
-                })
-                .collect();
-            let body = json!({ "readings": readings });
+            // The body is written straight out, as a client that owns its data would: the
+            // load generator shares the machine with the server, so its work is kept small.
+            // A request of one stream's readings goes to that stream's own endpoint.
+            let one_stream = chunk.len() == 1;
+            let mut body = String::with_capacity(chunk.len() * per_stream * 64 + 16);
+            body.push_str("{\"readings\":[");
+            for (i, s) in chunk.iter().enumerate() {
+                for j in 0..per_stream as i64 {
+                    let step = round * per_stream as i64 + j;
+                    let phase = (step as f64 + (c * streams_per_request + i) as f64) / 30.0;
+                    if i + j as usize > 0 {
+                        body.push(',');
+                    }
+                    if !one_stream {
+                        let _ = write!(body, "{{\"stream\":\"{s}\",");
+                    } else {
+                        body.push('{');
+                    }
+                    let _ = write!(body, "\"ts\":{},\"value\":{}}}", base + step * 1000, phase.sin());
+                }
+            }
+            body.push_str("]}");
+            let url = if one_stream {
+                format!("http://{addr}/v1/streams/{}/readings", chunk[0])
+            } else {
+                format!("http://{addr}/v1/readings")
+            };
             let started = Instant::now();
-            let response = client.post(format!("http://{addr}/v1/readings")).json(&body).send().await;
+            let response =
+                client.post(url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body).send().await;
             match response {
                 Ok(r) if r.status().is_success() => {
                     let _ = r.bytes().await;
