@@ -223,7 +223,7 @@ impl<'de> serde::Deserialize<'de> for RawReading {
 /// A JSON body, `{"readings": […]}`, read item by item: at most `max` readings are kept,
 /// the count of the rest is noted. Anything else (another field, a reading that is not an
 /// object) is a deserialisation error: a 400.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct RawBody {
     readings: Vec<RawReading>,
     /// Items in `readings` (kept or not).

@@ -159,6 +159,27 @@ pub struct Storage {
     url: String,
 }
 
+/// The columns a stream row is written with, in the order [`bind_stream`] binds them.
+pub(crate) const STREAM_COLUMNS: &str =
+    "(name, channels, model, sensitivity, warmup, auto_train, baseline, created_at)";
+
+/// Binds a stream row's [`STREAM_COLUMNS`] to `q`.
+pub(crate) fn bind_stream<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    name: &str,
+    config: &StreamConfig,
+    created_at: i64,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    q.bind(name.to_string())
+        .bind(config.channels as i64)
+        .bind(config.model.clone())
+        .bind(config.sensitivity)
+        .bind(config.warmup as i64)
+        .bind(i64::from(config.auto_train))
+        .bind(config.baseline.as_str())
+        .bind(created_at)
+}
+
 impl Storage {
     /// Connects (creating a SQLite file if missing) and applies the migrations.
     pub async fn connect(url: &str) -> Result<Storage, StorageError> {
@@ -243,23 +264,13 @@ impl Storage {
         config: &StreamConfig,
         now_ms: i64,
     ) -> Result<StreamRecord, StorageError> {
-        sqlx::query(
-            "INSERT INTO streams (name, channels, model, sensitivity, warmup, auto_train, baseline, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        let sql = format!(
+            "INSERT INTO streams {STREAM_COLUMNS} VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (name) DO UPDATE SET channels = excluded.channels, model = excluded.model,
                 sensitivity = excluded.sensitivity, warmup = excluded.warmup, auto_train = excluded.auto_train,
-                baseline = excluded.baseline",
-        )
-        .bind(name)
-        .bind(config.channels as i64)
-        .bind(config.model.clone())
-        .bind(config.sensitivity)
-        .bind(config.warmup as i64)
-        .bind(i64::from(config.auto_train))
-        .bind(config.baseline.as_str())
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await?;
+                baseline = excluded.baseline"
+        );
+        bind_stream(sqlx::query(&sql), name, config, now_ms).execute(&self.pool).await?;
         self.stream(name).await?.ok_or_else(|| StorageError::Corrupt(format!("stream {name} vanished")))
     }
 

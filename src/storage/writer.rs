@@ -10,7 +10,7 @@ use sqlx::{query, Any};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
 
-use super::{Backend, EventRow, ReadingRow, Storage, StorageError, StreamConfig};
+use super::{bind_stream, Backend, EventRow, ReadingRow, Storage, StorageError, StreamConfig, STREAM_COLUMNS};
 use crate::metrics::Metrics;
 
 /// Readings per INSERT statement (9 parameters each; SQLite allows 32,766).
@@ -399,22 +399,12 @@ async fn create_streams(
     let mut ids = std::collections::HashMap::with_capacity(new.len());
     for chunk in new.chunks(STREAMS_PER_STATEMENT) {
         let sql = format!(
-            "INSERT INTO streams (name, channels, model, sensitivity, warmup, auto_train, baseline, created_at)
-             VALUES {} ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO streams {STREAM_COLUMNS} VALUES {} ON CONFLICT (name) DO NOTHING",
             values_sql(backend, chunk.len(), 8)
         );
         let mut q = query(&sql);
         for stream in chunk {
-            let c = &stream.config;
-            q = q
-                .bind(stream.name.clone())
-                .bind(c.channels as i64)
-                .bind(c.model.clone())
-                .bind(c.sensitivity)
-                .bind(c.warmup as i64)
-                .bind(i64::from(c.auto_train))
-                .bind(c.baseline.as_str())
-                .bind(stream.created_at);
+            q = bind_stream(q, &stream.name, &stream.config, stream.created_at);
         }
         q.execute(&mut **tx).await?;
         let sql = format!("SELECT id, name FROM streams WHERE name IN {}", values_sql(backend, 1, chunk.len()));
