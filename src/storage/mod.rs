@@ -159,25 +159,50 @@ pub struct Storage {
     url: String,
 }
 
-/// The columns a stream row is written with, in the order [`bind_stream`] binds them.
+/// The columns a stream row is written with, in the order of [`stream_params`].
 pub(crate) const STREAM_COLUMNS: &str =
     "(name, channels, model, sensitivity, warmup, auto_train, baseline, created_at)";
 
-/// Binds a stream row's [`STREAM_COLUMNS`] to `q`.
-pub(crate) fn bind_stream<'q>(
-    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
-    name: &str,
-    config: &StreamConfig,
-    created_at: i64,
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
-    q.bind(name.to_string())
-        .bind(config.channels as i64)
-        .bind(config.model.clone())
-        .bind(config.sensitivity)
-        .bind(config.warmup as i64)
-        .bind(i64::from(config.auto_train))
-        .bind(config.baseline.as_str())
-        .bind(created_at)
+/// A stream row's [`STREAM_COLUMNS`].
+pub(crate) fn stream_params(name: &str, config: &StreamConfig, created_at: i64) -> [Param; 8] {
+    [
+        Param::Text(name.to_string()),
+        Param::Int(config.channels as i64),
+        Param::Text(config.model.clone()),
+        Param::Float(config.sensitivity),
+        Param::Int(config.warmup as i64),
+        Param::Int(i64::from(config.auto_train)),
+        Param::Text(config.baseline.as_str().to_string()),
+        Param::Int(created_at),
+    ]
+}
+
+/// A statement parameter, bound by whichever driver runs the statement: sqlx's `Any`, or
+/// PostgreSQL's own in the writer ([`writer`]).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Param {
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl Param {
+    /// Binds the parameter to `q`.
+    pub(crate) fn bind<'q, DB: sqlx::Database>(
+        self,
+        q: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    ) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+    where
+        i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        f64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    {
+        match self {
+            Param::Int(v) => q.bind(v),
+            Param::Float(v) => q.bind(v),
+            Param::Text(v) => q.bind(v),
+        }
+    }
 }
 
 impl Storage {
@@ -270,7 +295,8 @@ impl Storage {
                 sensitivity = excluded.sensitivity, warmup = excluded.warmup, auto_train = excluded.auto_train,
                 baseline = excluded.baseline"
         );
-        bind_stream(sqlx::query(&sql), name, config, now_ms).execute(&self.pool).await?;
+        let query = stream_params(name, config, now_ms).into_iter().fold(sqlx::query(&sql), |q, p| p.bind(q));
+        query.execute(&self.pool).await?;
         self.stream(name).await?.ok_or_else(|| StorageError::Corrupt(format!("stream {name} vanished")))
     }
 
@@ -337,6 +363,12 @@ impl Storage {
     /// Deletes a stream with its readings, anomalies and feedback. False if it did not exist.
     pub async fn delete_stream(&self, id: i64) -> Result<bool, StorageError> {
         let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            // PostgreSQL's readings have no foreign key (migration 0006): the writer locks a
+            // stream's row while it commits its readings, so locking it first here waits for
+            // those to be committed (and deleted below), or makes that commit fail.
+            sqlx::query("SELECT id FROM streams WHERE id = $1 FOR UPDATE").bind(id).execute(&mut *tx).await?;
+        }
         sqlx::query("DELETE FROM feedback WHERE anomaly_id IN (SELECT id FROM anomalies WHERE stream_id = $1)")
             .bind(id)
             .execute(&mut *tx)

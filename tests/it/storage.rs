@@ -5,7 +5,9 @@ use std::borrow::Cow;
 
 use tsad::metrics::Metrics;
 use tsad::scoring::Baseline;
-use tsad::storage::{NewStream, ReadingRow, Storage, StreamConfig, StreamUpdate, WriteBatch, Writer};
+use tsad::storage::{
+    ChannelValues, EventRow, NewStream, ReadingRow, Storage, StreamConfig, StreamUpdate, WriteBatch, Writer,
+};
 
 use crate::app::{fresh_database, Backend};
 
@@ -162,6 +164,126 @@ async fn many_streams_created_in_one_commit_sqlite() {
 #[tokio::test]
 async fn many_streams_created_in_one_commit_postgres() {
     many_streams_created_in_one_commit(Backend::Postgres).await;
+}
+
+/// Every field of a reading and of an event reads back as written, in both of the writer's
+/// ways to the tables (PostgreSQL's binary `COPY`, SQLite's multi-row `INSERT`s; a long run
+/// and single readings): extreme floats (on PostgreSQL bit for bit, signed zero included),
+/// infinite bounds, flags, multichannel values, an event opened and then closed.
+async fn every_field_round_trips(backend: Backend) {
+    let Some((url, _dir)) = fresh_database(backend).await else { return };
+    let storage = Storage::connect(&url).await.expect("connects");
+    let id = storage.put_stream("m", &StreamConfig { channels: 2, ..config() }, 0).await.expect("stream").id;
+    let (writer, task) = Writer::spawn(storage.clone(), 16, Metrics::new());
+    let odd = [0.1, -0.0, f64::MIN_POSITIVE, 1e300, -1e-300, 5e-324, f64::MAX, 123456.789];
+    let readings: Vec<ReadingRow> = (0..40i64)
+        .map(|i| {
+            let x = odd[i as usize % odd.len()];
+            ReadingRow {
+                ts: 1_767_225_600_000 + i,
+                value: x,
+                expected: -x,
+                lower: if i % 5 == 0 { f64::NEG_INFINITY } else { x / 3.0 },
+                upper: if i % 5 == 0 { f64::INFINITY } else { x * 0.75 },
+                score: (i as f64 / 40.0).min(1.0),
+                anomaly: i % 3 == 0,
+                channels: (i % 4 != 1).then(|| ChannelValues {
+                    values: vec![x, i as f64],
+                    expected: vec![-x, 0.5],
+                    lower: vec![0.0, -1.25],
+                    upper: vec![1e-10, 2.0],
+                }),
+            }
+        })
+        .collect();
+    let event = |open: bool| EventRow {
+        start_ts: readings[3].ts,
+        end_ts: readings[if open { 4 } else { 9 }].ts,
+        peak_ts: readings[4].ts,
+        peak_score: 0.999,
+        actual: vec![1e300, -0.0],
+        expected: vec![0.1, 2.5],
+        model: "default".into(),
+        model_version: "v1 \"quoted\"".into(),
+        open,
+    };
+    let mut long = batch(id, readings[..32].to_vec(), None);
+    long.events = vec![event(true)];
+    long.update.anomalies_added = 1;
+    writer.commit(vec![long]).await.expect("a long run");
+    for (i, r) in readings[32..].iter().enumerate() {
+        let mut one = batch(id, vec![r.clone()], None);
+        if i == 0 {
+            one.events = vec![event(false)];
+        }
+        writer.commit(vec![one]).await.expect("a single reading");
+    }
+    let got = storage.readings(id, None, None, None, 100).await.unwrap();
+    assert_eq!(got.len(), readings.len());
+    for (got, want) in got.iter().zip(&readings) {
+        assert_eq!(got, want, "reading at {}", want.ts);
+        // SQLite stores an integral REAL as an integer, so -0.0 reads back as 0.0 there.
+        if backend == Backend::Postgres {
+            assert_eq!(got.value.to_bits(), want.value.to_bits(), "the value's bits (signed zero) at {}", want.ts);
+        }
+    }
+    let query = tsad::storage::AnomalyQuery { stream_id: Some(id), limit: 10, ..Default::default() };
+    let events = storage.anomalies(&query).await.unwrap();
+    assert_eq!(events.len(), 1, "one event, updated in place");
+    assert_eq!(events[0].event, event(false), "the event as last written");
+    let record = storage.stream("m").await.unwrap().unwrap();
+    assert_eq!((record.readings_count, record.anomalies_count), (40, 1), "bookkeeping");
+    drop(writer);
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn every_field_round_trips_sqlite() {
+    every_field_round_trips(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn every_field_round_trips_postgres() {
+    every_field_round_trips(Backend::Postgres).await;
+}
+
+/// Readings of a stream id that does not exist are refused and nothing of their commit is
+/// stored (SQLite: the foreign key; PostgreSQL: the writer's check, migration 0006), while a
+/// request committed beside them is stored; a deleted stream's id is refused the same way.
+async fn readings_of_a_missing_stream_are_refused(backend: Backend) {
+    let Some((url, _dir)) = fresh_database(backend).await else { return };
+    let storage = Storage::connect(&url).await.expect("connects");
+    let a = storage.put_stream("a", &config(), 0).await.expect("stream a").id;
+    let gone = storage.put_stream("gone", &config(), 0).await.expect("stream gone").id;
+    assert!(storage.delete_stream(gone).await.unwrap());
+    let (writer, task) = Writer::spawn(storage.clone(), 16, Metrics::new());
+    for missing in [a + 1000, gone] {
+        let (good, bad) = tokio::join!(
+            writer.commit(vec![batch(a, (1..=40).map(|ts| reading(ts + missing * 100)).collect(), None)]),
+            writer.commit(vec![batch(missing, (1..=40).map(reading).collect(), None)]),
+        );
+        good.expect("the other request commits");
+        let err = bad.expect_err("readings of a missing stream");
+        assert!(
+            err.to_string().contains("FOREIGN KEY")
+                || err.to_string().contains(&format!("stream id {missing} does not exist")),
+            "{err}"
+        );
+        assert!(storage.readings(missing, None, None, None, 100).await.unwrap().is_empty(), "nothing stored");
+    }
+    assert_eq!(storage.readings(a, None, None, None, 1000).await.unwrap().len(), 80);
+    drop(writer);
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn readings_of_a_missing_stream_are_refused_sqlite() {
+    readings_of_a_missing_stream_are_refused(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn readings_of_a_missing_stream_are_refused_postgres() {
+    readings_of_a_missing_stream_are_refused(Backend::Postgres).await;
 }
 
 /// A database written before migration 0004 keeps its streams' scoring states.
