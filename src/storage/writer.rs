@@ -347,8 +347,8 @@ async fn write(
             None => batch.stream_id,
         });
     }
-    if let Tx::Postgres(tx) = &mut tx {
-        lock_streams(tx, &ids).await?;
+    if storage.backend() == Backend::Postgres {
+        lock_streams(&mut tx, &ids).await?;
     }
     // Every reading of every stream in multi-row statements: a request carrying one reading
     // for each of 1,000 streams is one statement, not 1,000. On SQLite a stream's few
@@ -446,14 +446,20 @@ async fn insert_readings(
 /// is gone. PostgreSQL's readings have no foreign key (migration 0006: its check per row was
 /// 64 % of a `COPY`); this is the same check once per stream, and with the lock a stream's
 /// deletion (which locks its row first) waits for these readings or makes this commit fail.
-async fn lock_streams(tx: &mut sqlx::Transaction<'static, Postgres>, ids: &[i64]) -> Result<(), StorageError> {
+/// On either driver (the writer falls back to `Any` when its own connection fails).
+async fn lock_streams(tx: &mut Tx, ids: &[i64]) -> Result<(), StorageError> {
     let mut unique = ids.to_vec();
     unique.sort_unstable();
     unique.dedup();
-    let mut found: Vec<i64> = sqlx::query_scalar("SELECT id FROM streams WHERE id = ANY($1) FOR KEY SHARE")
-        .bind(&unique)
-        .fetch_all(&mut **tx)
-        .await?;
+    let mut found = Vec::with_capacity(unique.len());
+    for chunk in unique.chunks(super::NAMES_PER_QUERY) {
+        let sql = format!(
+            "SELECT id, name FROM streams WHERE id IN {} FOR KEY SHARE",
+            values_sql(Backend::Postgres, 1, chunk.len())
+        );
+        let rows = tx.ids_and_names(&sql, chunk.iter().map(|&id| Param::Int(id))).await?;
+        found.extend(rows.into_iter().map(|(id, _)| id));
+    }
     if found.len() < unique.len() {
         found.sort_unstable();
         let missing = unique.iter().find(|id| found.binary_search(id).is_err()).copied().unwrap_or_default();
@@ -626,4 +632,76 @@ async fn upsert_event(tx: &mut Tx, stream_id: i64, e: &EventRow) -> Result<(), S
         Param::Text(if e.open { "open" } else { "closed" }.to_string()),
     ];
     tx.execute(sql, params).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scoring::Baseline;
+
+    fn readings(n: i64) -> Vec<ReadingRow> {
+        (1..=n)
+            .map(|ts| ReadingRow {
+                ts,
+                value: 1.0,
+                expected: 1.0,
+                lower: 0.0,
+                upper: 2.0,
+                score: 0.0,
+                anomaly: false,
+                channels: None,
+            })
+            .collect()
+    }
+
+    fn batch(stream_id: i64, n: i64) -> WriteBatch {
+        WriteBatch {
+            stream_id,
+            create: None,
+            readings: readings(n),
+            events: Vec::new(),
+            update: StreamUpdate { last_ts: n, readings_added: n, anomalies_added: 0, snapshot: None },
+        }
+    }
+
+    /// The writer's fallback on PostgreSQL (sqlx's `Any`, when its own connection does not
+    /// open) checks its streams as its own connection does: readings of a missing stream
+    /// are refused and nothing of them is stored; the readings table has no foreign key
+    /// there to refuse them (migration 0006). Both ways are tried on one database.
+    #[tokio::test]
+    async fn both_ways_to_postgres_refuse_readings_of_a_missing_stream() {
+        let Ok(server) = std::env::var("TSAD_TEST_DATABASE_URL") else {
+            let required = std::env::var("TSAD_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
+            assert!(!required, "TSAD_REQUIRE_POSTGRES=1 but TSAD_TEST_DATABASE_URL is not set");
+            eprintln!("SKIPPED: PostgreSQL test: TSAD_TEST_DATABASE_URL is not set");
+            return;
+        };
+        let name = format!("tsad_unit_{}_{}", std::process::id(), rand::random::<u32>());
+        let admin = Storage::open(&server, Some(1)).await.expect("PostgreSQL reachable");
+        query(&format!("CREATE DATABASE {name}")).execute(admin.pool()).await.expect("create database");
+        let base = server.rsplit_once('/').map_or(server.as_str(), |(base, _)| base);
+        let storage = Storage::connect(&format!("{base}/{name}")).await.expect("connects");
+        let config = StreamConfig {
+            channels: 1,
+            model: "default".into(),
+            sensitivity: 0.5,
+            warmup: 10,
+            auto_train: false,
+            baseline: Baseline::Forecast,
+        };
+        let id = storage.put_stream("s", &config, 0).await.expect("stream").id;
+        let own = postgres_connection(&storage).await.expect("own connection");
+        for (way, pg) in [("Any", None), ("own", Some(&own))] {
+            let missing = id + 1000;
+            let err = write(&storage, pg, &[&batch(missing, 5)]).await.expect_err(way);
+            assert!(err.to_string().contains(&format!("stream id {missing} does not exist")), "{way}: {err}");
+            assert!(storage.readings(missing, None, None, None, 10).await.unwrap().is_empty(), "{way}: nothing stored");
+        }
+        write(&storage, None, &[&batch(id, 5)]).await.expect("Any: a stored stream's readings");
+        let stored = storage.readings(id, None, None, None, 10).await.unwrap();
+        assert_eq!(stored.len(), 5);
+        own.close().await;
+        storage.pool().close().await;
+        let _ = query(&format!("DROP DATABASE {name}")).execute(admin.pool()).await;
+    }
 }
