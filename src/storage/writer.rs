@@ -278,18 +278,18 @@ impl Tx {
         })
     }
 
-    async fn execute(&mut self, sql: &str, params: impl IntoIterator<Item = Param>) -> Result<(), StorageError> {
-        match self {
+    /// Runs `sql`; returns the rows it affected.
+    async fn execute(&mut self, sql: &str, params: impl IntoIterator<Item = Param>) -> Result<u64, StorageError> {
+        Ok(match self {
             Tx::Any(tx) => {
                 let q = params.into_iter().fold(query::<Any>(sql), |q, p| p.bind(q));
-                q.execute(&mut **tx).await?;
+                q.execute(&mut **tx).await?.rows_affected()
             }
             Tx::Postgres(tx) => {
                 let q = params.into_iter().fold(query::<Postgres>(sql), |q, p| p.bind(q));
-                q.execute(&mut **tx).await?;
+                q.execute(&mut **tx).await?.rows_affected()
             }
-        }
-        Ok(())
+        })
     }
 
     /// The (id, name) rows `sql` selects.
@@ -347,9 +347,6 @@ async fn write(
             None => batch.stream_id,
         });
     }
-    if storage.backend() == Backend::Postgres {
-        lock_streams(&mut tx, &ids).await?;
-    }
     // Every reading of every stream in multi-row statements: a request carrying one reading
     // for each of 1,000 streams is one statement, not 1,000. On SQLite a stream's few
     // readings go to the log (migration 0005), its long runs straight to their place.
@@ -371,8 +368,20 @@ async fn write(
     let mut seen = std::collections::HashSet::with_capacity(ids.len());
     let (unique, repeated): (Vec<_>, Vec<_>) =
         batches.iter().zip(&ids).map(|(b, &id)| (id, &b.update)).partition(|(id, _)| seen.insert(*id));
+    let mut updated = 0;
     for chunk in unique.chunks(UPDATES_PER_STATEMENT) {
-        update_streams(&mut tx, storage.backend(), chunk).await?;
+        updated += update_streams(&mut tx, storage.backend(), chunk).await?;
+    }
+    // Every stream of the commit must still exist. PostgreSQL's readings have no foreign key
+    // (migration 0006: its check per row was 64 % of a `COPY`); this is the same check once
+    // per stream, and the row locks of these updates make a stream's deletion (which locks
+    // its row before it deletes its readings) wait for this commit, or this commit fail.
+    if updated < unique.len() as u64 {
+        return Err(StorageError::Corrupt(format!(
+            "{} of the {} streams of a commit do not exist (deleted while their readings were in flight?)",
+            unique.len() as u64 - updated,
+            unique.len()
+        )));
     }
     for row in repeated {
         update_streams(&mut tx, storage.backend(), &[row]).await?;
@@ -397,20 +406,21 @@ async fn write(
     Ok((ids, logged.len()))
 }
 
+/// From this many readings a commit sends them to PostgreSQL with `COPY`; fewer go in an
+/// `INSERT`, which is one round trip to the server where `COPY` takes two (a single
+/// reading's commit is mostly round trips).
+const COPY_FROM_ROWS: usize = 64;
+
 /// Inserts `rows` (stream id, reading) into `table`: with one `COPY` on PostgreSQL's own
-/// driver, else `ROWS_PER_STATEMENT` a statement.
+/// driver when there are enough of them, else `ROWS_PER_STATEMENT` an `INSERT`.
 async fn insert_readings(
     tx: &mut Tx,
     backend: Backend,
     table: &str,
     rows: &[(i64, &ReadingRow)],
 ) -> Result<(), StorageError> {
-    let tx = match tx {
-        Tx::Any(tx) => tx,
-        Tx::Postgres(tx) => {
-            if rows.is_empty() {
-                return Ok(());
-            }
+    if let Tx::Postgres(tx) = tx {
+        if rows.len() >= COPY_FROM_ROWS {
             let data = copy_binary(rows)?;
             let mut copy =
                 tx.copy_in_raw(&format!("COPY {table} {READING_COLUMNS} FROM STDIN (FORMAT binary)")).await?;
@@ -418,56 +428,47 @@ async fn insert_readings(
             copy.finish().await?;
             return Ok(());
         }
-    };
+    }
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         // Written out with `$n` placeholders: sqlx's QueryBuilder over `Any` emits `?`,
         // which PostgreSQL does not accept.
         let sql = insert_readings_sql(backend, table, chunk.len());
-        let mut insert = query(sql.as_str());
-        for &(stream_id, r) in chunk {
-            let channels = r.channels.as_ref().map(|c| serde_json::to_string(c).unwrap_or_default());
-            insert = insert
-                .bind(stream_id)
-                .bind(r.ts)
-                .bind(r.value)
-                .bind(r.expected)
-                .bind(r.lower)
-                .bind(r.upper)
-                .bind(r.score)
-                .bind(i64::from(r.anomaly))
-                .bind(channels);
+        match tx {
+            Tx::Any(tx) => {
+                bind_readings(query(sql.as_str()), chunk).execute(&mut **tx).await?;
+            }
+            Tx::Postgres(tx) => {
+                bind_readings(query(sql.as_str()), chunk).execute(&mut **tx).await?;
+            }
         }
-        insert.execute(&mut **tx).await?;
     }
     Ok(())
 }
 
-/// Locks the rows of the streams `ids` (`FOR KEY SHARE`) until the commit, or fails if one
-/// is gone. PostgreSQL's readings have no foreign key (migration 0006: its check per row was
-/// 64 % of a `COPY`); this is the same check once per stream, and with the lock a stream's
-/// deletion (which locks its row first) waits for these readings or makes this commit fail.
-/// On either driver (the writer falls back to `Any` when its own connection fails).
-async fn lock_streams(tx: &mut Tx, ids: &[i64]) -> Result<(), StorageError> {
-    let mut unique = ids.to_vec();
-    unique.sort_unstable();
-    unique.dedup();
-    let mut found = Vec::with_capacity(unique.len());
-    for chunk in unique.chunks(super::NAMES_PER_QUERY) {
-        let sql = format!(
-            "SELECT id, name FROM streams WHERE id IN {} FOR KEY SHARE",
-            values_sql(Backend::Postgres, 1, chunk.len())
-        );
-        let rows = tx.ids_and_names(&sql, chunk.iter().map(|&id| Param::Int(id))).await?;
-        found.extend(rows.into_iter().map(|(id, _)| id));
+/// Binds the nine [`READING_COLUMNS`] of each of `rows` to `q`, in order.
+fn bind_readings<'q, DB: sqlx::Database>(
+    mut q: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    rows: &[(i64, &ReadingRow)],
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    f64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    for &(stream_id, r) in rows {
+        let channels = r.channels.as_ref().map(|c| serde_json::to_string(c).unwrap_or_default());
+        q = q
+            .bind(stream_id)
+            .bind(r.ts)
+            .bind(r.value)
+            .bind(r.expected)
+            .bind(r.lower)
+            .bind(r.upper)
+            .bind(r.score)
+            .bind(i64::from(r.anomaly))
+            .bind(channels);
     }
-    if found.len() < unique.len() {
-        found.sort_unstable();
-        let missing = unique.iter().find(|id| found.binary_search(id).is_err()).copied().unwrap_or_default();
-        return Err(StorageError::Corrupt(format!(
-            "stream id {missing} does not exist (deleted while its readings were in flight?)"
-        )));
-    }
-    Ok(())
+    q
 }
 
 /// The columns of a reading row, in the order `insert_readings` writes them.
@@ -508,8 +509,9 @@ fn copy_binary(rows: &[(i64, &ReadingRow)]) -> Result<Vec<u8>, StorageError> {
     Ok(data)
 }
 
-/// Updates the bookkeeping of `rows` streams (id, update) in one statement.
-async fn update_streams(tx: &mut Tx, backend: Backend, rows: &[(i64, &StreamUpdate)]) -> Result<(), StorageError> {
+/// Updates the bookkeeping of `rows` streams (id, update) in one statement; returns the
+/// rows updated (those of the streams that exist).
+async fn update_streams(tx: &mut Tx, backend: Backend, rows: &[(i64, &StreamUpdate)]) -> Result<u64, StorageError> {
     let params = rows.iter().flat_map(|&(stream_id, u)| {
         [Param::Int(stream_id), Param::Int(u.last_ts), Param::Int(u.readings_added), Param::Int(u.anomalies_added)]
     });
@@ -521,8 +523,9 @@ async fn update_streams(tx: &mut Tx, backend: Backend, rows: &[(i64, &StreamUpda
 /// casts give PostgreSQL the parameter types.
 fn update_streams_sql(backend: Backend, rows: usize) -> String {
     let mut sql = String::from(
-        "UPDATE streams SET last_ts = v.column2, readings_count = streams.readings_count + v.column3,
-            anomalies_count = streams.anomalies_count + v.column4
+        "UPDATE streams SET last_ts = CASE WHEN newer THEN v.column2 ELSE streams.last_ts END,
+            readings_count = streams.readings_count + CASE WHEN newer THEN v.column3 ELSE 0 END,
+            anomalies_count = streams.anomalies_count + CASE WHEN newer THEN v.column4 ELSE 0 END
          FROM (VALUES ",
     );
     for r in 0..rows {
@@ -539,10 +542,12 @@ fn update_streams_sql(backend: Backend, rows: usize) -> String {
             n(4)
         ));
     }
-    // The last_ts guard keeps a stopping actor's final write from overwriting a newer
-    // stream state written by its successor.
-    sql.push_str(") AS v WHERE streams.id = v.column1 AND (streams.last_ts IS NULL OR streams.last_ts <= v.column2)");
-    sql
+    // The last_ts guard (`newer`) keeps a stopping actor's final write from overwriting a
+    // newer stream state written by its successor. It is in the SET, not the WHERE, so that
+    // every stream row of the commit is updated (and, on PostgreSQL, locked): the count of
+    // rows updated tells whether each stream still exists (`write`).
+    sql.push_str(") AS v WHERE streams.id = v.column1");
+    sql.replace("newer", "(streams.last_ts IS NULL OR streams.last_ts <= v.column2)")
 }
 
 /// `(…), (…)` for `rows` rows of `columns` parameters each (one row: the list of an `IN`).
@@ -593,7 +598,8 @@ async fn upsert_snapshots(tx: &mut Tx, backend: Backend, rows: &[(i64, i64, &str
     let params = rows
         .iter()
         .flat_map(|&(id, last_ts, snapshot)| [Param::Int(id), Param::Int(last_ts), Param::Text(snapshot.to_string())]);
-    tx.execute(&sql, params).await
+    tx.execute(&sql, params).await?;
+    Ok(())
 }
 
 /// Parameter `n` (from 1) of a statement: `$n` for PostgreSQL; an anonymous `?` for SQLite,
@@ -631,7 +637,8 @@ async fn upsert_event(tx: &mut Tx, stream_id: i64, e: &EventRow) -> Result<(), S
         Param::Text(e.model_version.clone()),
         Param::Text(if e.open { "open" } else { "closed" }.to_string()),
     ];
-    tx.execute(sql, params).await
+    tx.execute(sql, params).await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -694,7 +701,7 @@ mod tests {
         for (way, pg) in [("Any", None), ("own", Some(&own))] {
             let missing = id + 1000;
             let err = write(&storage, pg, &[&batch(missing, 5)]).await.expect_err(way);
-            assert!(err.to_string().contains(&format!("stream id {missing} does not exist")), "{way}: {err}");
+            assert!(err.to_string().contains("1 of the 1 streams of a commit do not exist"), "{way}: {err}");
             assert!(storage.readings(missing, None, None, None, 10).await.unwrap().is_empty(), "{way}: nothing stored");
         }
         write(&storage, None, &[&batch(id, 5)]).await.expect("Any: a stored stream's readings");
