@@ -9,7 +9,8 @@
 #
 # Environment:
 #   TSAD_BENCH_SECONDS   seconds per measurement (default 10)
-#   TSAD_BENCH_PG        PostgreSQL URL for the end-to-end run (default: the local test
+#   TSAD_BENCH_PG        PostgreSQL URL for the end-to-end run, which measures in a scratch
+#                        database it creates on that server (default: the local test
 #                        server scripts/postgres.sh provides; "none" skips it, loudly)
 #   TSAD_BENCH_STREAMS   stream counts for the end-to-end runs (default 1000,10000,100000)
 #   TSAD_BENCH_MEMORY    stream counts for the memory run (default 10000,100000,1000000)

@@ -117,7 +117,9 @@ enum BenchKind {
         /// Skip the paced (half-rate) and single-reading latency phases.
         #[arg(long)]
         throughput_only: bool,
-        /// Database [default: a scratch SQLite file].
+        /// A PostgreSQL server (`postgres://…`) to measure on, in a scratch database created
+        /// on it for each stream count and dropped afterwards, or a SQLite file (used as it
+        /// is) [default: a scratch SQLite file].
         #[arg(long)]
         database_url: Option<String>,
         /// Write the results as JSON to this file.
@@ -617,9 +619,8 @@ async fn http(
     );
     let mut rows = Vec::new();
     for &n in streams {
-        let scratch = tempfile::tempdir()?;
-        let url =
-            database_url.clone().unwrap_or_else(|| format!("sqlite://{}", scratch.path().join("bench.db").display()));
+        let scratch = Scratch::create(database_url.as_deref()).await?;
+        let url = scratch.url.clone();
         let settings = Settings::for_tests(&url, default_models_dir());
         let app = Application::build(settings).await?;
         let addr = app.local_addr();
@@ -673,6 +674,61 @@ async fn http(
         }
         let _ = stop.send(());
         server.await??;
+        scratch.remove().await;
     }
     write_json(json_out, json!({ "benchmark": "http", "results": rows }))
+}
+
+/// Where one measurement of `bench http` writes: a SQLite file in a temporary directory, or
+/// a database created for it on the PostgreSQL server given (dropped by
+/// [`Scratch::remove`]), so that every measurement starts from empty tables, whatever ran
+/// on that server before (a `readings` table grown by earlier runs slows every commit).
+struct Scratch {
+    url: String,
+    /// The server's URL and the database created on it.
+    postgres: Option<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    async fn create(database_url: Option<&str>) -> anyhow::Result<Scratch> {
+        use sqlx::Connection;
+        let dir = tempfile::tempdir()?;
+        let server = match database_url {
+            None => {
+                let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+                return Ok(Scratch { url, postgres: None, _dir: dir });
+            }
+            Some(url) if url.starts_with("sqlite:") => {
+                return Ok(Scratch { url: url.to_string(), postgres: None, _dir: dir })
+            }
+            Some(server) => server,
+        };
+        let name = format!("tsad_bench_{}_{}", std::process::id(), rand::random::<u32>());
+        let mut url = reqwest::Url::parse(server).context("--database-url is not a URL")?;
+        let mut conn = sqlx::PgConnection::connect(server)
+            .await
+            .with_context(|| format!("connecting to {}", crate::app::redact(server)))?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .with_context(|| format!("creating the scratch database {name}"))?;
+        conn.close().await?;
+        url.set_path(&format!("/{name}"));
+        Ok(Scratch { url: url.to_string(), postgres: Some((server.to_string(), name)), _dir: dir })
+    }
+
+    /// Drops the PostgreSQL scratch database; says so when it cannot.
+    async fn remove(self) {
+        use sqlx::Connection;
+        let Some((server, name)) = self.postgres else { return };
+        let dropped = async {
+            let mut conn = sqlx::PgConnection::connect(&server).await?;
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await?;
+            conn.close().await
+        };
+        if let Err(e) = dropped.await {
+            eprintln!("the scratch database {name} was left on the server ({e}); drop it by hand");
+        }
+    }
 }
