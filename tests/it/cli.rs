@@ -600,3 +600,50 @@ fn bench_http_posts_each_streams_readings_together_and_refuses_a_shape_that_does
     let bad = tsad(&[&common[..], &["--per-stream", "3"]].concat());
     assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
 }
+
+/// `bench http` on PostgreSQL measures in a scratch database of its own on the server and
+/// drops it afterwards: the report says PostgreSQL, no scratch database is left, and the
+/// database the URL names has not a reading more.
+#[tokio::test]
+async fn bench_http_on_postgres_measures_in_a_scratch_database_it_drops() {
+    use sqlx::Connection;
+    let Ok(server) = std::env::var("TSAD_TEST_DATABASE_URL") else {
+        let required = std::env::var("TSAD_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
+        assert!(!required, "TSAD_REQUIRE_POSTGRES=1 but TSAD_TEST_DATABASE_URL is not set");
+        eprintln!("SKIPPED: PostgreSQL test: TSAD_TEST_DATABASE_URL is not set");
+        return;
+    };
+    // The scratch databases on the server, and the readings in the database the URL names
+    // (which the bench must leave alone).
+    let scratch = || async {
+        let mut conn = sqlx::PgConnection::connect(&server).await.expect("PostgreSQL reachable");
+        let names: Vec<String> =
+            sqlx::query_scalar("SELECT datname::TEXT FROM pg_database WHERE datname LIKE 'tsad_bench_%'")
+                .fetch_all(&mut conn)
+                .await
+                .expect("list databases");
+        let table: bool = sqlx::query_scalar("SELECT to_regclass('public.readings') IS NOT NULL")
+            .fetch_one(&mut conn)
+            .await
+            .expect("look the table up");
+        let readings: Option<i64> = match table {
+            true => {
+                Some(sqlx::query_scalar("SELECT count(*) FROM readings").fetch_one(&mut conn).await.expect("count"))
+            }
+            false => None,
+        };
+        (names, readings)
+    };
+    let before = scratch().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("http.json");
+    let args = ["bench", "http", "--streams", "4", "--batch", "8", "--clients", "2", "--throughput-only"];
+    let extra = ["--seconds", "0.5", "--database-url", &server, "--json", json.to_str().expect("utf-8")];
+    let run = tsad(&[&args[..], &extra[..]].concat());
+    let (stdout, stderr) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+    assert!(run.status.success(), "{stdout}{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("json");
+    assert_eq!(report["results"][0]["database"], "postgres", "{report}");
+    assert!(report["results"][0]["readings_per_s"].as_f64().is_some_and(|r| r > 0.0), "{report}");
+    assert_eq!(scratch().await, before, "the scratch database dropped, the named one untouched: {stderr}");
+}
