@@ -286,6 +286,52 @@ async fn readings_of_a_missing_stream_are_refused_postgres() {
     readings_of_a_missing_stream_are_refused(Backend::Postgres).await;
 }
 
+/// A stream deleted while its readings are being committed leaves none of them behind:
+/// each commit lands before the deletion (and is deleted with the stream) or fails after it.
+/// On PostgreSQL, whose readings have no foreign key (migration 0006), this is the row lock
+/// of the writer's stream-row update against the deletion's lock taken before it deletes.
+async fn a_stream_deleted_while_its_readings_commit_leaves_none(backend: Backend) {
+    let Some((url, _dir)) = fresh_database(backend).await else { return };
+    let storage = Storage::connect(&url).await.expect("connects");
+    let (writer, task) = Writer::spawn(storage.clone(), 64, Metrics::new());
+    let (mut landed, mut refused) = (0, 0);
+    for round in 0..24u64 {
+        let id = storage.put_stream(&format!("r{round}"), &config(), 0).await.expect("stream").id;
+        let commits = async {
+            let mut results = Vec::new();
+            for k in 0..12i64 {
+                let readings = (k * 50 + 1..=k * 50 + 50).map(reading).collect();
+                results.push(writer.commit(vec![batch(id, readings, None)]).await.is_ok());
+            }
+            results
+        };
+        let delete = async {
+            tokio::time::sleep(std::time::Duration::from_micros(round * 1300)).await;
+            storage.delete_stream(id).await.expect("deletes")
+        };
+        let (results, deleted) = tokio::join!(commits, delete);
+        assert!(deleted, "round {round}: the stream existed");
+        landed += results.iter().filter(|ok| **ok).count();
+        refused += results.iter().filter(|ok| !**ok).count();
+        let left = storage.readings(id, None, None, None, 1000).await.unwrap();
+        assert!(left.is_empty(), "round {round}: {} readings of the deleted stream left", left.len());
+    }
+    // Both outcomes happened, or the test did not race anything.
+    assert!(landed > 0 && refused > 0, "landed {landed}, refused {refused}");
+    drop(writer);
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stream_deleted_while_its_readings_commit_leaves_none_sqlite() {
+    a_stream_deleted_while_its_readings_commit_leaves_none(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_stream_deleted_while_its_readings_commit_leaves_none_postgres() {
+    a_stream_deleted_while_its_readings_commit_leaves_none(Backend::Postgres).await;
+}
+
 /// A database written before migration 0004 keeps its streams' scoring states.
 #[tokio::test]
 async fn snapshots_survive_their_migration() {
