@@ -34,6 +34,18 @@ pub fn models_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models"))
 }
 
+/// The PostgreSQL server `TSAD_TEST_DATABASE_URL` names, or `None` (after saying so) when it
+/// is not set; its absence fails the test under `TSAD_REQUIRE_POSTGRES=1`.
+pub fn postgres_server() -> Option<String> {
+    let Ok(server) = std::env::var("TSAD_TEST_DATABASE_URL") else {
+        let required = std::env::var("TSAD_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
+        assert!(!required, "TSAD_REQUIRE_POSTGRES=1 but TSAD_TEST_DATABASE_URL is not set");
+        eprintln!("SKIPPED: PostgreSQL test: TSAD_TEST_DATABASE_URL is not set");
+        return None;
+    };
+    Some(server)
+}
+
 /// A fresh database URL for `backend`, or `None` (after saying so) when PostgreSQL is absent.
 pub async fn fresh_database(backend: Backend) -> Option<(String, Option<std::sync::Arc<tempfile::TempDir>>)> {
     match backend {
@@ -43,12 +55,7 @@ pub async fn fresh_database(backend: Backend) -> Option<(String, Option<std::syn
             Some((url, Some(dir)))
         }
         Backend::Postgres => {
-            let Ok(server) = std::env::var("TSAD_TEST_DATABASE_URL") else {
-                let required = std::env::var("TSAD_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
-                assert!(!required, "TSAD_REQUIRE_POSTGRES=1 but TSAD_TEST_DATABASE_URL is not set");
-                eprintln!("SKIPPED: PostgreSQL test: TSAD_TEST_DATABASE_URL is not set");
-                return None;
-            };
+            let server = postgres_server()?;
             use sqlx::Connection;
             let mut conn = sqlx::PgConnection::connect(&server).await.expect("PostgreSQL reachable");
             let name = format!("tsad_test_{}", std::process::id()) + &format!("_{}", rand::random::<u64>());

@@ -607,12 +607,7 @@ fn bench_http_posts_each_streams_readings_together_and_refuses_a_shape_that_does
 #[tokio::test]
 async fn bench_http_on_postgres_measures_in_a_scratch_database_it_drops() {
     use sqlx::Connection;
-    let Ok(server) = std::env::var("TSAD_TEST_DATABASE_URL") else {
-        let required = std::env::var("TSAD_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
-        assert!(!required, "TSAD_REQUIRE_POSTGRES=1 but TSAD_TEST_DATABASE_URL is not set");
-        eprintln!("SKIPPED: PostgreSQL test: TSAD_TEST_DATABASE_URL is not set");
-        return;
-    };
+    let Some(server) = crate::app::postgres_server() else { return };
     // The scratch databases on the server, and the readings in the database the URL names
     // (which the bench must leave alone).
     let scratch = || async {

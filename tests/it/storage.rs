@@ -288,6 +288,7 @@ async fn readings_of_a_missing_stream_are_refused_postgres() {
 
 /// A stream deleted while its readings are being committed leaves none of them behind:
 /// each commit lands before the deletion (and is deleted with the stream) or fails after it.
+/// Each round starts the deletion after a different number of answered commits.
 /// On PostgreSQL, whose readings have no foreign key (migration 0006), this is the row lock
 /// of the writer's stream-row update against the deletion's lock taken before it deletes.
 async fn a_stream_deleted_while_its_readings_commit_leaves_none(backend: Backend) {
@@ -297,16 +298,20 @@ async fn a_stream_deleted_while_its_readings_commit_leaves_none(backend: Backend
     let (mut landed, mut refused) = (0, 0);
     for round in 0..24u64 {
         let id = storage.put_stream(&format!("r{round}"), &config(), 0).await.expect("stream").id;
+        // The deletion starts once `round % 12` commits are answered, while the next one is
+        // in flight (the commits go on meanwhile: `join!` polls both).
+        let (answered, mut answers) = tokio::sync::watch::channel(0usize);
         let commits = async {
             let mut results = Vec::new();
             for k in 0..12i64 {
                 let readings = (k * 50 + 1..=k * 50 + 50).map(reading).collect();
                 results.push(writer.commit(vec![batch(id, readings, None)]).await.is_ok());
+                answered.send_replace(results.len());
             }
             results
         };
         let delete = async {
-            tokio::time::sleep(std::time::Duration::from_micros(round * 1300)).await;
+            answers.wait_for(|n| *n >= round as usize % 12).await.expect("the commits run");
             storage.delete_stream(id).await.expect("deletes")
         };
         let (results, deleted) = tokio::join!(commits, delete);
