@@ -57,10 +57,10 @@ enum BenchKind {
         /// the service's batcher does (`max_batch`).
         #[arg(long, default_value_t = 256)]
         batch: usize,
-        /// Peak fp32 GFLOP/s of one core, for the fraction of peak (measured on the
-        /// development machine: 179).
-        #[arg(long, default_value_t = 179.0)]
-        peak_gflops_per_core: f64,
+        /// Peak fp32 GFLOP/s of one core, for the fraction of peak; measured on this machine
+        /// when not given (independent chains of fused multiply-adds on every worker thread).
+        #[arg(long)]
+        peak_gflops_per_core: Option<f64>,
         /// Seconds per measurement.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
@@ -147,12 +147,18 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
                 || hidden.contains(&0)
                 || seconds.is_nan()
                 || seconds <= 0.0
+                || peak_gflops_per_core.is_some_and(|p| p.is_nan() || p <= 0.0)
             {
                 return Err(CliError::Usage(anyhow!(
-                    "--threads, --batch, --streams, --hidden and --seconds must be positive"
+                    "--threads, --batch, --streams, --hidden, --seconds and --peak-gflops-per-core must be positive"
                 )));
             }
             let shapes = Shapes { architectures, hidden, model };
+            let peak_gflops_per_core = peak_gflops_per_core.unwrap_or_else(|| {
+                let measured = fma_peak_gflops(threads, 1.0);
+                println!("fp32 fused multiply-add peak, measured on {threads} thread(s): {measured:.1} GFLOP/s a core");
+                measured
+            });
             let work = StepWork { threads, batch, peak_per_core: peak_gflops_per_core, seconds };
             inference(&streams, &shapes, &work, json)
         }
@@ -211,6 +217,88 @@ pub fn flops_per_step(config: &NetworkConfig) -> f64 {
     flops + 2.0 * config.head_input() as f64 * config.head_output() as f64
 }
 
+/// The fp32 GFLOP/s one core reaches with fused multiply-adds, measured on `threads` threads
+/// at once for `seconds` (so that cores sharing a clock budget are measured as loaded): twelve
+/// independent accumulator chains as wide as the CPU allows (AVX-512, else AVX2 with FMA,
+/// else scalar `mul_add`, which understates the peak). The mean over the threads.
+pub fn fma_peak_gflops(threads: usize, seconds: f64) -> f64 {
+    let per_thread: Vec<f64> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                scope.spawn(move || {
+                    let started = Instant::now();
+                    let mut flops = 0.0;
+                    while started.elapsed().as_secs_f64() < seconds {
+                        flops += fma_chains(1 << 20);
+                    }
+                    flops / started.elapsed().as_secs_f64() / 1e9
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0.0)).collect()
+    });
+    per_thread.iter().sum::<f64>() / per_thread.len() as f64
+}
+
+/// Runs `rounds` rounds of twelve independent vector FMAs; returns the FLOPs done.
+fn fma_chains(rounds: usize) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked on the line above).
+            return unsafe { fma_chains_avx512(rounds) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA (checked on the line above).
+            return unsafe { fma_chains_avx2(rounds) };
+        }
+    }
+    let mut acc = [0f32; 12];
+    for (i, a) in acc.iter_mut().enumerate() {
+        *a = i as f32;
+    }
+    let (b, c) = (std::hint::black_box(1.000_000_1f32), std::hint::black_box(1e-7f32));
+    for _ in 0..rounds {
+        for a in &mut acc {
+            *a = a.mul_add(b, c);
+        }
+    }
+    std::hint::black_box(acc);
+    (rounds * 12 * 2) as f64
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn fma_chains_avx512(rounds: usize) -> f64 {
+    use std::arch::x86_64::*;
+    let b = _mm512_set1_ps(std::hint::black_box(1.000_000_1));
+    let c = _mm512_set1_ps(std::hint::black_box(1e-7));
+    let mut acc = [_mm512_setzero_ps(); 12];
+    for _ in 0..rounds {
+        for a in &mut acc {
+            *a = _mm512_fmadd_ps(*a, b, c);
+        }
+    }
+    std::hint::black_box(acc);
+    (rounds * 12 * 16 * 2) as f64
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn fma_chains_avx2(rounds: usize) -> f64 {
+    use std::arch::x86_64::*;
+    let b = _mm256_set1_ps(std::hint::black_box(1.000_000_1));
+    let c = _mm256_set1_ps(std::hint::black_box(1e-7));
+    let mut acc = [_mm256_setzero_ps(); 12];
+    for _ in 0..rounds {
+        for a in &mut acc {
+            *a = _mm256_fmadd_ps(*a, b, c);
+        }
+    }
+    std::hint::black_box(acc);
+    (rounds * 12 * 8 * 2) as f64
+}
+
 /// How `bench inference` steps the streams.
 struct StepWork {
     threads: usize,
@@ -241,8 +329,15 @@ fn inference(streams: &[usize], shapes: &Shapes, work: &StepWork, json_out: Opti
     );
     println!("{:<10} {:>9} {:>14} {:>12} {:>10}", "model", "streams", "steps/s", "µs per call", "% of peak");
     let mut rows = Vec::new();
+    let mut bounds = Vec::new();
     for (name, config, dir) in &networks {
         let flops = flops_per_step(config);
+        let bound = products_only(config, threads, max_batch, seconds.min(1.0))?;
+        println!(
+            "{name:<10} its matrix products alone (batch {max_batch}, {threads} thread(s)): {bound:.0} stream-steps/s, {:.1} % of peak",
+            100.0 * bound * flops / peak
+        );
+        bounds.push(json!({ "model": name, "max_batch": max_batch, "products_only_steps_per_s": bound }));
         for &n in streams {
             let workers = threads.min(n);
             let (steps, calls, elapsed) = std::thread::scope(|scope| -> anyhow::Result<(u64, u64, f64)> {
@@ -299,7 +394,59 @@ fn inference(streams: &[usize], shapes: &Shapes, work: &StepWork, json_out: Opti
             }));
         }
     }
-    write_json(json_out, json!({ "benchmark": "inference", "peak_gflops_per_core": peak_per_core, "results": rows }))
+    write_json(
+        json_out,
+        json!({ "benchmark": "inference", "peak_gflops_per_core": peak_per_core, "products_only": bounds, "results": rows }),
+    )
+}
+
+/// Stream-steps per second `config`'s matrix products alone would allow — the recurrent
+/// layers' gate products and the head's, as `addmm` calls of `batch` rows, on `threads`
+/// threads at once with one libtorch thread each — which bounds what the whole step can
+/// reach with libtorch's matrix kernels on this machine.
+fn products_only(config: &NetworkConfig, threads: usize, batch: usize, seconds: f64) -> anyhow::Result<f64> {
+    let options = (tch::Kind::Float, tch::Device::Cpu);
+    let gates = (config.architecture.gates() * config.hidden) as i64;
+    let (rows, h) = (batch as i64, config.hidden as i64);
+    let mut shapes = Vec::new();
+    let mut input = config.core_input() as i64;
+    for _ in 0..config.layers {
+        shapes.push((input + h, gates));
+        input = h;
+    }
+    shapes.push((config.head_input() as i64, config.head_output() as i64));
+    let rates = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let shapes = &shapes;
+                scope.spawn(move || {
+                    tch::set_num_threads(1);
+                    let _guard = tch::no_grad_guard();
+                    let operands: Vec<_> = shapes
+                        .iter()
+                        .map(|&(k, n)| {
+                            (
+                                tch::Tensor::randn([n], options),
+                                tch::Tensor::randn([rows, k], options),
+                                tch::Tensor::randn([k, n], options),
+                            )
+                        })
+                        .collect();
+                    let started = Instant::now();
+                    let mut calls = 0u64;
+                    while started.elapsed().as_secs_f64() < seconds {
+                        for (bias, a, b) in &operands {
+                            let _ = bias.addmm(a, b);
+                        }
+                        calls += 1;
+                    }
+                    calls as f64 * rows as f64 / started.elapsed().as_secs_f64()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join()).collect::<Result<Vec<f64>, _>>()
+    });
+    Ok(rates.map_err(|_| anyhow!("a worker panicked"))?.iter().sum())
 }
 
 /// What `bench training` runs.
