@@ -41,7 +41,7 @@ impl Series {
 
     /// Fails on an empty series, a ragged one, or any value that is NaN or infinite.
     pub fn check(&self) -> Result<(), ModelError> {
-        if self.channels == 0 || self.values.len() % self.channels != 0 {
+        if self.channels == 0 || !self.values.len().is_multiple_of(self.channels) {
             return Err(ModelError::Data(format!(
                 "{} values do not form rows of {} channels",
                 self.values.len(),

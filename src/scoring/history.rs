@@ -365,7 +365,7 @@ impl Likelihood {
         let tail = if (self.seen as usize) < self.learning {
             0.5
         } else {
-            if self.fit.is_none() || self.seen % REFIT_EVERY == 0 {
+            if self.fit.is_none() || self.seen.is_multiple_of(REFIT_EVERY) {
                 self.refit();
             }
             let fit = self.fit.unwrap_or((0.5, 1e3));

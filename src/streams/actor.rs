@@ -147,7 +147,7 @@ impl Actor {
     #[instrument(skip_all, fields(stream = %record.name))]
     pub(super) async fn start(mut record: StreamRecord, shared: Arc<Shared>) -> Result<Actor, IngestError> {
         let model = shared.model(&record.config.model)?;
-        if record.config.channels % model.input_size != 0 {
+        if !record.config.channels.is_multiple_of(model.input_size) {
             return Err(IngestError::Config(format!(
                 "model {} reads {} channels per step; the stream has {}",
                 model.name, model.input_size, record.config.channels

@@ -238,7 +238,7 @@ impl Streams {
     /// Checks that `config` can be served (the model exists and fits the channels).
     pub fn check_config(&self, config: &StreamConfig) -> Result<Arc<ModelInfo>, IngestError> {
         let model = self.shared.model(&config.model)?;
-        if config.channels % model.input_size != 0 {
+        if !config.channels.is_multiple_of(model.input_size) {
             return Err(IngestError::Config(format!(
                 "model {} reads {} channel(s) per step; {} channel(s) do not divide into it",
                 model.name, model.input_size, config.channels
