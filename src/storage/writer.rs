@@ -6,8 +6,9 @@
 //! the others. The queue is bounded: a full queue is refused at once (the API answers 429).
 use std::time::{Duration, Instant};
 
+use futures::TryStreamExt;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{query, Any, PgPool, Postgres};
+use sqlx::{query, Any, AnyConnection, Connection, PgConnection, PgPool, Postgres};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
 
@@ -159,9 +160,11 @@ async fn postgres_connection(storage: &Storage) -> Result<PgPool, StorageError> 
     Ok(pool)
 }
 
-/// Serves commits until every handle is dropped. `pg`, on PostgreSQL, is the connection
-/// commits run on; otherwise they run on `storage`'s pool.
+/// Serves commits until every handle is dropped. `pg`, on PostgreSQL, is the pool of the
+/// connection commits run on; otherwise they run on a connection of `storage`'s pool. That
+/// connection is held throughout ([`Held`]).
 async fn run(storage: Storage, pg: Option<PgPool>, mut rx: mpsc::Receiver<Job>, metrics: Metrics) {
+    let mut conn = Held { storage: storage.clone(), pg, conn: None };
     let mut logged: usize = 0;
     // The streams with rows in the log (for its threshold).
     let mut logging = std::collections::HashSet::new();
@@ -195,7 +198,7 @@ async fn run(storage: Storage, pg: Option<PgPool>, mut rx: mpsc::Receiver<Job>, 
         }
         let started = Instant::now();
         let all: Vec<&WriteBatch> = jobs.iter().flat_map(|j| &j.batches).collect();
-        match write(&storage, pg.as_ref(), &all).await {
+        match write(&mut conn, &all).await {
             Ok((ids, to_log)) => {
                 metrics.commit_latency.observe(started.elapsed().as_secs_f64());
                 metrics.commit_rows.observe(rows as f64);
@@ -211,8 +214,7 @@ async fn run(storage: Storage, pg: Option<PgPool>, mut rx: mpsc::Receiver<Job>, 
                 warn!(error = %group_error, jobs = jobs.len(), "group commit failed; retrying requests one by one");
                 for job in jobs {
                     let batches: Vec<&WriteBatch> = job.batches.iter().collect();
-                    let result =
-                        write(&storage, pg.as_ref(), &batches).await.map_err(|e| (e.is_transient(), e.to_string()));
+                    let result = write(&mut conn, &batches).await.map_err(|e| (e.is_transient(), e.to_string()));
                     let _ = job.reply.send(result.map(|(ids, to_log)| {
                         logged += to_log;
                         logging.extend(logged_streams(storage.backend(), &batches, &ids));
@@ -236,6 +238,7 @@ async fn run(storage: Storage, pg: Option<PgPool>, mut rx: mpsc::Receiver<Job>, 
     if logged > 0 {
         compact(&storage, &mut logged, &metrics).await;
     }
+    conn.close().await;
 }
 
 /// Whether `write` puts a batch of `readings` readings in the log (SQLite; a short run).
@@ -265,16 +268,63 @@ async fn compact(storage: &Storage, logged: &mut usize, metrics: &Metrics) {
 /// The writer's transaction: on sqlx's `Any` driver (SQLite), or on PostgreSQL's own, whose
 /// binary `COPY` loads readings ~3.5 times as fast as multi-row `INSERT`s do (4.3 µs a row
 /// against 15 on this machine's server: docs/PERFORMANCE.md).
-enum Tx {
-    Any(sqlx::Transaction<'static, Any>),
-    Postgres(sqlx::Transaction<'static, Postgres>),
+enum Tx<'c> {
+    Any(sqlx::Transaction<'c, Any>),
+    Postgres(sqlx::Transaction<'c, Postgres>),
 }
 
-impl Tx {
-    async fn begin(storage: &Storage, pg: Option<&PgPool>) -> Result<Tx, StorageError> {
-        Ok(match pg {
-            Some(pg) => Tx::Postgres(pg.begin().await?),
-            None => Tx::Any(storage.pool().begin().await?),
+/// The connection the writer commits on, held from one commit to the next. Taken out of its
+/// pool: a pooled connection is pinged when it goes back (a round trip to SQLite's worker
+/// thread or to the PostgreSQL server after every commit, which the next commit waited
+/// for), and on PostgreSQL again when it is taken. Dropped after a failed commit (it may be
+/// broken) and taken afresh from the pool for the next.
+struct Held {
+    storage: Storage,
+    /// PostgreSQL: the pool of that driver's own connection (for `COPY`).
+    pg: Option<PgPool>,
+    conn: Option<Conn>,
+}
+
+enum Conn {
+    Any(AnyConnection),
+    Postgres(PgConnection),
+}
+
+impl Held {
+    fn backend(&self) -> Backend {
+        self.storage.backend()
+    }
+
+    async fn conn(&mut self) -> Result<&mut Conn, StorageError> {
+        let conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => match &self.pg {
+                Some(pg) => Conn::Postgres(pg.acquire().await?.detach()),
+                None => Conn::Any(self.storage.pool().acquire().await?.detach()),
+            },
+        };
+        Ok(self.conn.insert(conn))
+    }
+
+    /// Closes the connection (after a failure: the next commit takes a new one).
+    async fn close(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let closed = match conn {
+                Conn::Any(c) => c.close().await,
+                Conn::Postgres(c) => c.close().await,
+            };
+            if let Err(e) = closed {
+                debug!(error = %e, "closing the writer's connection");
+            }
+        }
+    }
+}
+
+impl Tx<'_> {
+    async fn begin(conn: &mut Conn) -> Result<Tx<'_>, StorageError> {
+        Ok(match conn {
+            Conn::Postgres(c) => Tx::Postgres(c.begin().await?),
+            Conn::Any(c) => Tx::Any(c.begin().await?),
         })
     }
 
@@ -318,6 +368,51 @@ impl Tx {
         })
     }
 
+    /// Runs `script`'s statements in order; returns each one's count of rows affected.
+    ///
+    /// On SQLite all of them go in one call: sqlx runs a SQLite connection on a thread of its
+    /// own, and every call is a round trip to it (a thread woken each way, as long as a lone
+    /// reading's statements take on an idle machine). SQLite's driver runs the statements
+    /// of one query string in order, binding its anonymous `?` parameters across them in
+    /// turn, and reports each statement's count; sqlx 0.8 marks several statements in one
+    /// query as deprecated for a later version, so the test
+    /// `a_script_reports_each_statement_and_fails_whole` pins the behaviour relied on here.
+    /// On PostgreSQL (one statement a query there) they run one by one.
+    async fn run(&mut self, script: Script<'_>, backend: Backend) -> Result<Vec<u64>, StorageError> {
+        let statements = script.statements.len();
+        let mut affected = Vec::with_capacity(statements);
+        match self {
+            Tx::Any(tx) if backend == Backend::Sqlite && statements > 1 => {
+                let sql = script.statements.iter().map(|(sql, _)| sql.as_str()).collect::<Vec<_>>().join(";\n");
+                let q = script.statements.into_iter().fold(query::<Any>(&sql), |q, (_, binds)| bind_all(q, binds));
+                #[allow(deprecated)]
+                let mut results = q.fetch_many(&mut **tx);
+                while let Some(step) = results.try_next().await? {
+                    if let sqlx::Either::Left(done) = step {
+                        affected.push(done.rows_affected());
+                    }
+                }
+                if affected.len() != statements {
+                    return Err(StorageError::Corrupt(format!(
+                        "a script of {statements} statements reported {} results",
+                        affected.len()
+                    )));
+                }
+            }
+            Tx::Any(tx) => {
+                for (sql, binds) in script.statements {
+                    affected.push(bind_all(query::<Any>(&sql), binds).execute(&mut **tx).await?.rows_affected());
+                }
+            }
+            Tx::Postgres(tx) => {
+                for (sql, binds) in script.statements {
+                    affected.push(bind_all(query::<Postgres>(&sql), binds).execute(&mut **tx).await?.rows_affected());
+                }
+            }
+        }
+        Ok(affected)
+    }
+
     async fn commit(self) -> Result<(), StorageError> {
         match self {
             Tx::Any(tx) => tx.commit().await?,
@@ -328,16 +423,28 @@ impl Tx {
 }
 
 /// Commits `batches`; returns each one's stream id and the rows that went to the log.
-async fn write(
-    storage: &Storage,
-    pg: Option<&PgPool>,
+async fn write(held: &mut Held, batches: &[&WriteBatch]) -> Result<(Vec<i64>, usize), StorageError> {
+    let backend = held.backend();
+    let result = match held.conn().await {
+        Ok(conn) => write_on(conn, backend, batches).await,
+        Err(e) => Err(e),
+    };
+    if result.is_err() {
+        held.close().await;
+    }
+    result
+}
+
+async fn write_on(
+    conn: &mut Conn,
+    backend: Backend,
     batches: &[&WriteBatch],
 ) -> Result<(Vec<i64>, usize), StorageError> {
-    let mut tx = Tx::begin(storage, pg).await?;
+    let mut tx = Tx::begin(conn).await?;
     // New streams, many a statement (a request that creates 1,000 streams made 2,000
     // statement round trips here, 0.28 ms a stream on SQLite).
     let new: Vec<&NewStream> = batches.iter().filter_map(|b| b.create.as_ref()).collect();
-    let created = create_streams(&mut tx, storage.backend(), &new).await?;
+    let created = create_streams(&mut tx, backend, &new).await?;
     let mut ids = Vec::with_capacity(batches.len());
     for batch in batches {
         ids.push(match &batch.create {
@@ -352,14 +459,17 @@ async fn write(
     // readings go to the log (migration 0005), its long runs straight to their place.
     let (mut direct, mut logged) = (Vec::new(), Vec::new());
     for (batch, &id) in batches.iter().zip(&ids) {
-        let to = if to_log(storage.backend(), batch.readings.len()) { &mut logged } else { &mut direct };
+        let to = if to_log(backend, batch.readings.len()) { &mut logged } else { &mut direct };
         to.extend(batch.readings.iter().map(|r| (id, r)));
     }
-    insert_readings(&mut tx, storage.backend(), "readings", &direct).await?;
-    insert_readings(&mut tx, storage.backend(), "readings_log", &logged).await?;
+    // The rest of the commit's statements go in one script: on SQLite a single call to its
+    // connection's thread, not one a statement.
+    let mut script = Script::default();
+    insert_readings(&mut tx, &mut script, backend, "readings", &direct).await?;
+    insert_readings(&mut tx, &mut script, backend, "readings_log", &logged).await?;
     for (batch, &stream_id) in batches.iter().zip(&ids) {
         for event in &batch.events {
-            upsert_event(&mut tx, stream_id, event).await?;
+            upsert_event(&mut script, backend, stream_id, event);
         }
     }
     // The stream rows, many per statement. A stream has one batch in flight at a time (its
@@ -368,23 +478,10 @@ async fn write(
     let mut seen = std::collections::HashSet::with_capacity(ids.len());
     let (unique, repeated): (Vec<_>, Vec<_>) =
         batches.iter().zip(&ids).map(|(b, &id)| (id, &b.update)).partition(|(id, _)| seen.insert(*id));
-    let mut updated = 0;
-    for chunk in unique.chunks(UPDATES_PER_STATEMENT) {
-        updated += update_streams(&mut tx, storage.backend(), chunk).await?;
-    }
-    // Every stream of the commit must still exist. PostgreSQL's readings have no foreign key
-    // (migration 0006: its check per row was 64 % of a `COPY`); this is the same check once
-    // per stream, and the row locks of these updates make a stream's deletion (which locks
-    // its row before it deletes its readings) wait for this commit, or this commit fail.
-    if updated < unique.len() as u64 {
-        return Err(StorageError::Corrupt(format!(
-            "{} of the {} streams of a commit do not exist (deleted while their readings were in flight?)",
-            unique.len() as u64 - updated,
-            unique.len()
-        )));
-    }
+    let updates: Vec<usize> =
+        unique.chunks(UPDATES_PER_STATEMENT).map(|c| update_streams(&mut script, backend, c)).collect();
     for row in repeated {
-        update_streams(&mut tx, storage.backend(), &[row]).await?;
+        update_streams(&mut script, backend, &[row]);
     }
     // The scoring states due, in their own table: most commits write none.
     let snapshots: Vec<(i64, i64, &str)> = batches
@@ -395,12 +492,25 @@ async fn write(
     // Many a statement; as with the stream rows, a stream id twice in one statement would be
     // refused by PostgreSQL's upsert, so repeats go one by one.
     let mut seen = std::collections::HashSet::with_capacity(snapshots.len());
-    let (unique, repeated): (Vec<_>, Vec<_>) = snapshots.into_iter().partition(|s| seen.insert(s.0));
-    for chunk in unique.chunks(SNAPSHOTS_PER_STATEMENT) {
-        upsert_snapshots(&mut tx, storage.backend(), chunk).await?;
+    let (unique_snapshots, repeated): (Vec<_>, Vec<_>) = snapshots.into_iter().partition(|s| seen.insert(s.0));
+    for chunk in unique_snapshots.chunks(SNAPSHOTS_PER_STATEMENT) {
+        upsert_snapshots(&mut script, backend, chunk);
     }
     for snapshot in repeated {
-        upsert_snapshots(&mut tx, storage.backend(), &[snapshot]).await?;
+        upsert_snapshots(&mut script, backend, &[snapshot]);
+    }
+    let affected = tx.run(script, backend).await?;
+    // Every stream of the commit must still exist. PostgreSQL's readings have no foreign key
+    // (migration 0006: its check per row was 64 % of a `COPY`); this is the same check once
+    // per stream, and the row locks of these updates make a stream's deletion (which locks
+    // its row before it deletes its readings) wait for this commit, or this commit fail.
+    let updated: u64 = updates.iter().map(|&i| affected[i]).sum();
+    if updated < unique.len() as u64 {
+        return Err(StorageError::Corrupt(format!(
+            "{} of the {} streams of a commit do not exist (deleted while their readings were in flight?)",
+            unique.len() as u64 - updated,
+            unique.len()
+        )));
     }
     tx.commit().await?;
     Ok((ids, logged.len()))
@@ -413,11 +523,12 @@ const COPY_FROM_ROWS: usize = 64;
 
 /// Inserts `rows` (stream id, reading) into `table`: with one `COPY` on PostgreSQL's own
 /// driver when there are enough of them, else `ROWS_PER_STATEMENT` an `INSERT`.
-async fn insert_readings(
-    tx: &mut Tx,
+async fn insert_readings<'a>(
+    tx: &mut Tx<'_>,
+    script: &mut Script<'a>,
     backend: Backend,
     table: &str,
-    rows: &[(i64, &ReadingRow)],
+    rows: &'a [(i64, &'a ReadingRow)],
 ) -> Result<(), StorageError> {
     if let Tx::Postgres(tx) = tx {
         if rows.len() >= COPY_FROM_ROWS {
@@ -432,17 +543,47 @@ async fn insert_readings(
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         // Written out with `$n` placeholders: sqlx's QueryBuilder over `Any` emits `?`,
         // which PostgreSQL does not accept.
-        let sql = insert_readings_sql(backend, table, chunk.len());
-        match tx {
-            Tx::Any(tx) => {
-                bind_readings(query(sql.as_str()), chunk).execute(&mut **tx).await?;
-            }
-            Tx::Postgres(tx) => {
-                bind_readings(query(sql.as_str()), chunk).execute(&mut **tx).await?;
-            }
-        }
+        script.push(insert_readings_sql(backend, table, chunk.len()), Binds::Readings(chunk));
     }
     Ok(())
+}
+
+/// Statements of one commit, run in order by [`Tx::run`].
+#[derive(Default)]
+struct Script<'a> {
+    statements: Vec<(String, Binds<'a>)>,
+}
+
+/// What a statement of a [`Script`] binds.
+enum Binds<'a> {
+    Params(Vec<Param>),
+    /// The [`READING_COLUMNS`] of each row (typed: no [`Param`] a field).
+    Readings(&'a [(i64, &'a ReadingRow)]),
+}
+
+impl<'a> Script<'a> {
+    /// Adds a statement; returns its index among the rows-affected counts `Tx::run` returns.
+    fn push(&mut self, sql: String, binds: Binds<'a>) -> usize {
+        self.statements.push((sql, binds));
+        self.statements.len() - 1
+    }
+}
+
+/// Binds `binds` to `q`, after what it already binds.
+fn bind_all<'q, DB: sqlx::Database>(
+    q: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    binds: Binds<'q>,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    f64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    match binds {
+        Binds::Params(params) => params.into_iter().fold(q, |q, p| p.bind(q)),
+        Binds::Readings(rows) => bind_readings(q, rows),
+    }
 }
 
 /// Binds the nine [`READING_COLUMNS`] of each of `rows` to `q`, in order.
@@ -509,13 +650,16 @@ fn copy_binary(rows: &[(i64, &ReadingRow)]) -> Result<Vec<u8>, StorageError> {
     Ok(data)
 }
 
-/// Updates the bookkeeping of `rows` streams (id, update) in one statement; returns the
-/// rows updated (those of the streams that exist).
-async fn update_streams(tx: &mut Tx, backend: Backend, rows: &[(i64, &StreamUpdate)]) -> Result<u64, StorageError> {
-    let params = rows.iter().flat_map(|&(stream_id, u)| {
-        [Param::Int(stream_id), Param::Int(u.last_ts), Param::Int(u.readings_added), Param::Int(u.anomalies_added)]
-    });
-    tx.execute(&update_streams_sql(backend, rows.len()), params).await
+/// Updates the bookkeeping of `rows` streams (id, update) in one statement, whose count of
+/// rows affected (those of the streams that exist) is at the index returned.
+fn update_streams(script: &mut Script<'_>, backend: Backend, rows: &[(i64, &StreamUpdate)]) -> usize {
+    let params = rows
+        .iter()
+        .flat_map(|&(stream_id, u)| {
+            [Param::Int(stream_id), Param::Int(u.last_ts), Param::Int(u.readings_added), Param::Int(u.anomalies_added)]
+        })
+        .collect();
+    script.push(update_streams_sql(backend, rows.len()), Binds::Params(params))
 }
 
 /// `UPDATE streams … FROM (VALUES …)` for `rows` streams: (id, last_ts, readings added,
@@ -569,7 +713,7 @@ pub(super) fn values_sql(backend: Backend, rows: usize, columns: usize) -> Strin
 /// Inserts the new streams (a name already stored keeps its row) and returns the id of each
 /// name.
 async fn create_streams(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     backend: Backend,
     new: &[&NewStream],
 ) -> Result<std::collections::HashMap<String, i64>, StorageError> {
@@ -588,7 +732,7 @@ async fn create_streams(
 }
 
 /// Writes scoring states (stream id, last timestamp, JSON), each unless a newer one is stored.
-async fn upsert_snapshots(tx: &mut Tx, backend: Backend, rows: &[(i64, i64, &str)]) -> Result<(), StorageError> {
+fn upsert_snapshots(script: &mut Script<'_>, backend: Backend, rows: &[(i64, i64, &str)]) {
     let sql = format!(
         "INSERT INTO stream_snapshots (stream_id, last_ts, snapshot) VALUES {}
          ON CONFLICT (stream_id) DO UPDATE SET last_ts = excluded.last_ts, snapshot = excluded.snapshot
@@ -597,9 +741,9 @@ async fn upsert_snapshots(tx: &mut Tx, backend: Backend, rows: &[(i64, i64, &str
     );
     let params = rows
         .iter()
-        .flat_map(|&(id, last_ts, snapshot)| [Param::Int(id), Param::Int(last_ts), Param::Text(snapshot.to_string())]);
-    tx.execute(&sql, params).await?;
-    Ok(())
+        .flat_map(|&(id, last_ts, snapshot)| [Param::Int(id), Param::Int(last_ts), Param::Text(snapshot.to_string())])
+        .collect();
+    script.push(sql, Binds::Params(params));
 }
 
 /// Parameter `n` (from 1) of a statement: `$n` for PostgreSQL; an anonymous `?` for SQLite,
@@ -617,15 +761,20 @@ fn insert_readings_sql(backend: Backend, table: &str, rows: usize) -> String {
     format!("INSERT INTO {table} {READING_COLUMNS} VALUES {}", values_sql(backend, rows, 9))
 }
 
-async fn upsert_event(tx: &mut Tx, stream_id: i64, e: &EventRow) -> Result<(), StorageError> {
+fn upsert_event(script: &mut Script<'_>, backend: Backend, stream_id: i64, e: &EventRow) {
     let json = |v: &[f64]| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
-    let sql = "INSERT INTO anomalies (stream_id, start_ts, end_ts, peak_ts, peak_score, actual, expected,
+    // Anonymous `?` on SQLite (see `placeholder`): in a script, numbered ones would count
+    // from the script's first parameter, not this statement's.
+    let sql = format!(
+        "INSERT INTO anomalies (stream_id, start_ts, end_ts, peak_ts, peak_score, actual, expected,
             model, model_version, status)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         VALUES {}
          ON CONFLICT (stream_id, start_ts) DO UPDATE SET end_ts = excluded.end_ts,
             peak_ts = excluded.peak_ts, peak_score = excluded.peak_score, actual = excluded.actual,
-            expected = excluded.expected, status = excluded.status";
-    let params = [
+            expected = excluded.expected, status = excluded.status",
+        values_sql(backend, 1, 10)
+    );
+    let params = vec![
         Param::Int(stream_id),
         Param::Int(e.start_ts),
         Param::Int(e.end_ts),
@@ -637,8 +786,7 @@ async fn upsert_event(tx: &mut Tx, stream_id: i64, e: &EventRow) -> Result<(), S
         Param::Text(e.model_version.clone()),
         Param::Text(if e.open { "open" } else { "closed" }.to_string()),
     ];
-    tx.execute(sql, params).await?;
-    Ok(())
+    script.push(sql, Binds::Params(params));
 }
 
 #[cfg(test)]
@@ -659,6 +807,18 @@ mod tests {
                 channels: None,
             })
             .collect()
+    }
+
+    fn config() -> StreamConfig {
+        let model = "default".into();
+        StreamConfig {
+            channels: 1,
+            model,
+            sensitivity: 0.5,
+            warmup: 10,
+            auto_train: false,
+            baseline: Baseline::Forecast,
+        }
     }
 
     fn batch(stream_id: i64, n: i64) -> WriteBatch {
@@ -688,27 +848,91 @@ mod tests {
         query(&format!("CREATE DATABASE {name}")).execute(admin.pool()).await.expect("create database");
         let base = server.rsplit_once('/').map_or(server.as_str(), |(base, _)| base);
         let storage = Storage::connect(&format!("{base}/{name}")).await.expect("connects");
-        let config = StreamConfig {
-            channels: 1,
-            model: "default".into(),
-            sensitivity: 0.5,
-            warmup: 10,
-            auto_train: false,
-            baseline: Baseline::Forecast,
-        };
-        let id = storage.put_stream("s", &config, 0).await.expect("stream").id;
+        let id = storage.put_stream("s", &config(), 0).await.expect("stream").id;
         let own = postgres_connection(&storage).await.expect("own connection");
-        for (way, pg) in [("Any", None), ("own", Some(&own))] {
+        for (way, pg) in [("Any", None), ("own", Some(own.clone()))] {
             let missing = id + 1000;
-            let err = write(&storage, pg, &[&batch(missing, 5)]).await.expect_err(way);
+            let mut held = Held { storage: storage.clone(), pg, conn: None };
+            let err = write(&mut held, &[&batch(missing, 5)]).await.expect_err(way);
             assert!(err.to_string().contains("1 of the 1 streams of a commit do not exist"), "{way}: {err}");
             assert!(storage.readings(missing, None, None, None, 10).await.unwrap().is_empty(), "{way}: nothing stored");
         }
-        write(&storage, None, &[&batch(id, 5)]).await.expect("Any: a stored stream's readings");
+        let mut held = Held { storage: storage.clone(), pg: None, conn: None };
+        write(&mut held, &[&batch(id, 5)]).await.expect("Any: a stored stream's readings");
+        held.close().await;
         let stored = storage.readings(id, None, None, None, 10).await.unwrap();
         assert_eq!(stored.len(), 5);
         own.close().await;
         storage.pool().close().await;
         let _ = query(&format!("DROP DATABASE {name}")).execute(admin.pool()).await;
+    }
+
+    async fn sqlite() -> (tempfile::TempDir, Storage, i64) {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let url = format!("sqlite://{}", dir.path().join("w.db").display());
+        let storage = Storage::connect(&url).await.expect("opens");
+        let id = storage.put_stream("s", &config(), 0).await.expect("stream").id;
+        (dir, storage, id)
+    }
+
+    /// What `Tx::run` relies on in sqlx's SQLite driver (several statements in one query
+    /// string being deprecated there): each statement's count of rows affected, reported
+    /// in order, its anonymous parameters bound in turn across statements; and a failing
+    /// statement failing the call, its transaction then rolled back whole.
+    #[tokio::test]
+    async fn a_script_reports_each_statement_and_fails_whole() {
+        let (_dir, storage, id) = sqlite().await;
+        let rows = readings(3);
+        let mut conn = Conn::Any(storage.pool().acquire().await.expect("connection").detach());
+        fn script<'a>(stream: i64, rows: &'a [(i64, &'a ReadingRow)]) -> Script<'a> {
+            let mut script = Script::default();
+            script.push(insert_readings_sql(Backend::Sqlite, "readings", rows.len()), Binds::Readings(rows));
+            script.push(
+                "UPDATE streams SET readings_count = readings_count + ? WHERE id = ?".into(),
+                Binds::Params(vec![Param::Int(rows.len() as i64), Param::Int(stream)]),
+            );
+            script.push(
+                "UPDATE streams SET anomalies_count = ? WHERE id = ?".into(),
+                Binds::Params(vec![Param::Int(7), Param::Int(stream + 1)]),
+            );
+            script
+        }
+        let pairs: Vec<(i64, &ReadingRow)> = rows.iter().map(|r| (id, r)).collect();
+        let mut tx = Tx::begin(&mut conn).await.expect("begins");
+        let affected = tx.run(script(id, &pairs), Backend::Sqlite).await.expect("runs");
+        assert_eq!(affected, vec![3, 1, 0], "each statement's own count, in order");
+        tx.commit().await.expect("commits");
+        let stream = storage.stream("s").await.expect("reads").expect("exists");
+        assert_eq!(stream.readings_count, 3, "the second statement's parameters were its own");
+        assert_eq!(stream.anomalies_count, 0);
+        // The same readings again: the first statement breaks the primary key; nothing of
+        // the script stays after the rollback, not even what ran before the failure.
+        let mut tx = Tx::begin(&mut conn).await.expect("begins");
+        let mut failing = Script::default();
+        failing
+            .push("UPDATE streams SET readings_count = 100 WHERE id = ?".into(), Binds::Params(vec![Param::Int(id)]));
+        failing.statements.extend(script(id, &pairs).statements);
+        assert!(tx.run(failing, Backend::Sqlite).await.is_err(), "a duplicate reading fails the script");
+        drop(tx);
+        let stream = storage.stream("s").await.expect("reads").expect("exists");
+        assert_eq!(stream.readings_count, 3, "the statement before the failure was rolled back");
+        assert_eq!(storage.readings(id, None, None, None, 10).await.expect("reads").len(), 3);
+    }
+
+    /// The writer on SQLite: readings of a missing stream are refused, nothing of them is
+    /// stored, and the next commit (on a connection taken afresh) goes through.
+    #[tokio::test]
+    async fn sqlite_refuses_readings_of_a_missing_stream_and_goes_on() {
+        let (_dir, storage, id) = sqlite().await;
+        let mut held = Held { storage: storage.clone(), pg: None, conn: None };
+        let err = write(&mut held, &[&batch(id, 2), &batch(id + 1000, 5)]).await.expect_err("a missing stream");
+        assert!(err.to_string().contains("1 of the 2 streams of a commit do not exist"), "{err}");
+        assert!(held.conn.is_none(), "the connection of a failed commit is let go");
+        assert!(storage.readings(id, None, None, None, 10).await.unwrap().is_empty(), "nothing stored");
+        let (ids, _) = write(&mut held, &[&batch(id, 40)]).await.expect("a stored stream's readings");
+        assert_eq!(ids, vec![id]);
+        assert_eq!(storage.readings(id, None, None, None, 100).await.unwrap().len(), 40);
+        let stream = storage.stream("s").await.expect("reads").expect("exists");
+        assert_eq!((stream.readings_count, stream.last_ts), (40, Some(40)));
     }
 }
