@@ -54,8 +54,8 @@ enum BenchKind {
         #[arg(long, default_value_t = 1)]
         threads: usize,
         /// Most streams per step call: a worker steps its share in batches of this many, as
-        /// the service's batcher does (`max_batch`).
-        #[arg(long, default_value_t = 256)]
+        /// the service's batcher does (`--max-batch`, whose default this is).
+        #[arg(long, default_value_t = 1024)]
         batch: usize,
         /// Peak fp32 GFLOP/s of one core, for the fraction of peak; measured on this machine
         /// when not given (independent chains of fused multiply-adds on every worker thread).

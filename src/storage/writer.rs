@@ -101,6 +101,9 @@ impl Writer {
                     }
                     return;
                 }
+                // The WAL is copied into the database by a task of its own, beside the
+                // commits, rather than by the commit that fills it (`checkpoints`).
+                let checkpointer = tokio::spawn(checkpoints(storage.clone()));
                 match storage.own_connection().await {
                     Ok(own) => {
                         run(own.clone(), None, rx, metrics).await;
@@ -111,6 +114,7 @@ impl Writer {
                         run(storage, None, rx, metrics).await;
                     }
                 }
+                checkpointer.abort();
             })
         });
         (Writer { tx }, task)
@@ -151,6 +155,31 @@ const COMPACT_PER_STREAM: usize = 8;
 const DIRECT_ROWS: usize = 32;
 /// Idle time after which the writer moves all of a non-empty log.
 const COMPACT_IDLE: Duration = Duration::from_secs(1);
+
+/// How often the WAL is checkpointed beside the commits, and how many pages of WAL make the
+/// writer's own connection checkpoint in a commit (SQLite's `wal_autocheckpoint`): a
+/// backstop only, for when the checkpoints beside it fall behind.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+const WRITER_AUTOCHECKPOINT_PAGES: u32 = 50_000;
+
+/// Copies SQLite's WAL into the database file every [`CHECKPOINT_EVERY`], on a connection of
+/// the service's pool (so on another thread than the writer's connection), without waiting
+/// for or blocking anyone (`PASSIVE`). A checkpoint run by the commit that filled the WAL
+/// (SQLite's default) held that commit, and every request in it, for the copy of up to
+/// 40 MB of pages and an `fsync` of the database: most of SQLite's p99 at 1,000 readings a
+/// request (docs/PERFORMANCE.md). The writer's connection still checkpoints itself past
+/// [`WRITER_AUTOCHECKPOINT_PAGES`], by then mostly copied here. A failure is logged and
+/// tried again.
+async fn checkpoints(storage: Storage) {
+    let mut ticks = tokio::time::interval(CHECKPOINT_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(e) = query("PRAGMA wal_checkpoint(PASSIVE)").execute(storage.pool()).await {
+            debug!(error = %e, "WAL checkpoint beside the writer failed; tried again later");
+        }
+    }
+}
 
 /// A pool of one connection to the PostgreSQL database `storage` points at, on that
 /// driver's own (sqlx's `Any` has no `COPY`).
@@ -300,7 +329,14 @@ impl Held {
             Some(conn) => conn,
             None => match &self.pg {
                 Some(pg) => Conn::Postgres(pg.acquire().await?.detach()),
-                None => Conn::Any(self.storage.pool().acquire().await?.detach()),
+                None => {
+                    let mut conn = self.storage.pool().acquire().await?.detach();
+                    if self.backend() == Backend::Sqlite {
+                        let pragma = format!("PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}");
+                        query(&pragma).execute(&mut conn).await?;
+                    }
+                    Conn::Any(conn)
+                }
             },
         };
         Ok(self.conn.insert(conn))
