@@ -205,6 +205,28 @@ impl Param {
     }
 }
 
+/// Moves SQLite's readings log into `readings` on `conn`, in one transaction; returns the
+/// rows moved.
+pub(crate) async fn move_log(conn: &mut sqlx::AnyConnection) -> Result<u64, StorageError> {
+    use sqlx::Connection;
+    let mut tx = conn.begin().await?;
+    // OR REPLACE: a stream's readings are unique by time (its actor refuses any other),
+    // so a repeat can only be a bug; the newer row wins rather than the log growing
+    // without end behind a move that fails on it every time.
+    let moved = sqlx::query(&format!(
+        "INSERT OR REPLACE INTO readings (stream_id, {READING_COLUMNS})
+         SELECT stream_id, {READING_COLUMNS} FROM readings_log ORDER BY stream_id, ts"
+    ))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if moved > 0 {
+        sqlx::query("DELETE FROM readings_log").execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(moved)
+}
+
 impl Storage {
     /// Connects (creating a SQLite file if missing) and applies the migrations.
     pub async fn connect(url: &str) -> Result<Storage, StorageError> {
@@ -458,22 +480,7 @@ impl Storage {
         if self.backend != Backend::Sqlite {
             return Ok(0);
         }
-        let mut tx = self.pool.begin().await?;
-        // OR REPLACE: a stream's readings are unique by time (its actor refuses any other),
-        // so a repeat can only be a bug; the newer row wins rather than the log growing
-        // without end behind a move that fails on it every time.
-        let moved = sqlx::query(&format!(
-            "INSERT OR REPLACE INTO readings (stream_id, {READING_COLUMNS})
-             SELECT stream_id, {READING_COLUMNS} FROM readings_log ORDER BY stream_id, ts"
-        ))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if moved > 0 {
-            sqlx::query("DELETE FROM readings_log").execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(moved)
+        move_log(&mut *self.pool.acquire().await?).await
     }
 
     /// Anomaly events, newest first.
