@@ -29,8 +29,11 @@ pub struct Metrics {
     pub commit_latency: Histogram,
     /// Readings per group commit.
     pub commit_rows: Histogram,
-    /// Seconds per move of SQLite's readings log into the readings table.
+    /// Seconds per step of a move of SQLite's readings log into the readings table (the
+    /// pause it puts between two commits).
     pub compaction_latency: Histogram,
+    /// Rows in SQLite's readings log, as the writer counts them.
+    pub readings_log_rows: IntGauge,
     /// HTTP requests by matched route, method and status.
     pub http_requests: IntCounterVec,
     /// HTTP request duration by matched route.
@@ -125,9 +128,10 @@ impl Metrics {
             commit_latency: histogram("commit_latency_seconds", "Seconds per group commit", seconds.clone()),
             compaction_latency: histogram(
                 "compaction_latency_seconds",
-                "Seconds per move of the readings log into the readings table (SQLite)",
+                "Seconds per step of a move of the readings log into the readings table (SQLite)",
                 seconds,
             ),
+            readings_log_rows: gauge("readings_log_rows", "Rows in the readings log awaiting their move (SQLite)"),
             commit_rows: histogram("commit_rows", "Readings per group commit", sizes),
             http_requests,
             http_duration,

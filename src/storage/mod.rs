@@ -227,6 +227,146 @@ pub(crate) async fn move_log(conn: &mut sqlx::AnyConnection) -> Result<u64, Stor
     Ok(moved)
 }
 
+/// SQLite's readings log on its way into `readings` a few milliseconds at a time, on the
+/// writer's own connection between its commits. Moved in one transaction ([`move_log`]),
+/// 65,000 rows of 10,000 streams paused every commit ~185 ms (docs/PERFORMANCE.md). In
+/// steps, each its own transaction:
+///
+/// 1. **sort**: the log's rows up to the last one when the move began, a range of row ids a
+///    step, into a temporary table of the connection keyed by (stream, time) (in memory);
+/// 2. **copy**: the sorted rows into `readings`, [`MOVE_COPY_ROWS`] a step in key order — a
+///    stream's leaf page written once for all its rows, as in the one-transaction move —
+///    leaving out streams deleted since;
+/// 3. **trim**: those rows out of the log, a range of row ids a step.
+///
+/// Between the copy and the trim a reading is in both tables, identical; reads take their
+/// `UNION`, which keeps one. A move cut short (an error, a crash) leaves such copies; the
+/// next move's copy replaces them with the same rows. Rows logged after the move began
+/// wait for the next one.
+#[derive(Debug)]
+pub(crate) struct LogMove {
+    /// The log's last row id when the move began.
+    upto: i64,
+    /// Rows moved, for the caller's count.
+    pub(crate) rows: u64,
+    step: MoveStep,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum MoveStep {
+    /// Sorting the log's rows after this row id.
+    Sort(i64),
+    /// Copying the sorted rows after this (stream id, time).
+    Copy(i64, i64),
+    /// Trimming the log's rows after this row id.
+    Trim(i64),
+}
+
+/// Log rows (by row id) a sort or trim step takes.
+const MOVE_LOG_ROWS: i64 = 8_192;
+/// Sorted rows a copy step writes into `readings` (~10 ms at 10,000 streams).
+const MOVE_COPY_ROWS: i64 = 4_096;
+
+impl LogMove {
+    /// Begins a move of the log's rows so far on `conn`; `None` if the log is empty.
+    pub(crate) async fn begin(conn: &mut sqlx::AnyConnection) -> Result<Option<LogMove>, StorageError> {
+        let upto: Option<i64> = sqlx::query_scalar("SELECT max(rowid) FROM readings_log").fetch_one(&mut *conn).await?;
+        let Some(upto) = upto else { return Ok(None) };
+        // In memory: the table is the connection's own and rebuilt by every move.
+        sqlx::query("PRAGMA temp_store = MEMORY").execute(&mut *conn).await?;
+        sqlx::query(
+            "CREATE TEMP TABLE IF NOT EXISTS log_move (
+                 stream_id BIGINT NOT NULL, ts BIGINT NOT NULL, value DOUBLE PRECISION NOT NULL,
+                 expected DOUBLE PRECISION NOT NULL, lower DOUBLE PRECISION NOT NULL,
+                 upper DOUBLE PRECISION NOT NULL, score DOUBLE PRECISION NOT NULL,
+                 anomaly BIGINT NOT NULL, channels_json TEXT,
+                 PRIMARY KEY (stream_id, ts)
+             ) WITHOUT ROWID",
+        )
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("DELETE FROM temp.log_move").execute(&mut *conn).await?;
+        Ok(Some(LogMove { upto, rows: 0, step: MoveStep::Sort(i64::MIN) }))
+    }
+
+    /// Takes the next step; true when the move is complete.
+    pub(crate) async fn step(&mut self, conn: &mut sqlx::AnyConnection) -> Result<bool, StorageError> {
+        self.step = match self.step {
+            MoveStep::Sort(after) => {
+                let to = after.max(0).saturating_add(MOVE_LOG_ROWS).min(self.upto);
+                sqlx::query(&format!(
+                    "INSERT OR REPLACE INTO temp.log_move (stream_id, {READING_COLUMNS})
+                     SELECT stream_id, {READING_COLUMNS} FROM readings_log WHERE rowid > $1 AND rowid <= $2"
+                ))
+                .bind(after)
+                .bind(to)
+                .execute(&mut *conn)
+                .await?;
+                if to < self.upto {
+                    MoveStep::Sort(to)
+                } else {
+                    MoveStep::Copy(i64::MIN, i64::MIN)
+                }
+            }
+            MoveStep::Copy(stream, ts) => {
+                // The key of the step's last row, unless the rest fits in this step.
+                let last: Option<(i64, i64)> = sqlx::query_as(
+                    "SELECT stream_id, ts FROM temp.log_move WHERE (stream_id, ts) > ($1, $2)
+                     ORDER BY stream_id, ts LIMIT 1 OFFSET $3",
+                )
+                .bind(stream)
+                .bind(ts)
+                .bind(MOVE_COPY_ROWS - 1)
+                .fetch_optional(&mut *conn)
+                .await?;
+                let (to_stream, to_ts) = last.unwrap_or((i64::MAX, i64::MAX));
+                // A stream deleted since the sort has no row to hold its readings. (`EXISTS`,
+                // a lookup by row id: `IN (SELECT id FROM streams)` read all of `streams`
+                // each step, 7–9 ms of a step at 10,000 streams.)
+                self.rows += sqlx::query(&format!(
+                    "INSERT OR REPLACE INTO readings (stream_id, {READING_COLUMNS})
+                     SELECT stream_id, {READING_COLUMNS} FROM temp.log_move m
+                     WHERE (stream_id, ts) > ($1, $2) AND (stream_id, ts) <= ($3, $4)
+                       AND EXISTS (SELECT 1 FROM streams s WHERE s.id = m.stream_id)
+                     ORDER BY stream_id, ts"
+                ))
+                .bind(stream)
+                .bind(ts)
+                .bind(to_stream)
+                .bind(to_ts)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+                match last {
+                    Some((s, t)) => MoveStep::Copy(s, t),
+                    None => MoveStep::Trim(i64::MIN),
+                }
+            }
+            MoveStep::Trim(after) => {
+                let to = after.max(0).saturating_add(MOVE_LOG_ROWS).min(self.upto);
+                // Only rows that were moved: once the log was emptied (its streams deleted)
+                // SQLite hands out row ids from 1 again, to rows logged since.
+                sqlx::query(
+                    "DELETE FROM readings_log WHERE rowid > $1 AND rowid <= $2 AND EXISTS (
+                         SELECT 1 FROM temp.log_move m
+                         WHERE m.stream_id = readings_log.stream_id AND m.ts = readings_log.ts)",
+                )
+                .bind(after)
+                .bind(to)
+                .execute(&mut *conn)
+                .await?;
+                if to < self.upto {
+                    MoveStep::Trim(to)
+                } else {
+                    sqlx::query("DELETE FROM temp.log_move").execute(&mut *conn).await?;
+                    return Ok(true);
+                }
+            }
+        };
+        Ok(false)
+    }
+}
+
 impl Storage {
     /// Connects (creating a SQLite file if missing) and applies the migrations.
     pub async fn connect(url: &str) -> Result<Storage, StorageError> {
@@ -418,13 +558,15 @@ impl Storage {
         let lower = from.unwrap_or(i64::MIN).max(after.map_or(i64::MIN, |a| a.saturating_add(1)));
         let upper = to.unwrap_or(i64::MAX);
         let (sql, params) = match self.backend {
-            // The first `limit` of each table hold the first `limit` of both.
+            // The first `limit` of each table hold the first `limit` of both. A reading in
+            // both (a log move between its copy and its trim: [`LogMove`]) is the same row
+            // in each, and `UNION` keeps one.
             Backend::Sqlite => (
                 format!(
                     "SELECT {READING_COLUMNS} FROM (
                         SELECT * FROM (SELECT {READING_COLUMNS} FROM readings
                             WHERE stream_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts LIMIT $4)
-                        UNION ALL
+                        UNION
                         SELECT {READING_COLUMNS} FROM readings_log WHERE stream_id = $5 AND ts >= $6 AND ts < $7
                      ) ORDER BY ts LIMIT $8"
                 ),
@@ -444,11 +586,12 @@ impl Storage {
     /// The most recent `limit` readings of a stream, oldest first (for re-warming state).
     pub async fn recent_readings(&self, stream_id: i64, limit: i64) -> Result<Vec<ReadingRow>, StorageError> {
         let (sql, params) = match self.backend {
+            // `UNION`, as in [`Storage::readings`]: a reading in both tables counts once.
             Backend::Sqlite => (
                 format!(
                     "SELECT {READING_COLUMNS} FROM (
                         SELECT {READING_COLUMNS} FROM readings_log WHERE stream_id = $1
-                        UNION ALL
+                        UNION
                         SELECT * FROM (SELECT {READING_COLUMNS} FROM readings WHERE stream_id = $2
                             ORDER BY ts DESC LIMIT $3)
                      ) ORDER BY ts DESC LIMIT $4"

@@ -4,15 +4,18 @@
 //!
 //! If a group fails, each request in it is retried alone, so one bad request cannot fail
 //! the others. The queue is bounded: a full queue is refused at once (the API answers 429).
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{query, Any, AnyConnection, Connection, PgConnection, PgPool, Postgres};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, error, warn};
 
-use super::{stream_params, Backend, EventRow, Param, ReadingRow, Storage, StorageError, StreamConfig, STREAM_COLUMNS};
+use super::{
+    stream_params, Backend, EventRow, LogMove, Param, ReadingRow, Storage, StorageError, StreamConfig, STREAM_COLUMNS,
+};
 use crate::metrics::Metrics;
 
 /// Readings per INSERT statement (9 parameters each; SQLite allows 32,766).
@@ -91,27 +94,28 @@ impl Writer {
                 if storage.backend() == Backend::Postgres {
                     match postgres_connection(&storage).await {
                         Ok(pg) => {
-                            run(storage, Some(pg.clone()), rx, metrics).await;
+                            run(storage, Some(pg.clone()), rx, metrics, None).await;
                             pg.close().await;
                         }
                         Err(e) => {
                             warn!(error = %e, "the storage writer shares the service's pool");
-                            run(storage, None, rx, metrics).await;
+                            run(storage, None, rx, metrics, None).await;
                         }
                     }
                     return;
                 }
                 // The WAL is copied into the database by a task of its own, beside the
                 // commits, rather than by the commit that fills it (`checkpoints`).
-                let checkpointer = tokio::spawn(checkpoints(storage.clone()));
+                let due = Arc::new(Notify::new());
+                let checkpointer = tokio::spawn(checkpoints(storage.clone(), due.clone()));
                 match storage.own_connection().await {
                     Ok(own) => {
-                        run(own.clone(), None, rx, metrics).await;
+                        run(own.clone(), None, rx, metrics, Some(due)).await;
                         own.pool().close().await;
                     }
                     Err(e) => {
                         warn!(error = %e, "the storage writer shares the service's pool");
-                        run(storage, None, rx, metrics).await;
+                        run(storage, None, rx, metrics, Some(due)).await;
                     }
                 }
                 checkpointer.abort();
@@ -142,12 +146,13 @@ impl Writer {
     }
 }
 
-/// Rows in SQLite's readings log that make the writer move it into `readings` after a
-/// commit: `COMPACT_PER_STREAM` rows for each stream in it, within these bounds. Each
-/// stream's leaf page is then written once for all its rows in the log; the move pauses
-/// commits ~3 µs a row; a read of a stream scans at most this many rows of the log (a few
-/// milliseconds). Moving it in parts by stream id (shorter pauses) was tried: each part
-/// scans the whole log, and 10,000 streams ingested 20 % less (docs/PERFORMANCE.md).
+/// Rows in SQLite's readings log that make the writer begin to move it into `readings`
+/// ([`LogMove`], a step between commits): `COMPACT_PER_STREAM` rows for each stream in it,
+/// within these bounds. Each stream's leaf page is then written once for all its rows in
+/// the log; a read of a stream scans at most about this many rows of the log (a few
+/// milliseconds). Moving it in parts by stream id straight from the log was tried: each
+/// part scanned the whole log, and 10,000 streams ingested 20 % less; the move's steps now
+/// sort the log once, into a temporary table (docs/PERFORMANCE.md).
 const COMPACT_ROWS: std::ops::RangeInclusive<usize> = 8_192..=65_536;
 const COMPACT_PER_STREAM: usize = 8;
 /// A stream's readings in one commit from which they skip SQLite's log: a run of them
@@ -156,25 +161,30 @@ const DIRECT_ROWS: usize = 32;
 /// Idle time after which the writer moves all of a non-empty log.
 const COMPACT_IDLE: Duration = Duration::from_secs(1);
 
-/// How often the WAL is checkpointed beside the commits, and how many pages of WAL make the
-/// writer's own connection checkpoint in a commit (SQLite's `wal_autocheckpoint`): a
-/// backstop only, for when the checkpoints beside it fall behind.
+/// The WAL is checkpointed beside the commits every `CHECKPOINT_ROWS` readings committed,
+/// and at least every `CHECKPOINT_EVERY`; past `WRITER_AUTOCHECKPOINT_PAGES` pages of WAL the
+/// writer's own connection checkpoints in a commit (SQLite's `wal_autocheckpoint`): a
+/// backstop only, for when the checkpoints beside it fall behind. SQLite starts the WAL over
+/// only after a checkpoint that no commit overlapped has copied all of it; once a second,
+/// under steady commits none did, the WAL grew to the backstop, and the commit that reached
+/// it waited ~100 ms (p99 at half the maximum rate 88–109 ms). Small, frequent checkpoints
+/// finish between two commits (p99 15–22 ms); by rows rather than by time, so that single
+/// readings, which write little, are not met by a checkpoint's `fsync` every few commits.
+const CHECKPOINT_ROWS: usize = 10_000;
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 const WRITER_AUTOCHECKPOINT_PAGES: u32 = 50_000;
 
-/// Copies SQLite's WAL into the database file every [`CHECKPOINT_EVERY`], on a connection of
-/// the service's pool (so on another thread than the writer's connection), without waiting
-/// for or blocking anyone (`PASSIVE`). A checkpoint run by the commit that filled the WAL
-/// (SQLite's default) held that commit, and every request in it, for the copy of up to
-/// 40 MB of pages and an `fsync` of the database: most of SQLite's p99 at 1,000 readings a
-/// request (docs/PERFORMANCE.md). The writer's connection still checkpoints itself past
-/// [`WRITER_AUTOCHECKPOINT_PAGES`], by then mostly copied here. A failure is logged and
-/// tried again.
-async fn checkpoints(storage: Storage) {
-    let mut ticks = tokio::time::interval(CHECKPOINT_EVERY);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Copies SQLite's WAL into the database file when the writer asks (`due`) or every
+/// [`CHECKPOINT_EVERY`], on a connection of the service's pool (so on another thread than
+/// the writer's connection), without waiting for or blocking anyone (`PASSIVE`). A
+/// checkpoint run by the commit that filled the WAL (SQLite's default) held that commit,
+/// and every request in it, for the copy of up to 40 MB of pages and an `fsync` of the
+/// database: most of SQLite's p99 at 1,000 readings a request (docs/PERFORMANCE.md). The
+/// writer's connection still checkpoints itself past [`WRITER_AUTOCHECKPOINT_PAGES`], by
+/// then mostly copied here. A failure is logged and tried again.
+async fn checkpoints(storage: Storage, due: Arc<Notify>) {
     loop {
-        ticks.tick().await;
+        let _ = tokio::time::timeout(CHECKPOINT_EVERY, due.notified()).await;
         if let Err(e) = query("PRAGMA wal_checkpoint(PASSIVE)").execute(storage.pool()).await {
             debug!(error = %e, "WAL checkpoint beside the writer failed; tried again later");
         }
@@ -191,20 +201,36 @@ async fn postgres_connection(storage: &Storage) -> Result<PgPool, StorageError> 
 
 /// Serves commits until every handle is dropped. `pg`, on PostgreSQL, is the pool of the
 /// connection commits run on; otherwise they run on a connection of `storage`'s pool. That
-/// connection is held throughout ([`Held`]).
-async fn run(storage: Storage, pg: Option<PgPool>, mut rx: mpsc::Receiver<Job>, metrics: Metrics) {
-    let mut conn = Held { storage: storage.clone(), pg, conn: None };
-    let mut logged: usize = 0;
-    // The streams with rows in the log (for its threshold).
-    let mut logging = std::collections::HashSet::new();
+/// connection is held throughout ([`Held`]). On SQLite, between commits, it moves the
+/// readings log into `readings` a step at a time ([`LogMove`]), and asks for a checkpoint
+/// (`checkpoint`) every [`CHECKPOINT_ROWS`] readings.
+async fn run(
+    storage: Storage,
+    pg: Option<PgPool>,
+    mut rx: mpsc::Receiver<Job>,
+    metrics: Metrics,
+    checkpoint: Option<Arc<Notify>>,
+) {
+    let mut conn = Held::new(storage.clone(), pg);
+    let mut log = Log::default();
+    let mut unchecked: usize = 0;
     loop {
-        let first = if logged > 0 {
+        let first = if log.moving.is_some() {
+            // A move under way takes a step whenever no commit is waiting.
+            match rx.try_recv() {
+                Ok(job) => job,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    log.advance(&mut conn, &metrics).await;
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            }
+        } else if log.rows > 0 {
             match tokio::time::timeout(COMPACT_IDLE, rx.recv()).await {
                 Ok(Some(job)) => job,
                 Ok(None) => break,
                 Err(_) => {
-                    compact(&mut conn, &mut logged, &metrics).await;
-                    logging.clear();
+                    log.advance(&mut conn, &metrics).await;
                     continue;
                 }
             }
@@ -231,8 +257,12 @@ async fn run(storage: Storage, pg: Option<PgPool>, mut rx: mpsc::Receiver<Job>, 
             Ok((ids, to_log)) => {
                 metrics.commit_latency.observe(started.elapsed().as_secs_f64());
                 metrics.commit_rows.observe(rows as f64);
-                logged += to_log;
-                logging.extend(logged_streams(storage.backend(), &all, &ids));
+                unchecked += rows;
+                if let Some(due) = checkpoint.as_ref().filter(|_| unchecked >= CHECKPOINT_ROWS) {
+                    due.notify_one();
+                    unchecked = 0;
+                }
+                log.logged(to_log, logged_streams(storage.backend(), &all, &ids), &metrics);
                 let mut ids = ids.into_iter();
                 for job in jobs {
                     let mine: Vec<i64> = ids.by_ref().take(job.batches.len()).collect();
@@ -245,8 +275,7 @@ async fn run(storage: Storage, pg: Option<PgPool>, mut rx: mpsc::Receiver<Job>, 
                     let batches: Vec<&WriteBatch> = job.batches.iter().collect();
                     let result = write(&mut conn, &batches).await.map_err(|e| (e.is_transient(), e.to_string()));
                     let _ = job.reply.send(result.map(|(ids, to_log)| {
-                        logged += to_log;
-                        logging.extend(logged_streams(storage.backend(), &batches, &ids));
+                        log.logged(to_log, logged_streams(storage.backend(), &batches, &ids), &metrics);
                         ids
                     }));
                 }
@@ -258,14 +287,14 @@ async fn run(storage: Storage, pg: Option<PgPool>, mut rx: mpsc::Receiver<Job>, 
                 }
             }
         }
-        let threshold = (COMPACT_PER_STREAM * logging.len()).clamp(*COMPACT_ROWS.start(), *COMPACT_ROWS.end());
-        if logged >= threshold {
-            compact(&mut conn, &mut logged, &metrics).await;
-            logging.clear();
+        // A move under way takes a step after every commit, so that it ends under any load;
+        // one begins once the log holds enough rows.
+        if log.moving.is_some() || log.rows >= log.threshold() {
+            log.advance(&mut conn, &metrics).await;
         }
     }
-    if logged > 0 {
-        compact(&mut conn, &mut logged, &metrics).await;
+    if log.rows > 0 {
+        log.move_all(&mut conn, &metrics).await;
     }
     conn.close().await;
 }
@@ -280,30 +309,98 @@ fn logged_streams<'a>(backend: Backend, batches: &'a [&WriteBatch], ids: &'a [i6
     batches.iter().zip(ids).filter(move |(b, _)| to_log(backend, b.readings.len())).map(|(_, &id)| id)
 }
 
-/// Moves SQLite's readings log into `readings`. A failure leaves the log as it is (reads
-/// still see it), to be tried again after as many rows more.
-async fn compact(held: &mut Held, logged: &mut usize, metrics: &Metrics) {
-    let started = Instant::now();
-    // On the writer's own connection, whose checkpoints wait for `WRITER_AUTOCHECKPOINT_PAGES`:
-    // a move rewrites a leaf page per stream in the log (40 MB for 10,000 streams), which on
-    // a connection checkpointing at SQLite's default would copy the WAL in the move itself.
-    let backend = held.backend();
-    let moved = match held.conn().await {
-        Ok(Conn::Any(conn)) if backend == Backend::Sqlite => super::move_log(conn).await,
-        Ok(_) => Ok(0), // PostgreSQL has no log
-        Err(e) => Err(e),
-    };
-    match moved {
-        Ok(moved) => {
-            metrics.compaction_latency.observe(started.elapsed().as_secs_f64());
-            debug!(rows = moved, ms = started.elapsed().as_millis() as u64, "moved the readings log");
-        }
-        Err(e) => {
-            held.close().await;
-            warn!(error = %e, "moving the readings log failed; it stays readable and is tried again later");
+/// The writer's account of SQLite's readings log.
+#[derive(Default)]
+struct Log {
+    /// Rows in the log, as the writer counts them (a stream's deletion takes its rows out
+    /// unseen: the count is corrected when a move finds the log empty).
+    rows: usize,
+    /// The streams logged since the last move began (for its threshold).
+    streams: std::collections::HashSet<i64>,
+    /// A move under way, the connection it runs on ([`Held::opened`]; its temporary table
+    /// dies with it) and the rows it takes.
+    moving: Option<(LogMove, u64, usize)>,
+}
+
+impl Log {
+    fn logged(&mut self, rows: usize, streams: impl Iterator<Item = i64>, metrics: &Metrics) {
+        self.rows += rows;
+        self.streams.extend(streams);
+        metrics.readings_log_rows.set(self.rows as i64);
+    }
+
+    fn threshold(&self) -> usize {
+        (COMPACT_PER_STREAM * self.streams.len()).clamp(*COMPACT_ROWS.start(), *COMPACT_ROWS.end())
+    }
+
+    /// Begins a move, or takes the next step of the one under way. A failure abandons the
+    /// move (the log stays readable as it is; a move cut short leaves only duplicates,
+    /// which reads ignore) and lets the connection go; the next begins after as many rows
+    /// more.
+    async fn advance(&mut self, held: &mut Held, metrics: &Metrics) {
+        let started = Instant::now();
+        let result = self.advance_on(held).await;
+        metrics.compaction_latency.observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(Some(moved)) => {
+                debug!(rows = moved, "moved the readings log");
+                metrics.readings_log_rows.set(self.rows as i64);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(error = %e, "moving the readings log failed; it stays readable and is tried again later");
+                held.close().await;
+                self.moving = None;
+                self.rows = 0;
+                self.streams.clear();
+            }
         }
     }
-    *logged = 0;
+
+    /// One step; the rows moved when the move is complete.
+    async fn advance_on(&mut self, held: &mut Held) -> Result<Option<u64>, StorageError> {
+        // On the writer's own connection, whose checkpoints wait for `WRITER_AUTOCHECKPOINT_PAGES`:
+        // a move rewrites a leaf page per stream in the log (40 MB for 10,000 streams), which on
+        // a connection checkpointing at SQLite's default would copy the WAL in the move itself.
+        held.conn().await?;
+        let opened = held.opened;
+        let Some(Conn::Any(conn)) = held.conn.as_mut() else { return Ok(None) }; // PostgreSQL has no log
+        match self.moving.take() {
+            Some((mut m, on, rows)) if on == opened => {
+                if m.step(conn).await? {
+                    self.rows = self.rows.saturating_sub(rows);
+                    return Ok(Some(m.rows));
+                }
+                self.moving = Some((m, on, rows));
+            }
+            // Not begun, or its connection was let go (with the move's sorted rows).
+            _ => match LogMove::begin(conn).await? {
+                Some(m) => {
+                    self.moving = Some((m, opened, self.rows));
+                    self.streams.clear();
+                }
+                None => self.rows = 0,
+            },
+        }
+        Ok(None)
+    }
+
+    /// Moves the whole log in one transaction (when the writer stops).
+    async fn move_all(&mut self, held: &mut Held, metrics: &Metrics) {
+        let moved = match held.conn().await {
+            Ok(Conn::Any(conn)) => super::move_log(conn).await,
+            Ok(_) => Ok(0),
+            Err(e) => Err(e),
+        };
+        match moved {
+            Ok(_) => {
+                self.rows = 0;
+                self.moving = None;
+                metrics.readings_log_rows.set(0);
+            }
+            Err(e) => warn!(error = %e, "moving the readings log failed; it is moved at the next start"),
+        }
+    }
 }
 
 /// The writer's transaction: on sqlx's `Any` driver (SQLite), or on PostgreSQL's own, whose
@@ -324,6 +421,8 @@ struct Held {
     /// PostgreSQL: the pool of that driver's own connection (for `COPY`).
     pg: Option<PgPool>,
     conn: Option<Conn>,
+    /// Connections taken so far: which one `conn` is.
+    opened: u64,
 }
 
 enum Conn {
@@ -332,6 +431,10 @@ enum Conn {
 }
 
 impl Held {
+    fn new(storage: Storage, pg: Option<PgPool>) -> Held {
+        Held { storage, pg, conn: None, opened: 0 }
+    }
+
     fn backend(&self) -> Backend {
         self.storage.backend()
     }
@@ -339,17 +442,20 @@ impl Held {
     async fn conn(&mut self) -> Result<&mut Conn, StorageError> {
         let conn = match self.conn.take() {
             Some(conn) => conn,
-            None => match &self.pg {
-                Some(pg) => Conn::Postgres(pg.acquire().await?.detach()),
-                None => {
-                    let mut conn = self.storage.pool().acquire().await?.detach();
-                    if self.backend() == Backend::Sqlite {
-                        let pragma = format!("PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}");
-                        query(&pragma).execute(&mut conn).await?;
+            None => {
+                self.opened += 1;
+                match &self.pg {
+                    Some(pg) => Conn::Postgres(pg.acquire().await?.detach()),
+                    None => {
+                        let mut conn = self.storage.pool().acquire().await?.detach();
+                        if self.backend() == Backend::Sqlite {
+                            let pragma = format!("PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}");
+                            query(&pragma).execute(&mut conn).await?;
+                        }
+                        Conn::Any(conn)
                     }
-                    Conn::Any(conn)
                 }
-            },
+            }
         };
         Ok(self.conn.insert(conn))
     }
@@ -900,12 +1006,12 @@ mod tests {
         let own = postgres_connection(&storage).await.expect("own connection");
         for (way, pg) in [("Any", None), ("own", Some(own.clone()))] {
             let missing = id + 1000;
-            let mut held = Held { storage: storage.clone(), pg, conn: None };
+            let mut held = Held::new(storage.clone(), pg);
             let err = write(&mut held, &[&batch(missing, 5)]).await.expect_err(way);
             assert!(err.to_string().contains("1 of the 1 streams of a commit do not exist"), "{way}: {err}");
             assert!(storage.readings(missing, None, None, None, 10).await.unwrap().is_empty(), "{way}: nothing stored");
         }
-        let mut held = Held { storage: storage.clone(), pg: None, conn: None };
+        let mut held = Held::new(storage.clone(), None);
         write(&mut held, &[&batch(id, 5)]).await.expect("Any: a stored stream's readings");
         held.close().await;
         let stored = storage.readings(id, None, None, None, 10).await.unwrap();
@@ -972,7 +1078,7 @@ mod tests {
     #[tokio::test]
     async fn sqlite_refuses_readings_of_a_missing_stream_and_goes_on() {
         let (_dir, storage, id) = sqlite().await;
-        let mut held = Held { storage: storage.clone(), pg: None, conn: None };
+        let mut held = Held::new(storage.clone(), None);
         let err = write(&mut held, &[&batch(id, 2), &batch(id + 1000, 5)]).await.expect_err("a missing stream");
         assert!(err.to_string().contains("1 of the 2 streams of a commit do not exist"), "{err}");
         assert!(held.conn.is_none(), "the connection of a failed commit is let go");
@@ -983,5 +1089,77 @@ mod tests {
         assert_eq!(storage.readings(id, None, None, None, 100).await.expect("reads").len(), 40);
         let stream = storage.stream("s").await.expect("reads").expect("exists");
         assert_eq!((stream.readings_count, stream.last_ts), (40, Some(40)));
+    }
+
+    async fn log_rows(storage: &Storage) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM readings_log").fetch_one(storage.pool()).await.expect("counts")
+    }
+
+    /// A move of the log in steps, commits between them: while a reading is in both tables
+    /// reads return it once; rows logged after the move began stay in the log; at the end
+    /// the moved rows are in `readings` only.
+    #[tokio::test]
+    async fn a_log_move_in_steps_shows_each_reading_once_and_keeps_later_rows() {
+        let (_dir, storage, id) = sqlite().await;
+        let other = storage.put_stream("t", &config(), 0).await.expect("stream").id;
+        let mut held = Held::new(storage.clone(), None);
+        write(&mut held, &[&batch(id, 5), &batch(other, 5)]).await.expect("logged");
+        assert_eq!(log_rows(&storage).await, 10, "short runs go to the log");
+        let mut conn = storage.pool().acquire().await.expect("connection").detach();
+        let mut m = LogMove::begin(&mut conn).await.expect("begins").expect("a log to move");
+        let mut later = batch(id, 8);
+        later.readings.drain(..5);
+        write(&mut held, &[&later]).await.expect("logged during the move");
+        let mut steps = 0;
+        while !m.step(&mut conn).await.expect("steps") {
+            steps += 1;
+            let both: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM readings r JOIN readings_log l ON l.stream_id = r.stream_id AND l.ts = r.ts",
+            )
+            .fetch_one(storage.pool())
+            .await
+            .expect("counts");
+            let got = storage.readings(id, None, None, None, 100).await.expect("reads");
+            assert_eq!(
+                got.iter().map(|r| r.ts).collect::<Vec<_>>(),
+                (1..=8).collect::<Vec<_>>(),
+                "step {steps}, {both} in both"
+            );
+            assert_eq!(storage.recent_readings(other, 100).await.expect("reads").len(), 5, "step {steps}");
+        }
+        assert!(steps >= 2, "sorted, copied, then trimmed: {steps} steps before the last");
+        assert_eq!(m.rows, 10);
+        assert_eq!(log_rows(&storage).await, 3, "the rows logged during the move wait for the next");
+        let moved: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM readings").fetch_one(storage.pool()).await.expect("counts");
+        assert_eq!(moved, 10);
+        assert_eq!(storage.readings(id, None, None, None, 100).await.expect("reads").len(), 8);
+    }
+
+    /// A stream deleted during a move does not get its readings back from the move's copy,
+    /// and rows logged after the log was emptied (SQLite then reuses row ids) survive its
+    /// trim.
+    #[tokio::test]
+    async fn a_log_move_skips_deleted_streams_and_keeps_rows_with_reused_ids() {
+        let (_dir, storage, id) = sqlite().await;
+        let other = storage.put_stream("t", &config(), 0).await.expect("stream").id;
+        let mut held = Held::new(storage.clone(), None);
+        write(&mut held, &[&batch(other, 5)]).await.expect("logged");
+        let mut conn = storage.pool().acquire().await.expect("connection").detach();
+        let mut m = LogMove::begin(&mut conn).await.expect("begins").expect("a log to move");
+        assert!(!m.step(&mut conn).await.expect("sorts"));
+        assert!(storage.delete_stream(other).await.expect("deletes"));
+        assert_eq!(log_rows(&storage).await, 0, "the deletion emptied the log");
+        write(&mut held, &[&batch(id, 3)]).await.expect("logged after");
+        while !m.step(&mut conn).await.expect("steps") {}
+        assert_eq!(m.rows, 0, "nothing of the deleted stream copied");
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM readings WHERE stream_id = $1")
+            .bind(other)
+            .fetch_one(storage.pool())
+            .await
+            .expect("counts");
+        assert_eq!(left, 0);
+        assert_eq!(log_rows(&storage).await, 3, "the later rows, on reused row ids, are still logged");
+        assert_eq!(storage.readings(id, None, None, None, 100).await.expect("reads").len(), 3);
     }
 }
