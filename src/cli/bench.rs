@@ -561,7 +561,8 @@ struct Plan {
     per_stream: usize,
     base: i64,
     deadline: Instant,
-    pace: Option<Duration>,
+    /// Open-loop pacing: one request every `.0`, the first at `.1` after the start.
+    pace: Option<(Duration, Duration)>,
     once: bool,
 }
 
@@ -569,6 +570,11 @@ struct Plan {
 /// `base`, a second apart) until `deadline` (or after one round over its streams with
 /// `once`), one request every `pace` if given; returns the readings accepted and each
 /// request's latency, ms.
+///
+/// Paced, a client keeps to its schedule whatever the server does, and a request's latency
+/// counts from the moment the schedule meant to send it (not from when a slow answer to the
+/// one before let it go): a server that falls behind shows as latency rather than as
+/// requests never sent (the load generator's "coordinated omission").
 async fn drive(
     client: reqwest::Client,
     addr: std::net::SocketAddr,
@@ -579,17 +585,11 @@ async fn drive(
     let streams_per_request = batch / per_stream;
     let mut latencies = Vec::new();
     let mut accepted = 0u64;
-    let mut ticks = pace.map(|p| {
-        let mut t = tokio::time::interval(p);
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        t
-    });
+    let start = Instant::now();
+    let mut sent = 0u32;
     let mut round = 0i64;
     'outer: loop {
         for (c, chunk) in names.chunks(streams_per_request).enumerate() {
-            if let Some(t) = ticks.as_mut() {
-                t.tick().await;
-            }
             if Instant::now() >= deadline {
                 break 'outer;
             }
@@ -620,7 +620,18 @@ async fn drive(
             } else {
                 format!("http://{addr}/v1/readings")
             };
-            let started = Instant::now();
+            let started = match pace {
+                Some((every, offset)) => {
+                    let due = start + offset + every * sent;
+                    sent += 1;
+                    if due >= deadline {
+                        break 'outer;
+                    }
+                    tokio::time::sleep_until(due.into()).await;
+                    due
+                }
+                None => Instant::now(),
+            };
             let response =
                 client.post(url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body).send().await;
             match response {
@@ -646,7 +657,8 @@ async fn drive(
 }
 
 /// Runs `load.clients` clients over `n` streams for `load.seconds` (or one round over the
-/// streams with `once`); each request paced to `pace` when given. Returns readings per
+/// streams with `once`); each client sends one request every `pace` when given, the
+/// clients' turns evenly spread over it. Returns readings per
 /// second and the sorted latencies.
 async fn phase(
     addr: std::net::SocketAddr,
@@ -665,6 +677,9 @@ async fn phase(
         .map(|w| {
             // Each client owns its streams, so timestamps per stream only ever increase.
             let names = (w..n).step_by(load.clients).map(|s| format!("bench-{tag}-{s}")).collect();
+            // Paced clients take turns evenly (client w a w-th of the period after client
+            // 0), so requests arrive spread over time, not in bursts of one per client.
+            let pace = pace.map(|every| (every, every.mul_f64(w as f64 / load.clients.min(n) as f64)));
             let plan = Plan { batch: load.batch, per_stream: load.per_stream, base, deadline, pace, once };
             tokio::spawn(drive(client.clone(), addr, names, plan))
         })
@@ -736,15 +751,21 @@ async fn server_means(addr: std::net::SocketAddr) -> anyhow::Result<ServerMeans>
     ))
 }
 
-/// Waits until the server has moved its readings log since `before` (it does after 1 s
-/// idle), or 10 s.
-async fn wait_for_log_move(addr: std::net::SocketAddr, before: &ServerMeans) -> anyhow::Result<()> {
-    let moves =
-        |m: &ServerMeans| m.0.iter().find(|(name, ..)| *name == "compaction_latency_seconds").map_or(0.0, |h| h.2);
+/// Waits until the server has settled after a loaded phase: its readings log empty (it
+/// moves it after 1 s idle; at most 10 s), then `quiet` more for what runs beside the
+/// commits (SQLite's checkpoints copying the WAL the phase wrote into the database file;
+/// PostgreSQL's own checkpoints and vacuum).
+async fn settle(addr: std::net::SocketAddr, quiet: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while moves(&server_means(addr).await?) <= moves(before) && Instant::now() < deadline {
+    loop {
+        let text = reqwest::get(format!("http://{addr}/metrics")).await?.text().await?;
+        let rows = text.lines().find_map(|l| l.strip_prefix("tsad_readings_log_rows ")).map(str::trim);
+        if rows.is_none_or(|r| r == "0") || Instant::now() >= deadline {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    tokio::time::sleep(quiet).await;
     Ok(())
 }
 
@@ -804,17 +825,22 @@ async fn http(
         report("max", rate, &latencies, per_request, Some(&stages));
         println!("{:>10} {:<14} {}", "", "server means", stages.describe());
         if load.latency && !latencies.is_empty() {
-            // The same load paced to half the request rate reached: each client sends one
-            // request every clients / (requests per second / 2) seconds.
+            // The same load paced to half the request rate reached, open loop (latency from
+            // each request's due time), requests evenly spread: each client sends one
+            // request every clients / (requests per second / 2) seconds. First the server
+            // finishes what the maximum left: the half rate's latency is that of a server
+            // keeping up, not catching up.
+            settle(addr, Duration::from_secs(3)).await?;
             let requests_per_s = latencies.len() as f64 / load.seconds / 2.0;
             let pace = Duration::from_secs_f64(clients.min(n) as f64 / requests_per_s);
+            let before = server_means(addr).await?;
             let (half, latencies) = phase(addr, tag, n, load, base + 1_000_000_000, Some(pace), false).await?;
-            report("half of max", half, &latencies, per_request, None);
-            // Single readings, one at a time, on an otherwise idle server: first let it
-            // finish what the loaded phases left (SQLite's readings log, moved when idle).
-            if database == "sqlite" {
-                wait_for_log_move(addr, &server_means(addr).await?).await?;
-            }
+            let stages = server_means(addr).await?.since(&before);
+            report("half of max", half, &latencies, per_request, Some(&stages));
+            println!("{:>10} {:<14} {}", "", "server means", stages.describe());
+            // Single readings, one at a time, on an idle server: first let it finish what
+            // the loaded phases left, and idle.
+            settle(addr, Duration::from_secs(10)).await?;
             let single = Load { batch: 1, per_stream: 1, clients: 1, seconds: load.seconds.min(5.0), latency: false };
             let (rate, latencies) = phase(addr, tag ^ 1, 1, &single, base, None, false).await?;
             report("single reading", rate, &latencies, 1, None);
