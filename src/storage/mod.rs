@@ -289,11 +289,16 @@ impl LogMove {
         Ok(Some(LogMove { upto, rows: 0, step: MoveStep::Sort(i64::MIN) }))
     }
 
+    /// The last row id of the sort or trim step that takes the log's rows after `after`.
+    fn log_range_end(&self, after: i64) -> i64 {
+        after.max(0).saturating_add(MOVE_LOG_ROWS).min(self.upto)
+    }
+
     /// Takes the next step; true when the move is complete.
     pub(crate) async fn step(&mut self, conn: &mut sqlx::AnyConnection) -> Result<bool, StorageError> {
         self.step = match self.step {
             MoveStep::Sort(after) => {
-                let to = after.max(0).saturating_add(MOVE_LOG_ROWS).min(self.upto);
+                let to = self.log_range_end(after);
                 sqlx::query(&format!(
                     "INSERT OR REPLACE INTO temp.log_move (stream_id, {READING_COLUMNS})
                      SELECT stream_id, {READING_COLUMNS} FROM readings_log WHERE rowid > $1 AND rowid <= $2"
@@ -343,7 +348,7 @@ impl LogMove {
                 }
             }
             MoveStep::Trim(after) => {
-                let to = after.max(0).saturating_add(MOVE_LOG_ROWS).min(self.upto);
+                let to = self.log_range_end(after);
                 // Only rows that were moved: once the log was emptied (its streams deleted)
                 // SQLite hands out row ids from 1 again, to rows logged since.
                 sqlx::query(

@@ -362,9 +362,12 @@ impl Log {
         // On the writer's own connection, whose checkpoints wait for `WRITER_AUTOCHECKPOINT_PAGES`:
         // a move rewrites a leaf page per stream in the log (40 MB for 10,000 streams), which on
         // a connection checkpointing at SQLite's default would copy the WAL in the move itself.
+        if held.backend() != Backend::Sqlite {
+            return Ok(None); // PostgreSQL has no log (its `Any` fallback is a `Conn::Any` too)
+        }
         held.conn().await?;
         let opened = held.opened;
-        let Some(Conn::Any(conn)) = held.conn.as_mut() else { return Ok(None) }; // PostgreSQL has no log
+        let Some(Conn::Any(conn)) = held.conn.as_mut() else { return Ok(None) };
         match self.moving.take() {
             Some((mut m, on, rows)) if on == opened => {
                 if m.step(conn).await? {
@@ -387,9 +390,10 @@ impl Log {
 
     /// Moves the whole log in one transaction (when the writer stops).
     async fn move_all(&mut self, held: &mut Held, metrics: &Metrics) {
+        let backend = held.backend();
         let moved = match held.conn().await {
-            Ok(Conn::Any(conn)) => super::move_log(conn).await,
-            Ok(_) => Ok(0),
+            Ok(Conn::Any(conn)) if backend == Backend::Sqlite => super::move_log(conn).await,
+            Ok(_) => Ok(0), // PostgreSQL has no log
             Err(e) => Err(e),
         };
         match moved {
