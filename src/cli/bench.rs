@@ -92,6 +92,11 @@ enum BenchKind {
         /// A Python with torch installed: also run scripts/bench-training.py with it.
         #[arg(long)]
         python: Option<PathBuf>,
+        /// Rounds of tsad then PyTorch, alternated; the medians are reported. This machine's
+        /// speed drifts by tens of percent from one minute to the next, so one run of each,
+        /// one after the other, measures the drift as much as the two programs.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
+        rounds: u64,
         /// Write the results as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -162,12 +167,23 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
             let work = StepWork { threads, batch, peak_per_core: peak_gflops_per_core, seconds };
             inference(&streams, &shapes, &work, json)
         }
-        BenchKind::Training { architecture, hidden, steps, batch, sequences, epochs, threads, python, json } => {
+        BenchKind::Training {
+            architecture,
+            hidden,
+            steps,
+            batch,
+            sequences,
+            epochs,
+            threads,
+            python,
+            rounds,
+            json,
+        } => {
             if [hidden, steps, batch, sequences, epochs, threads].contains(&0) {
                 return Err(CliError::Usage(anyhow!("every size and count must be positive")));
             }
             let work = TrainingWork { architecture, hidden, steps, batch, sequences, epochs, threads };
-            training(&work, python, json)
+            training(&work, python, rounds as usize, json)
         }
         BenchKind::Http { streams, batch, per_stream, clients, seconds, throughput_only, database_url, json } => {
             if batch == 0 || clients == 0 || streams.contains(&0) {
@@ -479,12 +495,80 @@ fn sine_windows(n: usize, steps: usize, seed: u64) -> Dataset {
     }
 }
 
-fn training(work: &TrainingWork, python: Option<PathBuf>, json_out: Option<PathBuf>) -> anyhow::Result<()> {
+fn training(
+    work: &TrainingWork,
+    python: Option<PathBuf>,
+    rounds: usize,
+    json_out: Option<PathBuf>,
+) -> anyhow::Result<()> {
     tch::set_num_threads(work.threads as i32);
-    let config = NetworkConfig::forecaster(work.architecture, work.hidden, 1);
-    let mut network = Network::new(config, tch::Device::Cpu, 0)?;
     let train = sine_windows(work.sequences, work.steps, 1);
     let val = sine_windows((work.sequences / 10).max(1), work.steps, 2);
+    println!(
+        "training {}-{}: windows of {} steps, batches of {}, {} thread(s), {} round(s)",
+        work.architecture.as_str(),
+        work.hidden,
+        work.steps,
+        work.batch,
+        work.threads,
+        rounds
+    );
+    println!("{:<8} {:>22} {:>22} {:>8}", "round", "tsad sequences/s", "PyTorch sequences/s", "ratio");
+    let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut implementation = None;
+    for round in 1..=rounds {
+        let rate = tsad_training(work, &train, &val)?;
+        ours.push(rate);
+        let Some(python) = &python else {
+            println!("{round:<8} {rate:>22.0}");
+            continue;
+        };
+        let their = pytorch_training(work, python)?;
+        let their_rate = their["sequences_per_s"].as_f64().context("sequences_per_s")?;
+        implementation = their["implementation"].as_str().map(str::to_string);
+        println!("{round:<8} {rate:>22.0} {their_rate:>22.0} {:>8.2}", rate / their_rate);
+        theirs.push(their_rate);
+        ratios.push(rate / their_rate);
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    };
+    let range =
+        |v: &[f64]| v.iter().copied().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(x), b.max(x)));
+    let mut result = json!({
+        "benchmark": "training", "architecture": work.architecture.as_str(), "hidden": work.hidden,
+        "steps": work.steps, "batch": work.batch, "threads": work.threads, "rounds": rounds,
+        "tsad_sequences_per_s": median(&ours), "tsad_rounds": ours,
+    });
+    if !ratios.is_empty() {
+        let (low, high) = range(&ratios);
+        println!(
+            "median: tsad {:.0}, {} {:.0} sequences/s; tsad / PyTorch {:.2} (rounds {low:.2}–{high:.2})",
+            median(&ours),
+            implementation.as_deref().unwrap_or("pytorch"),
+            median(&theirs),
+            median(&ratios)
+        );
+        result["pytorch"] = json!({
+            "implementation": implementation, "sequences_per_s": median(&theirs), "rounds": theirs,
+        });
+        result["ratio"] = json!(median(&ratios));
+        result["ratio_rounds"] = json!(ratios);
+    }
+    write_json(json_out, result)
+}
+
+/// One run of tsad's training loop (`model::train::fit`) on `work`: sequences a second over
+/// the epochs after the first.
+fn tsad_training(work: &TrainingWork, train: &Dataset, val: &Dataset) -> anyhow::Result<f64> {
+    let config = NetworkConfig::forecaster(work.architecture, work.hidden, 1);
+    let mut network = Network::new(config, tch::Device::Cpu, 0)?;
     let train_config = TrainConfig {
         epochs: work.epochs + 1,
         batch_size: work.batch,
@@ -494,46 +578,28 @@ fn training(work: &TrainingWork, python: Option<PathBuf>, json_out: Option<PathB
         ..TrainConfig::default()
     };
     let mut first_epoch = Duration::ZERO;
-    let report = fit(&mut network, &train, &val, &train_config, &CancelToken::new(), |e| {
+    let report = fit(&mut network, train, val, &train_config, &CancelToken::new(), |e| {
         if e.epoch == 1 {
             first_epoch = e.elapsed;
         }
     })?;
     let timed = (report.duration - first_epoch).as_secs_f64();
-    let tsad_rate = (work.epochs * work.sequences) as f64 / timed;
-    println!(
-        "training {}-{}: windows of {} steps, batches of {}, {} thread(s)",
-        work.architecture.as_str(),
-        work.hidden,
-        work.steps,
-        work.batch,
-        work.threads
-    );
-    println!("{:<24} {:>14}", "implementation", "sequences/s");
-    println!("{:<24} {:>14.0}", "tsad (tch)", tsad_rate);
-    let mut result = json!({
-        "benchmark": "training", "architecture": work.architecture.as_str(), "hidden": work.hidden,
-        "steps": work.steps, "batch": work.batch, "threads": work.threads, "tsad_sequences_per_s": tsad_rate,
-    });
-    if let Some(python) = python {
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench-training.py");
-        let output = std::process::Command::new(&python)
-            .arg(&script)
-            .args(["--architecture", work.architecture.as_str()])
-            .args(["--hidden", &work.hidden.to_string(), "--steps", &work.steps.to_string()])
-            .args(["--batch", &work.batch.to_string(), "--sequences", &work.sequences.to_string()])
-            .args(["--epochs", &work.epochs.to_string(), "--threads", &work.threads.to_string()])
-            .output()
-            .with_context(|| format!("running {} {}", python.display(), script.display()))?;
-        anyhow::ensure!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        let theirs: serde_json::Value = serde_json::from_slice(&output.stdout).context("the script's JSON line")?;
-        let rate = theirs["sequences_per_s"].as_f64().context("sequences_per_s")?;
-        println!("{:<24} {:>14.0}", theirs["implementation"].as_str().unwrap_or("pytorch"), rate);
-        println!("tsad / PyTorch: {:.2}", tsad_rate / rate);
-        result["pytorch"] = theirs;
-        result["ratio"] = json!(tsad_rate / rate);
-    }
-    write_json(json_out, result)
+    Ok((work.epochs * work.sequences) as f64 / timed)
+}
+
+/// One run of `scripts/bench-training.py` on `work` with `python`: its JSON line.
+fn pytorch_training(work: &TrainingWork, python: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench-training.py");
+    let output = std::process::Command::new(python)
+        .arg(&script)
+        .args(["--architecture", work.architecture.as_str()])
+        .args(["--hidden", &work.hidden.to_string(), "--steps", &work.steps.to_string()])
+        .args(["--batch", &work.batch.to_string(), "--sequences", &work.sequences.to_string()])
+        .args(["--epochs", &work.epochs.to_string(), "--threads", &work.threads.to_string()])
+        .output()
+        .with_context(|| format!("running {} {}", python.display(), script.display()))?;
+    anyhow::ensure!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).context("the script's JSON line")
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -119,3 +119,38 @@ fn tsad_and_pytorch_compute_the_same_networks_from_the_same_file() {
         compare(dir, &net, x, "PyTorch weights:");
     }
 }
+
+/// `bench training` alternates tsad's loop and PyTorch's (`scripts/bench-training.py`) round
+/// by round and reports the medians: each round's rates are in the JSON, and the ratio
+/// reported is the median of the rounds' ratios.
+#[test]
+fn bench_training_alternates_tsad_and_pytorch_and_reports_the_median_ratio() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("training.json");
+    let args = ["bench", "training", "--hidden", "8", "--steps", "8", "--batch", "16", "--sequences", "64"];
+    let extra = ["--epochs", "1", "--rounds", "3", "--python", python.to_str().expect("utf-8")];
+    let run = Command::new(env!("CARGO_BIN_EXE_tsad"))
+        .args(args)
+        .args(extra)
+        .args(["--json", json.to_str().expect("utf-8")])
+        .output()
+        .expect("tsad runs");
+    let (stdout, stderr) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+    assert!(run.status.success(), "{stdout}{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("json");
+    let rounds = |key: &str| -> Vec<f64> {
+        report[key].as_array().unwrap_or(&Vec::new()).iter().filter_map(|v| v.as_f64()).collect()
+    };
+    let (ours, ratios) = (rounds("tsad_rounds"), rounds("ratio_rounds"));
+    let theirs: Vec<f64> =
+        report["pytorch"]["rounds"].as_array().expect("PyTorch's rounds").iter().filter_map(|v| v.as_f64()).collect();
+    assert_eq!((ours.len(), theirs.len(), ratios.len()), (3, 3, 3), "{report}");
+    for ((a, b), r) in ours.iter().zip(&theirs).zip(&ratios) {
+        assert!(*a > 0.0 && *b > 0.0 && (a / b - r).abs() < 1e-9, "{report}");
+    }
+    let mut sorted = ratios.clone();
+    sorted.sort_by(f64::total_cmp);
+    assert_eq!(report["ratio"].as_f64(), Some(sorted[1]), "{report}");
+    assert!(stdout.contains("median:"), "{stdout}");
+}
