@@ -638,13 +638,14 @@ async fn write_on(
     // its row before it deletes its readings) wait for this commit, or this commit fail.
     let updated: u64 = rest.updates.iter().map(|&i| affected[i]).sum();
     if updated < rest.streams as u64 {
-        return Err(missing_streams(rest.streams - updated as usize, rest.streams));
+        return Err(missing_streams(&(rest.streams - updated as usize).to_string(), rest.streams));
     }
     tx.commit().await?;
     Ok((ids, logged.len()))
 }
 
-fn missing_streams(missing: usize, streams: usize) -> StorageError {
+/// `missing` (a count, or "some" where it is not known) of a commit's `streams` are gone.
+fn missing_streams(missing: &str, streams: usize) -> StorageError {
     StorageError::Corrupt(format!(
         "{missing} of the {streams} streams of a commit do not exist (deleted while their readings were in flight?)"
     ))
@@ -732,12 +733,9 @@ async fn write_in_one_statement(
     match q.execute(&mut *conn).await {
         Ok(_) => Ok(Some(ids)),
         // division_by_zero: the check above, the only division in the statement.
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("22012") => Err(match rest.streams {
-            1 => missing_streams(1, 1),
-            n => StorageError::Corrupt(format!(
-                "some of the {n} streams of a commit do not exist (deleted while their readings were in flight?)"
-            )),
-        }),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("22012") => {
+            Err(missing_streams(if rest.streams == 1 { "1" } else { "some" }, rest.streams))
+        }
         Err(e) => Err(e.into()),
     }
 }
