@@ -224,10 +224,11 @@ fn classify(a: EcgArgs) -> Result<(), CliError> {
         format!("{} / {}", pct(s.ventricular.sensitivity), pct(s.ventricular.positive_predictivity))
     };
     println!(
-        "V Se / +P: GRUs alone {}, trees alone {}, together {}",
+        "V Se / +P (EC57): GRUs alone {}, trees alone {}, together {}; strict {}",
         v(&report.gru_overall),
         report.trees_overall.as_ref().map_or("-".to_string(), v),
-        v(&report.overall)
+        v(&report.overall),
+        v(&report.strict)
     );
     println!(
         "trained {} GRUs (epochs {:?}, best {:?}) in {:.1} s, trees in {:.1} s; total {:.1} s; report in {}",
