@@ -59,6 +59,10 @@ struct EcgArgs {
     /// (0: the GRUs alone).
     #[arg(long, default_value_t = 200)]
     tree_rounds: usize,
+    /// Supervised mode: blend each test beat's probability of being ventricular with those of
+    /// this many earlier beats of its record nearest in shape, half and half (0: no blend).
+    #[arg(long, default_value_t = 5)]
+    neighbours: usize,
     /// Where to write the report (JSON).
     #[arg(long)]
     out: PathBuf,
@@ -197,9 +201,11 @@ fn classify(a: EcgArgs) -> Result<(), CliError> {
         || !(1..=1000).contains(&a.epochs)
         || !(1..=16).contains(&a.seeds)
         || a.tree_rounds > 10_000
+        || a.neighbours > 100
     {
         return Err(CliError::Usage(anyhow!(
-            "--hidden must be in 1..=1024, --epochs in 1..=1000, --seeds in 1..=16 and --tree-rounds in 0..=10000"
+            "--hidden must be in 1..=1024, --epochs in 1..=1000, --seeds in 1..=16, --tree-rounds in 0..=10000 and \
+             --neighbours in 0..=100"
         )));
     }
     let run = ClassifyRun {
@@ -213,6 +219,7 @@ fn classify(a: EcgArgs) -> Result<(), CliError> {
         seeds: a.seeds,
         tree_rounds: a.tree_rounds,
         max_training: std::time::Duration::from_secs(480),
+        neighbours: a.neighbours,
     };
     let (report, beats) = run.run(|line| eprintln!("{line}")).map_err(CliError::Runtime)?;
     let json = serde_json::to_string_pretty(&report).map_err(|e| CliError::Runtime(e.into()))?;
@@ -224,10 +231,12 @@ fn classify(a: EcgArgs) -> Result<(), CliError> {
         format!("{} / {}", pct(s.ventricular.sensitivity), pct(s.ventricular.positive_predictivity))
     };
     println!(
-        "V Se / +P (EC57): GRUs alone {}, trees alone {}, together {}; strict {}",
+        "V Se / +P (EC57): GRUs alone {}, trees alone {}, together {}, blended with {} neighbours {}; strict {}",
         v(&report.gru_overall),
         report.trees_overall.as_ref().map_or("-".to_string(), v),
-        v(&report.overall),
+        report.unblended.as_ref().map_or_else(|| v(&report.overall), v),
+        report.neighbours,
+        report.unblended.as_ref().map_or("-".to_string(), |_| v(&report.overall)),
         v(&report.strict)
     );
     println!(

@@ -17,6 +17,10 @@
 //! ([`BeatFeatures::table_row`]: rhythm, the thirty numbers, the deviation from the typical beat in 26 bins), gives its own class probabilities; the
 //! classifier's answer is the average of the two.
 //!
+//! Last, each test beat's probability of being ventricular is blended half and half with the
+//! mean of those of the [`ClassifyRun::neighbours`] earlier beats of its record nearest in
+//! shape ([`blend_with_neighbours`]): one patient's beats of one shape get nearly one answer.
+//!
 //! The classes are imbalanced (N is ~90 % of beats): each rarer class is repeated
 //! ⌈√(N beats / its beats)⌉ times (at most 10) in the GRU's training set, and weighted as
 //! much in the trees'. One training beat in ten is held out, before the repetition, for the
@@ -58,6 +62,10 @@ pub struct ClassifyRun {
     pub tree_rounds: usize,
     /// Wall-clock budget of the training, all GRUs together.
     pub max_training: Duration,
+    /// Each test beat's probability of being ventricular is blended with those of this many
+    /// earlier beats of its record nearest in shape ([`blend_with_neighbours`]); 0 leaves
+    /// it as it is.
+    pub neighbours: usize,
 }
 
 /// Sensitivity and positive predictivity for one class. False positives are beats of any
@@ -105,7 +113,8 @@ pub struct ClassifyReport {
     pub test_records: Vec<String>,
     /// Training beats per class before repetition, [`CLASSES`] order.
     pub train_beats: [u64; 4],
-    /// The classifier's answers (GRUs and trees averaged), counted as EC57 prescribes
+    /// The classifier's answers (GRUs and trees averaged, V blended with each beat's
+    /// neighbours'), counted as EC57 prescribes
     /// ([`Counting::Ec57`]: the beats after each record's learning period; fusion beats
     /// called ventricular not counted against it).
     pub overall: ClassifyScores,
@@ -114,6 +123,9 @@ pub struct ClassifyReport {
     pub strict: ClassifyScores,
     /// Per test record, as [`Self::overall`].
     pub records: BTreeMap<String, ClassifyScores>,
+    /// The two learners averaged, before the blend with neighbours (absent without it;
+    /// counted as [`Self::overall`]).
+    pub unblended: Option<ClassifyScores>,
     /// The GRUs' average alone (counted as [`Self::overall`]).
     pub gru_overall: ClassifyScores,
     /// The trees alone (absent when left out; counted as [`Self::overall`]).
@@ -130,6 +142,7 @@ pub struct ClassifyReport {
     /// Each record's learning period, seconds: its typical beat is learnt there without
     /// labels, and EC57 leaves its beats unscored.
     pub learn_s: f64,
+    pub neighbours: usize,
 }
 
 fn class_index(class: AamiClass) -> Option<usize> {
@@ -394,10 +407,14 @@ impl ClassifyRun {
         };
         let gru_overall = score(&judged(&gru), Counting::Ec57);
         let trees_overall = tree_probabilities.as_deref().map(|p| score(&judged(p), Counting::Ec57));
-        let probabilities: Vec<f32> = match &tree_probabilities {
+        let mut probabilities: Vec<f32> = match &tree_probabilities {
             Some(t) => gru.iter().zip(t).map(|(a, b)| (a + b) / 2.0).collect(),
             None => gru,
         };
+        let unblended = (self.neighbours > 0).then(|| score(&judged(&probabilities), Counting::Ec57));
+        if self.neighbours > 0 {
+            probabilities = blend_with_neighbours(&test, &probabilities, self.neighbours);
+        }
         let mut per_record: BTreeMap<String, Vec<(usize, usize)>> = BTreeMap::new();
         let mut all = Vec::with_capacity(test.len());
         let mut out = Vec::with_capacity(test.len());
@@ -429,6 +446,7 @@ impl ClassifyRun {
             overall: score(&all, Counting::Ec57),
             strict: score(&every, Counting::Strict),
             records: per_record.iter().map(|(k, v)| (k.clone(), score(v, Counting::Ec57))).collect(),
+            unblended,
             gru_overall,
             trees_overall,
             epochs_run,
@@ -440,9 +458,58 @@ impl ClassifyRun {
             seeds,
             tree_rounds: self.tree_rounds,
             learn_s: self.learn_s,
+            neighbours: self.neighbours,
         };
         Ok((report, out))
     }
+}
+
+/// Earlier beats of the same record among which a beat's nearest neighbours are sought
+/// (about seven minutes at a normal rate).
+const NEIGHBOUR_LOOKBACK: usize = 500;
+/// Share of the neighbours' mean in a beat's blended class probabilities.
+const NEIGHBOUR_WEIGHT: f32 = 0.5;
+
+/// Blends each test beat's probability of being ventricular with the mean of those of the
+/// `k` earlier beats of its record (among the [`NEIGHBOUR_LOOKBACK`] before it) whose shapes
+/// are nearest, half and half ([`NEIGHBOUR_WEIGHT`]), and scales its other classes to keep
+/// the sum: beats of one shape in one patient get nearly one answer to "ventricular?", so a
+/// lone beat of a common shape called V, or a lone V beat of a shape found V before called
+/// normal, is outvoted by its kind. Only V: the shape is what makes a beat ventricular,
+/// while a supraventricular beat has a normal shape and only its timing tells it apart (the
+/// whole distribution blended cost S a third of its sensitivity). It uses no labels and no
+/// later beat (a monitor could do the same as beats arrive), and the neighbours' own
+/// probabilities are the learners' (not blended again). Beats in `test` are grouped by
+/// record, in order.
+fn blend_with_neighbours(test: &[(String, BeatFeatures, usize)], probabilities: &[f32], k: usize) -> Vec<f32> {
+    const V: usize = 2;
+    let c = CLASSES.len();
+    let mut out = probabilities.to_vec();
+    let mut near: Vec<(f32, usize)> = Vec::with_capacity(NEIGHBOUR_LOOKBACK);
+    for (i, (record, beat, _)) in test.iter().enumerate() {
+        near.clear();
+        near.extend((i.saturating_sub(NEIGHBOUR_LOOKBACK)..i).filter(|&j| &test[j].0 == record).map(|j| {
+            let d: f32 = beat.shape.iter().zip(&test[j].1.shape).map(|(a, b)| (a - b) * (a - b)).sum();
+            (d, j)
+        }));
+        if near.is_empty() || k == 0 {
+            continue;
+        }
+        let k = k.min(near.len());
+        near.select_nth_unstable_by(k - 1, |a, b| a.0.total_cmp(&b.0));
+        let own = probabilities[i * c + V];
+        let mean = near[..k].iter().map(|&(_, j)| probabilities[j * c + V]).sum::<f32>() / k as f32;
+        let blended = (1.0 - NEIGHBOUR_WEIGHT) * own + NEIGHBOUR_WEIGHT * mean;
+        // The other classes share what V leaves in their old proportions (evenly if V had
+        // it all).
+        let (rest, others) = ((1.0 - own).max(0.0), (1.0 - blended).max(0.0));
+        for class in (0..c).filter(|&class| class != V) {
+            let p = probabilities[i * c + class];
+            out[i * c + class] = if rest > 0.0 { p / rest * others } else { others / (c - 1) as f32 };
+        }
+        out[i * c + V] = blended;
+    }
+    out
 }
 
 /// The report as a table: one row per test record and one for all of them.
@@ -506,6 +573,60 @@ mod tests {
         assert_eq!((ec57.ventricular.sensitivity, ec57.confusion), (strict.ventricular.sensitivity, strict.confusion));
     }
 
+    fn beat(record: &str, shape: f32) -> (String, BeatFeatures, usize) {
+        let features = BeatFeatures {
+            sample: 0,
+            symbol: "N",
+            class: AamiClass::N,
+            shape: vec![shape; 4],
+            deviation: vec![0.0; 4],
+            rhythm: [0.0; beats::RHYTHM],
+            numbers: [0.0; beats::SHAPE_NUMBERS],
+            numbers_z: [0.0; beats::SHAPE_NUMBERS],
+            numbers_recent: [0.0; beats::SHAPE_NUMBERS],
+        };
+        (record.to_string(), features, 0)
+    }
+
+    #[test]
+    fn a_beats_ventricular_probability_is_blended_with_its_nearest_earlier_beats_of_the_same_record() {
+        // Record a: three beats of shape 0 called N, two of shape 5 called V, then a beat
+        // of shape 0 called V (alone of its kind) and one of shape 5 called N. Record b's
+        // beat has record a's beats before it but none of its own.
+        let test = [
+            beat("a", 0.0),
+            beat("a", 0.1),
+            beat("a", 5.0),
+            beat("a", 0.0),
+            beat("a", 5.1),
+            beat("a", 0.0),
+            beat("a", 5.0),
+            beat("b", 0.0),
+        ];
+        let (n, v, s) = ([1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.2, 0.6, 0.2, 0.0]);
+        let p: Vec<f32> = [n, n, v, s, v, v, n, v].concat();
+        let out = blend_with_neighbours(&test, &p, 2);
+        let at = |i: usize| &out[i * 4..i * 4 + 4];
+        // The first beat has no earlier one; the second's only neighbour says N as it does.
+        assert_eq!(at(0), &n);
+        assert_eq!(at(1), &n);
+        // Beat 3 (shape 0, mostly S): its nearest (beats 0 and 1) are not V, so its V
+        // halves and N and S share the rest in their old proportions, S still ahead.
+        let b3 = at(3);
+        assert!((b3[2] - 0.1).abs() < 1e-6 && (b3[0] - 0.225).abs() < 1e-6 && (b3[1] - 0.675).abs() < 1e-6, "{b3:?}");
+        // Beat 5 (shape 0, called V for certain): its two nearest are beats 0 and 3 (V 0 and
+        // 0.2), so V 0.55, and the other classes, which had nothing, share the rest evenly.
+        let b5 = at(5);
+        assert!((b5[2] - 0.55).abs() < 1e-6 && b5.iter().all(|&p| p >= 0.15 - 1e-6), "{b5:?}");
+        assert!((b5.iter().sum::<f32>() - 1.0).abs() < 1e-6, "{b5:?}");
+        // Beat 6 (shape 5, called N): its nearest are beats 2 and 4 (V): V 0.5, N 0.5.
+        assert_eq!(at(6), &[0.5, 0.0, 0.5, 0.0]);
+        // Record b's beat is left alone: no earlier beat of its own record.
+        assert_eq!(at(7), &v);
+        // k = 0 changes nothing.
+        assert_eq!(blend_with_neighbours(&test, &p, 0), p);
+    }
+
     fn run(mitdb: PathBuf, train: &[&str], test: &[&str]) -> ClassifyRun {
         ClassifyRun {
             mitdb,
@@ -518,6 +639,7 @@ mod tests {
             seeds: 1,
             tree_rounds: 60,
             max_training: Duration::from_secs(600),
+            neighbours: 5,
         }
     }
 
