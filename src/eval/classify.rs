@@ -139,9 +139,11 @@ pub struct ClassifyReport {
     pub hidden: usize,
     pub seeds: usize,
     pub tree_rounds: usize,
-    /// Each record's learning period, seconds: its typical beat is learnt there without
-    /// labels, and EC57 leaves its beats unscored.
+    /// Each record's learning period, seconds (`--warmup-s`; EC57's is five minutes, the
+    /// default): its typical beat is learnt there without labels, and its beats are not
+    /// scored in [`Self::overall`].
     pub learn_s: f64,
+    /// Earlier beats each test beat's V probability was blended with (0: none).
     pub neighbours: usize,
 }
 
