@@ -43,6 +43,13 @@ use crate::model::{
 
 /// The classes the classifier tells apart, in output order.
 pub const CLASSES: [AamiClass; 4] = [AamiClass::N, AamiClass::S, AamiClass::V, AamiClass::F];
+/// Indices of the S, V and F classes in [`CLASSES`].
+const S: usize = 1;
+const V: usize = 2;
+const F: usize = 3;
+const _: () = assert!(
+    matches!(CLASSES[S], AamiClass::S) && matches!(CLASSES[V], AamiClass::V) && matches!(CLASSES[F], AamiClass::F)
+);
 
 /// What to train and test.
 #[derive(Debug, Clone)]
@@ -157,8 +164,6 @@ fn score(predicted: &[(usize, usize)], counting: Counting) -> ClassifyScores {
     for &(truth, guess) in predicted {
         confusion[truth][guess] += 1;
     }
-    const V: usize = 2;
-    const F: usize = 3;
     let of = |k: usize| {
         let tp = confusion[k][k];
         let fn_ = confusion[k].iter().sum::<u64>() - tp;
@@ -181,7 +186,7 @@ fn score(predicted: &[(usize, usize)], counting: Counting) -> ClassifyScores {
     ClassifyScores {
         beats,
         ventricular: of(V),
-        supraventricular: of(1),
+        supraventricular: of(S),
         confusion,
         accuracy: (beats > 0).then(|| right as f64 / beats as f64),
     }
@@ -484,17 +489,23 @@ const NEIGHBOUR_WEIGHT: f32 = 0.5;
 /// probabilities are the learners' (not blended again). Beats in `test` are grouped by
 /// record, in order.
 fn blend_with_neighbours(test: &[(String, BeatFeatures, usize)], probabilities: &[f32], k: usize) -> Vec<f32> {
-    const V: usize = 2;
     let c = CLASSES.len();
     let mut out = probabilities.to_vec();
+    if k == 0 {
+        return out;
+    }
     let mut near: Vec<(f32, usize)> = Vec::with_capacity(NEIGHBOUR_LOOKBACK);
+    let mut record_start = 0;
     for (i, (record, beat, _)) in test.iter().enumerate() {
+        if test[record_start].0 != *record {
+            record_start = i;
+        }
         near.clear();
-        near.extend((i.saturating_sub(NEIGHBOUR_LOOKBACK)..i).filter(|&j| &test[j].0 == record).map(|j| {
+        near.extend((i.saturating_sub(NEIGHBOUR_LOOKBACK).max(record_start)..i).map(|j| {
             let d: f32 = beat.shape.iter().zip(&test[j].1.shape).map(|(a, b)| (a - b) * (a - b)).sum();
             (d, j)
         }));
-        if near.is_empty() || k == 0 {
+        if near.is_empty() {
             continue;
         }
         let k = k.min(near.len());
