@@ -63,6 +63,11 @@ struct EcgArgs {
     /// this many earlier beats of its record nearest in shape, half and half (0: no blend).
     #[arg(long, default_value_t = 5)]
     neighbours: usize,
+    /// Supervised mode: call a beat ventricular when its probability of being so reaches
+    /// this, else the likeliest other class (0, the default: the likeliest class of all).
+    /// Lower trades positive predictivity for sensitivity (docs/EVALUATION.md).
+    #[arg(long, default_value_t = 0.0)]
+    v_threshold: f32,
     /// Where to write the report (JSON).
     #[arg(long)]
     out: PathBuf,
@@ -202,10 +207,11 @@ fn classify(a: EcgArgs) -> Result<(), CliError> {
         || !(1..=16).contains(&a.seeds)
         || a.tree_rounds > 10_000
         || a.neighbours > 100
+        || !(0.0..1.0).contains(&a.v_threshold)
     {
         return Err(CliError::Usage(anyhow!(
-            "--hidden must be in 1..=1024, --epochs in 1..=1000, --seeds in 1..=16, --tree-rounds in 0..=10000 and \
-             --neighbours in 0..=100"
+            "--hidden must be in 1..=1024, --epochs in 1..=1000, --seeds in 1..=16, --tree-rounds in 0..=10000, \
+             --neighbours in 0..=100 and --v-threshold in [0, 1)"
         )));
     }
     let run = ClassifyRun {
@@ -220,6 +226,7 @@ fn classify(a: EcgArgs) -> Result<(), CliError> {
         tree_rounds: a.tree_rounds,
         max_training: std::time::Duration::from_secs(480),
         neighbours: a.neighbours,
+        v_threshold: a.v_threshold,
     };
     let (report, beats) = run.run(|line| eprintln!("{line}")).map_err(CliError::Runtime)?;
     let json = serde_json::to_string_pretty(&report).map_err(|e| CliError::Runtime(e.into()))?;
@@ -231,13 +238,20 @@ fn classify(a: EcgArgs) -> Result<(), CliError> {
         format!("{} / {}", pct(s.ventricular.sensitivity), pct(s.ventricular.positive_predictivity))
     };
     println!(
-        "V Se / +P (EC57): GRUs alone {}, trees alone {}, together {}, blended with {} neighbours {}; strict {}",
+        "V Se / +P (EC57, {}): GRUs alone {}, trees alone {}, together {}, blended with {} neighbours {}; strict \
+         {}; the likeliest class instead {}",
+        if report.v_threshold > 0.0 {
+            format!("V from P(V) >= {}", report.v_threshold)
+        } else {
+            "the likeliest class".to_string()
+        },
         v(&report.gru_overall),
         report.trees_overall.as_ref().map_or("-".to_string(), v),
         report.unblended.as_ref().map_or_else(|| v(&report.overall), v),
         report.neighbours,
         report.unblended.as_ref().map_or("-".to_string(), |_| v(&report.overall)),
-        v(&report.strict)
+        v(&report.strict),
+        report.likeliest.as_ref().map_or("-".to_string(), v)
     );
     println!(
         "trained {} GRUs (epochs {:?}, best {:?}) in {:.1} s, trees in {:.1} s; total {:.1} s; report in {}",
