@@ -487,9 +487,9 @@ impl ClassifyRun {
 /// (when that is above 0), else the likeliest of the others; with `v_threshold` 0 (the
 /// default) the likeliest of all. A threshold below the likeliest-class rule's trades
 /// positive predictivity for sensitivity, as a monitor that must not miss a ventricular
-/// beat may want. Inner validation on training records chose 0.3, which on the test records
-/// found more V beats but fell below 90 % positive predictivity on both splits, so the
-/// likeliest class stays the default (docs/EVALUATION.md).
+/// beat may want. Two inner validations on training records disagreed (two halves chose 0.3,
+/// leaving one record out chose 0.55), and neither choice did better than the likeliest class
+/// on the test records, so that stays the default (docs/EVALUATION.md).
 fn decide(p: &[f32], v_threshold: f32) -> usize {
     let likeliest =
         |classes: &mut dyn Iterator<Item = usize>| classes.max_by(|a, b| p[*a].total_cmp(&p[*b])).unwrap_or(0);
