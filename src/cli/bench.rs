@@ -8,8 +8,8 @@
 //! - `tsad bench http`: a `tsad serve` on a scratch SQLite database (or `--database-url`),
 //!   driven over loopback HTTP by concurrent clients posting multi-stream batches; readings
 //!   per second committed and the p50/p99/p99.9 time from request to verdicts; then the
-//!   same load paced at half that rate, and single readings one at a time on the idle
-//!   server.
+//!   same load paced at half that rate, single readings one at a time on the idle server,
+//!   and requests of the measured shape one at a time (every 10 ms).
 //! - `tsad bench training`: sequences per second of tsad's training loop, and of the same
 //!   work in PyTorch (`scripts/bench-training.py`) when `--python` is given, as a ratio.
 //!
@@ -119,7 +119,7 @@ enum BenchKind {
         /// Seconds per measurement.
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
-        /// Skip the paced (half-rate) and single-reading latency phases.
+        /// Skip the latency phases: half rate, single readings, one request at a time.
         #[arg(long)]
         throughput_only: bool,
         /// A PostgreSQL server (`postgres://…`) to measure on, in a scratch database created
@@ -609,6 +609,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// How often `bench http`'s last phase sends one request of the measured shape.
+const ALONE_EVERY: Duration = Duration::from_millis(10);
+
 /// The load `bench http` offers.
 struct Load {
     batch: usize,
@@ -616,7 +619,8 @@ struct Load {
     per_stream: usize,
     clients: usize,
     seconds: f64,
-    /// Also measure latency at half the rate reached, and of single readings.
+    /// Also measure latency at half the rate reached, of single readings, and of requests of
+    /// this shape one at a time.
     latency: bool,
 }
 
@@ -910,6 +914,19 @@ async fn http(
             let single = Load { batch: 1, per_stream: 1, clients: 1, seconds: load.seconds.min(5.0), latency: false };
             let (rate, latencies) = phase(addr, tag ^ 1, 1, &single, base, None, false).await?;
             report("single reading", rate, &latencies, 1, None);
+            if per_request > 1 {
+                // Requests of the measured shape one at a time, every 10 ms, on the idle
+                // server: a request's own serial time, without others queued beside it, and
+                // where it went.
+                settle(addr, Duration::from_secs(3)).await?;
+                let alone = Load { clients: 1, seconds: load.seconds.min(5.0), latency: false, ..*load };
+                let before = server_means(addr).await?;
+                let (rate, latencies) =
+                    phase(addr, tag, n, &alone, base + 2_000_000_000, Some(ALONE_EVERY), false).await?;
+                let stages = server_means(addr).await?.since(&before);
+                report("one at a time", rate, &latencies, load.batch, Some(&stages));
+                println!("{:>10} {:<14} {}", "", "server means", stages.describe());
+            }
         }
         let _ = stop.send(());
         server.await??;

@@ -605,6 +605,30 @@ fn bench_http_posts_each_streams_readings_together_and_refuses_a_shape_that_does
     assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
 }
 
+/// Without `--throughput-only`, `bench http` also measures the latency phases: the same load
+/// at half the rate reached, single readings, and requests of the measured shape one at a
+/// time, each a row of the report, the paced ones with the server's own means.
+#[test]
+fn bench_http_measures_half_rate_single_readings_and_one_request_at_a_time() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("http.json");
+    let args = ["bench", "http", "--streams", "4", "--batch", "20", "--per-stream", "10", "--clients", "2"];
+    let run = tsad(&[&args[..], &["--seconds", "0.5", "--json", json.to_str().expect("utf-8")]].concat());
+    let (stdout, stderr) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+    assert!(run.status.success(), "{stdout}{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("json");
+    let rows = report["results"].as_array().expect("rows");
+    let loads: Vec<&str> = rows.iter().filter_map(|r| r["load"].as_str()).collect();
+    assert_eq!(loads, ["max", "half of max", "single reading", "one at a time"], "{report}");
+    let alone = &rows[3];
+    assert_eq!(alone["readings_per_request"].as_u64(), Some(20), "{report}");
+    // Every 10 ms for half a second: about fifty requests, each answered.
+    assert!(alone["requests"].as_u64().is_some_and(|n| (10..=60).contains(&n)), "{report}");
+    assert!(alone["p50_ms"].as_f64().is_some_and(|p| p > 0.0), "{report}");
+    assert!(alone["server_means"]["commit_latency_seconds"].as_f64().is_some_and(|c| c > 0.0), "{report}");
+    assert!(stdout.contains("one at a time"), "{stdout}");
+}
+
 /// `bench http` on PostgreSQL measures in a scratch database of its own on the server and
 /// drops it afterwards: the report says PostgreSQL, no scratch database is left, and the
 /// database the URL names has not a reading more.
