@@ -924,7 +924,8 @@ async fn http(
                 let (rate, latencies) =
                     phase(addr, tag, n, &alone, base + 2_000_000_000, Some(ALONE_EVERY), false).await?;
                 let stages = server_means(addr).await?.since(&before);
-                report("one at a time", rate, &latencies, load.batch, Some(&stages));
+                let alone_per_request = n.min(batch / load.per_stream) * load.per_stream;
+                report("one at a time", rate, &latencies, alone_per_request, Some(&stages));
                 println!("{:>10} {:<14} {}", "", "server means", stages.describe());
             }
         }

@@ -491,15 +491,11 @@ impl ClassifyRun {
 /// leaving one record out chose 0.55), and neither choice did better than the likeliest class
 /// on the test records, so that stays the default (docs/EVALUATION.md).
 fn decide(p: &[f32], v_threshold: f32) -> usize {
-    let likeliest =
-        |classes: &mut dyn Iterator<Item = usize>| classes.max_by(|a, b| p[*a].total_cmp(&p[*b])).unwrap_or(0);
-    if v_threshold <= 0.0 {
-        return likeliest(&mut (0..CLASSES.len()));
-    }
-    if p[V] >= v_threshold {
+    let thresholded = v_threshold > 0.0;
+    if thresholded && p[V] >= v_threshold {
         return V;
     }
-    likeliest(&mut (0..CLASSES.len()).filter(|&c| c != V))
+    (0..CLASSES.len()).filter(|&c| !thresholded || c != V).max_by(|a, b| p[*a].total_cmp(&p[*b])).unwrap_or(0)
 }
 
 /// Earlier beats of the same record among which a beat's nearest neighbours are sought
