@@ -6,7 +6,7 @@ use anyhow::anyhow;
 use clap::{Args, Subcommand};
 
 use super::CliError;
-use crate::eval::classify::{table as classify_table, ClassifyRun};
+use crate::eval::classify::{table as classify_table, ClassifyRun, REDRAWS};
 use crate::eval::ecg::{table as ecg_table, Beat, EcgRun, Unit};
 use crate::eval::nab_run::{table, NabRun};
 use crate::scoring::Baseline;
@@ -68,6 +68,15 @@ struct EcgArgs {
     /// Lower trades positive predictivity for sensitivity (docs/EVALUATION.md).
     #[arg(long, default_value_t = 0.0)]
     v_threshold: f32,
+    /// Supervised mode: redrawn copies of each training ventricular beat (taller, shorter,
+    /// narrower, wider: the first this many) standing in for its repetitions (0: none).
+    #[arg(long, default_value_t = 4)]
+    augment: usize,
+    /// Supervised mode: wall-clock budget of the GRUs' training, all together, seconds (it
+    /// keeps the evaluation under ten minutes; on a slow host it can stop a GRU before its
+    /// early stopping does, and so change the result).
+    #[arg(long, default_value_t = 480)]
+    training_seconds: u64,
     /// Where to write the report (JSON).
     #[arg(long)]
     out: PathBuf,
@@ -208,10 +217,12 @@ fn classify(a: EcgArgs) -> Result<(), CliError> {
         || a.tree_rounds > 10_000
         || a.neighbours > 100
         || !(0.0..1.0).contains(&a.v_threshold)
+        || a.augment > REDRAWS.len()
+        || !(1..=86_400).contains(&a.training_seconds)
     {
         return Err(CliError::Usage(anyhow!(
             "--hidden must be in 1..=1024, --epochs in 1..=1000, --seeds in 1..=16, --tree-rounds in 0..=10000, \
-             --neighbours in 0..=100 and --v-threshold in [0, 1)"
+             --neighbours in 0..=100, --v-threshold in [0, 1), --augment in 0..=4 and --training-seconds in 1..=86400"
         )));
     }
     let run = ClassifyRun {
@@ -224,9 +235,10 @@ fn classify(a: EcgArgs) -> Result<(), CliError> {
         seed: a.seed,
         seeds: a.seeds,
         tree_rounds: a.tree_rounds,
-        max_training: std::time::Duration::from_secs(480),
+        max_training: std::time::Duration::from_secs(a.training_seconds),
         neighbours: a.neighbours,
         v_threshold: a.v_threshold,
+        augment: a.augment,
     };
     let (report, beats) = run.run(|line| eprintln!("{line}")).map_err(CliError::Runtime)?;
     let json = serde_json::to_string_pretty(&report).map_err(|e| CliError::Runtime(e.into()))?;

@@ -24,7 +24,12 @@
 //! The classes are imbalanced (N is ~90 % of beats): each rarer class is repeated
 //! ⌈√(N beats / its beats)⌉ times (at most 10) in the GRU's training set, and weighted as
 //! much in the trees'. One training beat in ten is held out, before the repetition, for the
-//! GRU's early stopping.
+//! GRU's early stopping. A ventricular beat's repetitions are not all the beat itself: the
+//! first [`ClassifyRun::augment`] of [`REDRAWS`] redraw it in its record's signal taller,
+//! shorter, narrower and wider ([`beats::redraw_beats`]) and its features are computed again,
+//! so that a few training patients' ventricular beats stand for more shapes than their own
+//! (the trees get the beat and its redrawings, weighted so that together they weigh what
+//! the beat's repetitions did).
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -76,7 +81,13 @@ pub struct ClassifyRun {
     /// A beat is called ventricular when its probability of being so reaches this, else the
     /// likeliest of the other classes ([`decide`]); 0 calls the likeliest class of all.
     pub v_threshold: f32,
+    /// Redrawn copies of each training ventricular beat ([`REDRAWS`], the first this many)
+    /// that stand in for its repetitions; 0 repeats the beat itself.
+    pub augment: usize,
 }
+
+/// How a training ventricular beat is redrawn ([`beats::redraw_beats`]): amplitude, width.
+pub const REDRAWS: [(f64, f64); 4] = [(0.8, 1.0), (1.25, 1.0), (1.0, 0.87), (1.0, 1.15)];
 
 /// Sensitivity and positive predictivity for one class. False positives are beats of any
 /// other class given this one, except, under [`Counting::Ec57`], fusion beats called
@@ -157,6 +168,8 @@ pub struct ClassifyReport {
     pub neighbours: usize,
     /// The probability of V from which a beat is called V (0: the likeliest class).
     pub v_threshold: f32,
+    /// Redrawn copies of each training ventricular beat ([`ClassifyRun::augment`]).
+    pub augment: usize,
     /// The final probabilities with every beat given its likeliest class instead (absent
     /// when that is the rule in force; counted as [`Self::overall`]).
     pub likeliest: Option<ClassifyScores>,
@@ -219,6 +232,40 @@ fn labelled(run: &ClassifyRun, records: &[String]) -> anyhow::Result<Labelled> {
     Ok((out, past_learning))
 }
 
+/// The ventricular beats of `records` redrawn the first `count` ways of [`REDRAWS`], by
+/// record and R-peak sample: for each beat, its copies in that order.
+fn redrawn(
+    run: &ClassifyRun,
+    records: &[String],
+    count: usize,
+) -> anyhow::Result<BTreeMap<(String, u64), Vec<BeatFeatures>>> {
+    let mut out: BTreeMap<(String, u64), Vec<BeatFeatures>> = BTreeMap::new();
+    if count == 0 {
+        return Ok(out);
+    }
+    for name in records {
+        let lead = Lead::read(&run.mitdb, name)?;
+        let ventricular: Vec<usize> = lead
+            .annotations
+            .iter()
+            .filter(|a| wfdb::aami_class(a.symbol).and_then(class_index) == Some(V))
+            .map(|a| a.sample as usize)
+            .collect();
+        if ventricular.is_empty() {
+            continue;
+        }
+        for &(amplitude, width) in &REDRAWS[..count.min(REDRAWS.len())] {
+            let signal = beats::redraw_beats(&lead.signal, lead.hz, &ventricular, amplitude, width);
+            for beat in beats::extract(&signal, lead.hz, &lead.annotations, run.learn_s) {
+                if class_index(beat.class) == Some(V) {
+                    out.entry((name.clone(), beat.sample)).or_default().push(beat);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Inputs per step of the GRU: the sequence's own and the beat's numbers.
 const GRU_INPUTS: usize = SEQUENCE_INPUTS + BEAT_NUMBERS;
 
@@ -263,7 +310,7 @@ fn inputs(beats: &[&BeatFeatures], standardise: &Standardise) -> anyhow::Result<
 fn trees(
     train: &[(String, BeatFeatures, usize)],
     test: &[(String, BeatFeatures, usize)],
-    weight: &[usize],
+    weight: &[f32],
     rounds: usize,
     seed: u64,
 ) -> anyhow::Result<Vec<f32>> {
@@ -279,7 +326,8 @@ fn trees(
         Ok(DMatrix::from_dense_vec(flat, beats.len(), columns)?)
     };
     let labels: Vec<f32> = train.iter().map(|(_, _, k)| *k as f32).collect();
-    let weights: Vec<f32> = train.iter().map(|(_, _, k)| weight[*k] as f32).collect();
+    anyhow::ensure!(weight.len() == train.len(), "one weight a training beat");
+    let weights: Vec<f32> = weight.to_vec();
     let dtrain = matrix(train)?.with_labels(&labels)?.with_weights(&weights)?;
     let params = TrainingParams::builder()
         .objective(Objective::Softprob(Multiclass::new(CLASSES.len())?))
@@ -328,12 +376,24 @@ impl ClassifyRun {
             .iter()
             .map(|&n| if n == 0 { 0 } else { ((train_beats[0] as f64 / n as f64).sqrt().ceil() as usize).clamp(1, 10) })
             .collect();
+        // A beat's repetitions in the GRU's training set are the beat and its redrawings in
+        // turn (the last ones left out when it has fewer repetitions than versions); the
+        // trees get every version, together weighted as the repetitions.
+        let redrawn = redrawn(self, &self.train_records, self.augment).context("redrawing ventricular beats")?;
         let (mut fit_set, mut val_set) = (Vec::new(), Vec::new());
-        for (i, (_, beat, k)) in train.iter().enumerate() {
+        let mut tree_set: Vec<(String, BeatFeatures, usize)> = Vec::new();
+        let mut tree_weight: Vec<f32> = Vec::new();
+        for (i, (name, beat, k)) in train.iter().enumerate() {
+            let copies = redrawn.get(&(name.clone(), beat.sample)).map_or(&[][..], Vec::as_slice);
+            let versions: Vec<&BeatFeatures> = std::iter::once(beat).chain(copies).collect();
+            for v in &versions {
+                tree_set.push((name.clone(), (*v).clone(), *k));
+                tree_weight.push(repeat[*k] as f32 / versions.len() as f32);
+            }
             if i % 10 == 9 {
                 val_set.push((beat, *k));
             } else {
-                fit_set.extend(std::iter::repeat_n((beat, *k), repeat[*k]));
+                fit_set.extend((0..repeat[*k]).map(|r| (versions[r % versions.len()], *k)));
             }
         }
         let standardise = Standardise::fit(train.iter().map(|(_, b, _)| b));
@@ -404,8 +464,8 @@ impl ClassifyRun {
         }
         let trees_started = Instant::now();
         let tree_probabilities = if self.tree_rounds > 0 {
-            progress(&format!("boosted trees: {} rounds on {} beats", self.tree_rounds, train.len()));
-            Some(trees(&train, &test, &repeat, self.tree_rounds, self.seed)?)
+            progress(&format!("boosted trees: {} rounds on {} beats", self.tree_rounds, tree_set.len()));
+            Some(trees(&tree_set, &test, &tree_weight, self.tree_rounds, self.seed)?)
         } else {
             None
         };
@@ -477,6 +537,7 @@ impl ClassifyRun {
             learn_s: self.learn_s,
             neighbours: self.neighbours,
             v_threshold: self.v_threshold,
+            augment: self.augment.min(REDRAWS.len()),
             likeliest,
         };
         Ok((report, out))
@@ -694,6 +755,7 @@ mod tests {
             max_training: Duration::from_secs(600),
             neighbours: 5,
             v_threshold: 0.0,
+            augment: 0,
         }
     }
 
@@ -703,6 +765,31 @@ mod tests {
         assert!(err.to_string().contains("208 is in both"), "{err}");
         let err = run(PathBuf::from("/nonexistent"), &["119"], &["208"]).run(|_| {}).unwrap_err();
         assert!(err.to_string().contains("record 119"), "{err}");
+    }
+
+    #[test]
+    fn each_ventricular_beat_of_a_record_is_redrawn_taller_shorter_narrower_and_wider() {
+        let test = "classify::each_ventricular_beat_of_a_record_is_redrawn_taller_shorter_narrower_and_wider";
+        let Some(mitdb) = crate::eval::wfdb::tests::mitdb_dir(test) else { return };
+        let r = run(mitdb, &["119"], &["116"]);
+        assert!(redrawn(&r, &r.train_records, 0).expect("reads").is_empty());
+        let (original, _) = labelled(&r, &r.train_records).expect("reads");
+        let copies = redrawn(&r, &r.train_records, REDRAWS.len()).expect("reads");
+        let ventricular: Vec<&BeatFeatures> = original.iter().filter(|b| b.2 == V).map(|b| &b.1).collect();
+        // Record 119 holds 444 V beats; each one judged has its four copies, and no other beat.
+        assert!(ventricular.len() > 400 && copies.len() == ventricular.len(), "{} {}", ventricular.len(), copies.len());
+        let (mut taller, mut wider) = (0, 0);
+        for beat in &ventricular {
+            let c = &copies[&("119".to_string(), beat.sample)];
+            assert_eq!(c.len(), 4);
+            assert!(c.iter().all(|b| b.symbol == beat.symbol && b.rhythm == beat.rhythm));
+            // Peak-to-peak over the typical beat's (number 6) follows the amplitude, the QRS
+            // width (number 3) the width.
+            taller += usize::from(c[1].numbers[6] > beat.numbers[6] && beat.numbers[6] > c[0].numbers[6]);
+            wider += usize::from(c[3].numbers[3] >= beat.numbers[3] && beat.numbers[3] >= c[2].numbers[3]);
+        }
+        assert!(taller * 10 >= ventricular.len() * 9, "{taller} of {}", ventricular.len());
+        assert!(wider * 10 >= ventricular.len() * 8, "{wider} of {}", ventricular.len());
     }
 
     #[test]

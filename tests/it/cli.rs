@@ -332,6 +332,8 @@ fn eval_ecg_supervised_trains_on_some_records_and_reports_on_others() {
     assert!(v["sensitivity"].as_f64().expect("Se") >= 0.9, "{report}");
     assert!(v["positive_predictivity"].as_f64().expect("+P") >= 0.9, "{report}");
     assert_eq!(std::fs::read_to_string(&beats).expect("beats").lines().count(), 299);
+    // By default each training V beat is redrawn the four ways.
+    assert_eq!(report["augment"].as_u64(), Some(4), "{report}");
     // A record in both lists, or a list without its pair, is a usage error.
     let both = tsad(&[&args[..], &["--train-records", "syn", "--test-records", "syn"]].concat());
     assert_eq!(both.status.code(), Some(2), "{}", String::from_utf8_lossy(&both.stderr));
@@ -339,8 +341,9 @@ fn eval_ecg_supervised_trains_on_some_records_and_reports_on_others() {
     assert_eq!(alone.status.code(), Some(2));
     let mixed = tsad(&[&args[..], &["--records", "syn", "--train-records", "syn", "--test-records", "big"]].concat());
     assert_eq!(mixed.status.code(), Some(2));
-    // No GRU at all, or an absurd number of boosting rounds, is refused before any work.
-    for bad in [["--seeds", "0"], ["--tree-rounds", "1000000"]] {
+    // No GRU at all, an absurd number of boosting rounds, redrawings or training budget is
+    // refused before any work.
+    for bad in [["--seeds", "0"], ["--tree-rounds", "1000000"], ["--augment", "5"], ["--training-seconds", "0"]] {
         let run = tsad(&[&args[..], &["--train-records", "syn", "--test-records", "big"], &bad[..]].concat());
         assert_eq!(run.status.code(), Some(2), "{bad:?}: {}", String::from_utf8_lossy(&run.stderr));
         assert!(String::from_utf8_lossy(&run.stderr).contains("--seeds"), "{bad:?}");
