@@ -305,30 +305,26 @@ fn inputs(beats: &[&BeatFeatures], standardise: &Standardise) -> anyhow::Result<
     Ok(Tensor::from_slice(&flat).reshape([beats.len() as i64, steps as i64, GRU_INPUTS as i64]))
 }
 
-/// Trains the boosted trees on `train` (class weights `weight`) and returns the class
+/// Trains the boosted trees on `train` (beat, class, weight) and returns the class
 /// probabilities of every beat of `test`, [`CLASSES`] order, flattened.
 fn trees(
-    train: &[(String, BeatFeatures, usize)],
-    test: &[(String, BeatFeatures, usize)],
-    weight: &[f32],
+    train: &[(&BeatFeatures, usize, f32)],
+    test: &[&BeatFeatures],
     rounds: usize,
     seed: u64,
 ) -> anyhow::Result<Vec<f32>> {
     use hessboost::objective::Multiclass;
     use hessboost::prelude::{DMatrix, Iterations, Objective, TrainingParams};
-    let matrix = |beats: &[(String, BeatFeatures, usize)]| -> anyhow::Result<DMatrix> {
-        let columns = beats.first().map_or(0, |(_, b, _)| b.table_row().len());
-        anyhow::ensure!(
-            beats.iter().all(|(_, b, _)| b.table_row().len() == columns),
-            "records of different sampling frequencies"
-        );
-        let flat: Vec<f32> = beats.iter().flat_map(|(_, b, _)| b.table_row()).collect();
-        Ok(DMatrix::from_dense_vec(flat, beats.len(), columns)?)
+    let matrix = |beats: &[&BeatFeatures]| -> anyhow::Result<DMatrix> {
+        let rows: Vec<Vec<f32>> = beats.iter().map(|b| b.table_row()).collect();
+        let columns = rows.first().map_or(0, Vec::len);
+        anyhow::ensure!(rows.iter().all(|r| r.len() == columns), "records of different sampling frequencies");
+        Ok(DMatrix::from_dense_vec(rows.concat(), rows.len(), columns)?)
     };
-    let labels: Vec<f32> = train.iter().map(|(_, _, k)| *k as f32).collect();
-    anyhow::ensure!(weight.len() == train.len(), "one weight a training beat");
-    let weights: Vec<f32> = weight.to_vec();
-    let dtrain = matrix(train)?.with_labels(&labels)?.with_weights(&weights)?;
+    let labels: Vec<f32> = train.iter().map(|(_, k, _)| *k as f32).collect();
+    let weights: Vec<f32> = train.iter().map(|(_, _, w)| *w).collect();
+    let beats: Vec<&BeatFeatures> = train.iter().map(|(b, _, _)| *b).collect();
+    let dtrain = matrix(&beats)?.with_labels(&labels)?.with_weights(&weights)?;
     let params = TrainingParams::builder()
         .objective(Objective::Softprob(Multiclass::new(CLASSES.len())?))
         .max_depth(4)
@@ -381,14 +377,12 @@ impl ClassifyRun {
         // trees get every version, together weighted as the repetitions.
         let redrawn = redrawn(self, &self.train_records, self.augment).context("redrawing ventricular beats")?;
         let (mut fit_set, mut val_set) = (Vec::new(), Vec::new());
-        let mut tree_set: Vec<(String, BeatFeatures, usize)> = Vec::new();
-        let mut tree_weight: Vec<f32> = Vec::new();
+        let mut tree_set: Vec<(&BeatFeatures, usize, f32)> = Vec::new();
         for (i, (name, beat, k)) in train.iter().enumerate() {
             let copies = redrawn.get(&(name.clone(), beat.sample)).map_or(&[][..], Vec::as_slice);
             let versions: Vec<&BeatFeatures> = std::iter::once(beat).chain(copies).collect();
             for v in &versions {
-                tree_set.push((name.clone(), (*v).clone(), *k));
-                tree_weight.push(repeat[*k] as f32 / versions.len() as f32);
+                tree_set.push((*v, *k, repeat[*k] as f32 / versions.len() as f32));
             }
             if i % 10 == 9 {
                 val_set.push((beat, *k));
@@ -465,7 +459,8 @@ impl ClassifyRun {
         let trees_started = Instant::now();
         let tree_probabilities = if self.tree_rounds > 0 {
             progress(&format!("boosted trees: {} rounds on {} beats", self.tree_rounds, tree_set.len()));
-            Some(trees(&tree_set, &test, &tree_weight, self.tree_rounds, self.seed)?)
+            let test_beats: Vec<&BeatFeatures> = test.iter().map(|(_, b, _)| b).collect();
+            Some(trees(&tree_set, &test_beats, self.tree_rounds, self.seed)?)
         } else {
             None
         };
