@@ -29,6 +29,8 @@ echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'), $(free -
 
 echo "== 1. inference core"
 $tsad bench inference --threads 2 --seconds 3 --json "$out/inference.json"
+echo "== 1b. judging alone"
+$tsad bench scoring --json "$out/scoring.json"
 
 echo "== 2. end to end, SQLite"
 $tsad bench http --streams "$streams" --batch 1000 --clients 8 --seconds "$seconds" --json "$out/http-sqlite.json"

@@ -101,6 +101,15 @@ enum BenchKind {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Judging alone: readings scored against forecasts, no model, no I/O.
+    Scoring {
+        /// Readings judged for each baseline.
+        #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+        readings: u64,
+        /// Write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// HTTP ingest into a running service on a scratch database.
     Http {
         /// Stream counts to measure (comma-separated).
@@ -185,6 +194,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
             let work = TrainingWork { architecture, hidden, steps, batch, sequences, epochs, threads };
             training(&work, python, rounds as usize, json)
         }
+        BenchKind::Scoring { readings, json } => scoring(readings, json),
         BenchKind::Http { streams, batch, per_stream, clients, seconds, throughput_only, database_url, json } => {
             if batch == 0 || clients == 0 || streams.contains(&0) {
                 return Err(CliError::Usage(anyhow!("--batch, --clients and --streams must be positive")));
@@ -209,6 +219,52 @@ fn write_json(path: Option<PathBuf>, value: serde_json::Value) -> anyhow::Result
             .with_context(|| path.display().to_string())?;
     }
     Ok(())
+}
+
+/// `bench scoring`: nanoseconds a reading takes to judge, for each baseline, on one stream
+/// of one channel: a daily sine with noise, a spike every 997 readings and a level shift
+/// halfway, against a forecast that knows the sine and the noise (no model runs), the
+/// normaliser updated after each reading as a stream's is.
+fn scoring(readings: u64, json_path: Option<PathBuf>) -> anyhow::Result<()> {
+    use crate::scoring::{Baseline, Forecast, RunningNormaliser, Scorer, ScorerConfig};
+    use rand::{Rng, SeedableRng};
+    println!("judging alone: one stream of one channel, {readings} readings a baseline");
+    println!("baseline      ns a reading   flagged");
+    let mut rows = Vec::new();
+    for baseline in [Baseline::Forecast, Baseline::Warmup, Baseline::History] {
+        let config = ScorerConfig { baseline, ..ScorerConfig::default() };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut scorer = Scorer::new(1);
+        let mut norm = RunningNormaliser::new(1);
+        let mut flagged = 0u64;
+        let mut elapsed = Duration::ZERO;
+        for t in 0..readings {
+            let phase = (t % 1440) as f64 / 1440.0 * std::f64::consts::TAU;
+            let clean = 10.0 + 3.0 * phase.sin() + if t >= readings / 2 { 2.0 } else { 0.0 };
+            let noise: f64 = rng.random::<f64>() - 0.5;
+            let value = clean + noise + if t % 997 == 996 { 8.0 } else { 0.0 };
+            // The forecast of this reading, in the normaliser's units as they were before it.
+            let mean = (clean - norm_mean(&norm)) / norm.scale(0);
+            let log_var = (0.29 / norm.scale(0)).powi(2).ln();
+            let forecast = Forecast { mean: vec![mean], log_var: vec![log_var] };
+            let started = Instant::now();
+            let verdict = scorer.judge(&config, &[value], (t > 0).then_some(&forecast), &norm);
+            elapsed += started.elapsed();
+            flagged += u64::from(verdict.anomaly);
+            norm.update(&[value]);
+        }
+        let ns = elapsed.as_secs_f64() * 1e9 / readings as f64;
+        println!("{:<12} {ns:>12.0} {flagged:>9}", baseline.as_str());
+        rows.push(
+            json!({ "baseline": baseline.as_str(), "ns_per_reading": ns, "flagged": flagged, "readings": readings }),
+        );
+    }
+    write_json(json_path, json!({ "scoring": rows }))
+}
+
+/// The normaliser's mean of channel 0 (what it maps to 0).
+fn norm_mean(norm: &crate::scoring::RunningNormaliser) -> f64 {
+    norm.denormalise(0, 0.0)
 }
 
 /// What `bench inference` measures: one saved model, or every architecture × width.

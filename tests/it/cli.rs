@@ -608,6 +608,32 @@ fn bench_http_posts_each_streams_readings_together_and_refuses_a_shape_that_does
     assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
 }
 
+/// `bench scoring` judges a stream with each baseline and reports nanoseconds a reading and
+/// the readings flagged: its 8σ-and-more spikes (one every 997 readings) are flagged past the
+/// warm-up, so the judging timed is the real one. No readings is a usage error.
+#[test]
+fn bench_scoring_times_each_baseline_on_a_stream_whose_spikes_it_flags() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("scoring.json");
+    let run = tsad(&["bench", "scoring", "--readings", "20000", "--json", json.to_str().expect("utf-8")]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+    assert!(run.status.success(), "{stdout}{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("json");
+    let rows = report["scoring"].as_array().expect("rows");
+    let baselines: Vec<&str> = rows.iter().filter_map(|r| r["baseline"].as_str()).collect();
+    assert_eq!(baselines, ["forecast", "warmup", "history"], "{report}");
+    for row in rows {
+        assert!(row["ns_per_reading"].as_f64().is_some_and(|ns| ns > 0.0), "{report}");
+        assert_eq!(row["readings"].as_u64(), Some(20_000), "{report}");
+    }
+    // 20 spikes, 19 of them after the warm-up of 200 readings. The warm-up baseline also
+    // flags what its 200 readings never saw (most of the daily sine, the shift).
+    assert!(rows[0]["flagged"].as_u64().is_some_and(|f| (19..=60).contains(&f)), "{report}");
+    assert!(rows[1]["flagged"].as_u64().is_some_and(|f| f >= 19), "{report}");
+    let none = tsad(&["bench", "scoring", "--readings", "0"]);
+    assert_eq!(none.status.code(), Some(2), "{}", String::from_utf8_lossy(&none.stderr));
+}
+
 /// Without `--throughput-only`, `bench http` also measures the latency phases: the same load
 /// at half the rate reached, single readings, and requests of the measured shape one at a
 /// time, each a row of the report, the paced ones with the server's own means.
