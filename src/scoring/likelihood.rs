@@ -183,15 +183,11 @@ impl Level {
         let mut left = right; // bins below `left` are yet to be taken
         let mut seen = 0.0;
         let mut mad = 0.0;
-        while left > 0 || right < self.tail.len() {
+        loop {
             let below = (left > 0).then(|| median - centre(left - 1));
             let above = (right < self.tail.len()).then(|| centre(right) - median);
             let (distance, w) = match (below, above) {
-                (Some(b), Some(a)) if b <= a => {
-                    left -= 1;
-                    (b, self.tail[left])
-                }
-                (Some(b), None) => {
+                (Some(b), a) if a.is_none_or(|a| b <= a) => {
                     left -= 1;
                     (b, self.tail[left])
                 }
@@ -199,7 +195,7 @@ impl Level {
                     right += 1;
                     (a, self.tail[right - 1])
                 }
-                (None, None) => unreachable!("the loop's condition"),
+                _ => break, // every bin taken
             };
             seen += f64::from(w);
             if seen >= total / 2.0 {
