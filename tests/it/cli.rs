@@ -651,9 +651,14 @@ fn bench_http_measures_half_rate_single_readings_and_one_request_at_a_time() {
     assert_eq!(loads, ["max", "half of max", "single reading", "one at a time"], "{report}");
     let alone = &rows[3];
     assert_eq!(alone["readings_per_request"].as_u64(), Some(20), "{report}");
-    // Every 10 ms for half a second: about fifty requests, each answered.
-    assert!(alone["requests"].as_u64().is_some_and(|n| (10..=60).contains(&n)), "{report}");
-    assert!(alone["p50_ms"].as_f64().is_some_and(|p| p > 0.0), "{report}");
+    // Every 10 ms for half a second: at most about fifty requests, each answered. Fewer
+    // only when the server was slower than the pace (a disk stalled by a build beside it
+    // once made each request take ~230 ms): then its latencies say so.
+    let requests = alone["requests"].as_u64().expect("requests counted");
+    let p50 = alone["p50_ms"].as_f64().expect("p50 measured");
+    assert!((1..=60).contains(&requests), "{report}");
+    assert!(p50 > 0.0, "{report}");
+    assert!(requests >= 10 || p50 > 10.0, "fewer requests than the pace allows, yet each answered fast: {report}");
     assert!(alone["server_means"]["commit_latency_seconds"].as_f64().is_some_and(|c| c > 0.0), "{report}");
     assert!(stdout.contains("one at a time"), "{stdout}");
 }
