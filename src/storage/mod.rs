@@ -4,7 +4,12 @@
 //! (`migrations/sqlite`, `migrations/postgres`). Timestamps are Unix milliseconds.
 //!
 //! Writes of readings go through [`writer`], which commits many requests in one
-//! transaction; this module knows nothing about HTTP or models.
+//! transaction; this module knows nothing about HTTP or models. On SQLite a stream's
+//! readings live in three places, each reading in one: `readings` (a row each, clustered by
+//! stream and time), the log of short runs awaiting their move there (`readings_log`), and
+//! the blocks that runs of 32 or more readings committed together are packed into
+//! (`reading_blocks`, [`blocks`]); reads take all three in one snapshot.
+mod blocks;
 pub mod writer;
 
 use serde::{Deserialize, Serialize};
@@ -184,6 +189,7 @@ pub(crate) enum Param {
     Int(i64),
     Float(f64),
     Text(String),
+    Blob(Vec<u8>),
 }
 
 impl Param {
@@ -196,11 +202,13 @@ impl Param {
         i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
         f64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
         String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        Vec<u8>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     {
         match self {
             Param::Int(v) => q.bind(v),
             Param::Float(v) => q.bind(v),
             Param::Text(v) => q.bind(v),
+            Param::Blob(v) => q.bind(v),
         }
     }
 }
@@ -544,6 +552,7 @@ impl Storage {
         sqlx::query("DELETE FROM readings WHERE stream_id = $1").bind(id).execute(&mut *tx).await?;
         if self.backend == Backend::Sqlite {
             sqlx::query("DELETE FROM readings_log WHERE stream_id = $1").bind(id).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM reading_blocks WHERE stream_id = $1").bind(id).execute(&mut *tx).await?;
         }
         sqlx::query("DELETE FROM stream_snapshots WHERE stream_id = $1").bind(id).execute(&mut *tx).await?;
         let deleted = sqlx::query("DELETE FROM streams WHERE id = $1").bind(id).execute(&mut *tx).await?;
@@ -585,7 +594,25 @@ impl Storage {
                 vec![stream_id, lower, upper, limit],
             ),
         };
-        self.fetch_readings(&sql, &params).await
+        if self.backend != Backend::Sqlite {
+            return fetch_readings(&mut *self.pool.acquire().await?, &sql, &params).await;
+        }
+        // Both reads in one snapshot: a commit between them could show a block but not the
+        // rows logged before it, and a page of readings would skip those.
+        let mut tx = self.pool.begin().await?;
+        let rows = fetch_readings(&mut tx, &sql, &params).await?;
+        // Blocks in time order from the one holding `lower` (by its last reading): every
+        // block after it begins in the range, so they are read until `limit` readings are in.
+        let blocks = sqlx::query(
+            "SELECT data FROM reading_blocks WHERE stream_id = $1 AND last_ts >= $2 AND first_ts < $3 ORDER BY last_ts",
+        )
+        .bind(stream_id)
+        .bind(lower)
+        .bind(upper);
+        let in_range = |r: &ReadingRow| (lower..upper).contains(&r.ts);
+        let packed = fetch_blocks(&mut tx, blocks, limit, in_range).await?;
+        tx.commit().await?;
+        Ok(merge(rows, packed.into_iter().flatten().collect(), limit, End::First))
     }
 
     /// The most recent `limit` readings of a stream, oldest first (for re-warming state).
@@ -608,18 +635,18 @@ impl Storage {
                 vec![stream_id, limit],
             ),
         };
-        let mut out = self.fetch_readings(&sql, &params).await?;
-        out.reverse();
-        Ok(out)
-    }
-
-    async fn fetch_readings(&self, sql: &str, params: &[i64]) -> Result<Vec<ReadingRow>, StorageError> {
-        let mut query = sqlx::query(sql);
-        for &p in params {
-            query = query.bind(p);
+        if self.backend != Backend::Sqlite {
+            let rows = fetch_readings(&mut *self.pool.acquire().await?, &sql, &params).await?;
+            return Ok(rows.into_iter().rev().collect());
         }
-        let rows = query.fetch_all(&self.pool).await?;
-        rows.iter().map(reading_from_row).collect()
+        // One snapshot, as in [`Storage::readings`].
+        let mut tx = self.pool.begin().await?;
+        let rows = fetch_readings(&mut tx, &sql, &params).await?;
+        let blocks = sqlx::query("SELECT data FROM reading_blocks WHERE stream_id = $1 ORDER BY last_ts DESC");
+        let newest = fetch_blocks(&mut tx, blocks.bind(stream_id), limit, |_| true).await?;
+        tx.commit().await?;
+        let packed = newest.into_iter().rev().flatten().collect();
+        Ok(merge(rows.into_iter().rev().collect(), packed, limit, End::Last))
     }
 
     /// Moves the readings log (SQLite) into `readings`, ordered by stream and time, in one
@@ -696,6 +723,70 @@ impl Storage {
 
 /// The columns a reading is read back with.
 const READING_COLUMNS: &str = "ts, value, expected, lower, upper, score, anomaly, channels_json";
+
+async fn fetch_readings(
+    conn: &mut sqlx::AnyConnection,
+    sql: &str,
+    params: &[i64],
+) -> Result<Vec<ReadingRow>, StorageError> {
+    let mut query = sqlx::query(sql);
+    for &p in params {
+        query = query.bind(p);
+    }
+    let rows = query.fetch_all(&mut *conn).await?;
+    rows.iter().map(reading_from_row).collect()
+}
+
+/// The readings of each block `query` selects (its `data` column), in its order, each
+/// block's ascending, keeping those `keep` accepts, until `limit` are kept.
+async fn fetch_blocks<'q>(
+    conn: &mut sqlx::AnyConnection,
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    limit: i64,
+    keep: impl Fn(&ReadingRow) -> bool,
+) -> Result<Vec<Vec<ReadingRow>>, StorageError> {
+    use futures::TryStreamExt;
+    let limit = usize::try_from(limit).unwrap_or(0);
+    let (mut out, mut kept) = (Vec::new(), 0);
+    let mut blocks = query.fetch(&mut *conn);
+    while kept < limit {
+        let Some(row) = blocks.try_next().await? else { break };
+        let data: Vec<u8> = row.try_get("data")?;
+        let block: Vec<ReadingRow> = blocks::decode(&data)?.into_iter().filter(&keep).collect();
+        kept += block.len();
+        out.push(block);
+    }
+    Ok(out)
+}
+
+/// Which end of a merge [`merge`] keeps.
+#[derive(Clone, Copy)]
+enum End {
+    First,
+    Last,
+}
+
+/// The first or last `limit` of two ascending runs of one stream's readings, ascending (a
+/// reading in both, by its time, once).
+fn merge(a: Vec<ReadingRow>, b: Vec<ReadingRow>, limit: i64, end: End) -> Vec<ReadingRow> {
+    let mut all = if b.is_empty() {
+        a
+    } else if a.is_empty() {
+        b
+    } else {
+        [a, b].concat()
+    };
+    all.sort_by_key(|r| r.ts);
+    all.dedup_by_key(|r| r.ts);
+    let limit = usize::try_from(limit).unwrap_or(0);
+    match end {
+        End::First => all.truncate(limit),
+        End::Last => {
+            all.drain(..all.len().saturating_sub(limit));
+        }
+    }
+    all
+}
 
 fn reading_from_row(row: &AnyRow) -> Result<ReadingRow, StorageError> {
     let channels: Option<String> = row.try_get("channels_json")?;

@@ -155,9 +155,12 @@ impl Writer {
 /// sort the log once, into a temporary table (docs/PERFORMANCE.md).
 const COMPACT_ROWS: std::ops::RangeInclusive<usize> = 8_192..=65_536;
 const COMPACT_PER_STREAM: usize = 8;
-/// A stream's readings in one commit from which they skip SQLite's log: a run of them
-/// fills its leaf page by itself.
+/// A stream's readings in one commit from which they skip SQLite's log: on SQLite they are
+/// one block (migration 0007), elsewhere a run that fills its leaf page by itself.
 const DIRECT_ROWS: usize = 32;
+/// Columns of a row of SQLite's `reading_blocks`, and its rows a statement.
+const BLOCK_COLUMNS: usize = 5;
+const BLOCKS_PER_STATEMENT: usize = 200;
 /// Idle time after which the writer moves all of a non-empty log.
 const COMPACT_IDLE: Duration = Duration::from_secs(1);
 
@@ -302,6 +305,17 @@ async fn run(
 /// Whether `write` puts a batch of `readings` readings in the log (SQLite; a short run).
 fn to_log(backend: Backend, readings: usize) -> bool {
     backend == Backend::Sqlite && (1..DIRECT_ROWS).contains(&readings)
+}
+
+/// The parameters of a row of `reading_blocks` holding `readings` of stream `id`, where they
+/// go there (SQLite; a run not for the log, of one shape of channels).
+fn to_block(backend: Backend, id: i64, readings: &[ReadingRow]) -> Option<[Param; BLOCK_COLUMNS]> {
+    if backend != Backend::Sqlite || to_log(backend, readings.len()) {
+        return None;
+    }
+    let (first, last) = (readings.first()?.ts, readings.last()?.ts);
+    let data = super::blocks::encode(readings)?;
+    Some([Param::Int(id), Param::Int(last), Param::Int(first), Param::Int(readings.len() as i64), Param::Blob(data)])
 }
 
 /// The streams of `batches` whose readings `write` put in the log.
@@ -512,6 +526,7 @@ impl Tx<'_> {
                     Param::Int(v) => q.bind(v),
                     Param::Float(v) => q.bind(v),
                     Param::Text(v) => q.bind(v),
+                    Param::Blob(v) => q.bind(v),
                 });
                 q.fetch_all(&mut **tx).await?
             }
@@ -520,6 +535,7 @@ impl Tx<'_> {
                     Param::Int(v) => q.bind(v),
                     Param::Float(v) => q.bind(v),
                     Param::Text(v) => q.bind(v),
+                    Param::Blob(v) => q.bind(v),
                 });
                 q.fetch_all(&mut **tx).await?
             }
@@ -619,17 +635,31 @@ async fn write_on(
     }
     // Every reading of every stream in multi-row statements: a request carrying one reading
     // for each of 1,000 streams is one statement, not 1,000. On SQLite a stream's few
-    // readings go to the log (migration 0005), its long runs straight to their place.
-    let (mut direct, mut logged) = (Vec::new(), Vec::new());
+    // readings go to the log (migration 0005), its long runs into a block each (0007).
+    let (mut direct, mut logged, mut packed) = (Vec::new(), Vec::new(), Vec::new());
     for (batch, &id) in batches.iter().zip(&ids) {
-        let to = if to_log(backend, batch.readings.len()) { &mut logged } else { &mut direct };
-        to.extend(batch.readings.iter().map(|r| (id, r)));
+        if to_log(backend, batch.readings.len()) {
+            logged.extend(batch.readings.iter().map(|r| (id, r)));
+        } else if let Some(block) = to_block(backend, id, &batch.readings) {
+            packed.push(block);
+        } else {
+            direct.extend(batch.readings.iter().map(|r| (id, r)));
+        }
     }
     // The rest of the commit's statements go in one script: on SQLite a single call to its
     // connection's thread, not one a statement.
     let mut script = Script::default();
     insert_readings(&mut tx, &mut script, backend, "readings", &direct).await?;
     insert_readings(&mut tx, &mut script, backend, "readings_log", &logged).await?;
+    let mut packed = packed.into_iter().peekable();
+    while packed.peek().is_some() {
+        let params: Vec<Param> = packed.by_ref().take(BLOCKS_PER_STATEMENT).flatten().collect();
+        let sql = format!(
+            "INSERT INTO reading_blocks (stream_id, last_ts, first_ts, readings, data) VALUES {}",
+            values_sql(backend, params.len() / BLOCK_COLUMNS, BLOCK_COLUMNS)
+        );
+        script.push(sql, Binds::Params(params));
+    }
     let rest = push_rest(&mut script, backend, batches, &ids);
     let affected = tx.run(script, backend).await?;
     // Every stream of the commit must still exist. PostgreSQL's readings have no foreign key
@@ -862,6 +892,7 @@ where
     f64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Vec<u8>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
     match binds {
         Binds::Params(params) => params.into_iter().fold(q, |q, p| p.bind(q)),
@@ -1341,5 +1372,81 @@ mod tests {
         assert_eq!(left, 0);
         assert_eq!(log_rows(&storage).await, 3, "the later rows, on reused row ids, are still logged");
         assert_eq!(storage.readings(id, None, None, None, 100).await.expect("reads").len(), 3);
+    }
+
+    /// Readings `first..=last` of a stream, each value its own (`ts / 4`).
+    fn run_of(stream_id: i64, first: i64, last: i64) -> WriteBatch {
+        let mut b = batch(stream_id, last);
+        b.readings.retain(|r| r.ts >= first);
+        for r in &mut b.readings {
+            r.value = r.ts as f64 / 4.0;
+        }
+        b.update.readings_added = last - first + 1;
+        b
+    }
+
+    async fn count(storage: &Storage, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(storage.pool()).await.expect("counts")
+    }
+
+    /// On SQLite, runs of 32 readings or more are one block each, shorter ones logged, and a
+    /// stream's readings interleave in time across the blocks, the log and (after a move)
+    /// `readings`: every window `readings` reads, and every `recent_readings`, is the one a
+    /// single table would give, values and all; a stream's deletion takes its blocks; a block
+    /// of a missing stream is refused with nothing stored.
+    #[tokio::test]
+    async fn reads_take_blocks_the_log_and_rows_in_time_order() {
+        let (_dir, storage, id) = sqlite().await;
+        let mut held = Held::new(storage.clone(), None);
+        // 1–3 logged, 4–43 a block, 44–45 logged, all moved; 46–145 a block, 146 logged, 147–178 a block.
+        for (first, last) in [(1, 3), (4, 43), (44, 45)] {
+            write(&mut held, &[&run_of(id, first, last)]).await.expect("commits");
+        }
+        let mut conn = storage.pool().acquire().await.expect("connection").detach();
+        assert_eq!(crate::storage::move_log(&mut conn).await.expect("moves"), 5);
+        for (first, last) in [(46, 145), (146, 146), (147, 178)] {
+            write(&mut held, &[&run_of(id, first, last)]).await.expect("commits");
+        }
+        let (rows, logged, blocks) = (
+            count(&storage, "readings").await,
+            count(&storage, "readings_log").await,
+            count(&storage, "reading_blocks").await,
+        );
+        assert_eq!((rows, logged, blocks), (5, 1, 3), "rows, logged, blocks");
+        let all: Vec<(i64, f64)> = (1..=178).map(|ts| (ts, ts as f64 / 4.0)).collect();
+        let pairs = |got: Vec<ReadingRow>| got.iter().map(|r| (r.ts, r.value)).collect::<Vec<_>>();
+        for (from, to, after, limit) in [
+            (None, None, None, 1000),
+            (None, None, None, 10),
+            (Some(2), Some(50), None, 1000),
+            (Some(40), None, None, 7),
+            (Some(44), Some(47), None, 100),
+            (None, Some(147), Some(100), 1000),
+            (Some(146), Some(147), None, 5),
+            (Some(179), None, None, 5),
+            (None, None, Some(177), 5),
+            (Some(60), Some(60), None, 5),
+            (None, None, None, 0),
+        ] {
+            let want: Vec<(i64, f64)> = all
+                .iter()
+                .filter(|(ts, _)| {
+                    from.is_none_or(|f| *ts >= f) && to.is_none_or(|t| *ts < t) && after.is_none_or(|a| *ts > a)
+                })
+                .take(limit)
+                .copied()
+                .collect();
+            let got = storage.readings(id, from, to, after, limit as i64).await.expect("reads");
+            assert_eq!(pairs(got), want, "from {from:?} to {to:?} after {after:?} limit {limit}");
+        }
+        for limit in [0, 1, 2, 33, 40, 133, 134, 175, 178, 500] {
+            let got = storage.recent_readings(id, limit as i64).await.expect("reads");
+            assert_eq!(pairs(got), all[all.len().saturating_sub(limit)..], "recent {limit}");
+        }
+        let err = write(&mut held, &[&run_of(id + 1000, 1, 40)]).await.expect_err("a missing stream");
+        assert!(err.to_string().contains("1 of the 1 streams of a commit do not exist"), "{err}");
+        assert_eq!(count(&storage, "reading_blocks").await, 3, "nothing of it stored");
+        assert!(storage.delete_stream(id).await.expect("deletes"));
+        assert_eq!(count(&storage, "reading_blocks").await, 0, "a deletion takes the blocks");
     }
 }
