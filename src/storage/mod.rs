@@ -769,13 +769,8 @@ enum End {
 /// The first or last `limit` of two ascending runs of one stream's readings, ascending (a
 /// reading in both, by its time, once).
 fn merge(a: Vec<ReadingRow>, b: Vec<ReadingRow>, limit: i64, end: End) -> Vec<ReadingRow> {
-    let mut all = if b.is_empty() {
-        a
-    } else if a.is_empty() {
-        b
-    } else {
-        [a, b].concat()
-    };
+    let mut all = a;
+    all.extend(b);
     all.sort_by_key(|r| r.ts);
     all.dedup_by_key(|r| r.ts);
     let limit = usize::try_from(limit).unwrap_or(0);
