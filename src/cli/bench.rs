@@ -697,10 +697,13 @@ struct Plan {
 /// `once`), one request every `pace` if given; returns the readings accepted and each
 /// request's latency, ms.
 ///
-/// Paced, a client keeps to its schedule whatever the server does, and a request's latency
-/// counts from the moment the schedule meant to send it (not from when a slow answer to the
-/// one before let it go): a server that falls behind shows as latency rather than as
-/// requests never sent (the load generator's "coordinated omission").
+/// Paced, a client keeps to its schedule whatever the server does, and a request sent late
+/// because the answer to the one before came late counts from the moment the schedule meant
+/// to send it: a server that falls behind shows as latency rather than as requests never
+/// sent (the load generator's "coordinated omission"). A request whose client was idle
+/// when it fell due counts from when it went: tokio's timer wakes a sleeper up to a
+/// millisecond after its deadline (its resolution), the client's lateness, not the
+/// server's.
 async fn drive(
     client: reqwest::Client,
     addr: std::net::SocketAddr,
@@ -753,8 +756,12 @@ async fn drive(
                     if due >= deadline {
                         break 'outer;
                     }
-                    tokio::time::sleep_until(due.into()).await;
-                    due
+                    if Instant::now() < due {
+                        tokio::time::sleep_until(due.into()).await;
+                        Instant::now()
+                    } else {
+                        due
+                    }
                 }
                 None => Instant::now(),
             };
@@ -952,7 +959,8 @@ async fn http(
         println!("{:>10} {:<14} {}", "", "server means", stages.describe());
         if load.latency && !latencies.is_empty() {
             // The same load paced to half the request rate reached, open loop (latency from
-            // each request's due time), requests evenly spread: each client sends one
+            // each request's due time where the answer before it came late; see `drive`),
+            // requests evenly spread: each client sends one
             // request every clients / (requests per second / 2) seconds. First the server
             // finishes what the maximum left: the half rate's latency is that of a server
             // keeping up, not catching up.
