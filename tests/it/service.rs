@@ -247,6 +247,16 @@ async fn multichannel_streams_get_a_verdict_per_channel() {
     assert!(flagged.contains(&tsad::api::wire::format_ts(ts(500)).as_str()), "{flagged:?}");
     let (_, stored) = app.get("/v1/streams/imu/readings?limit=1").await;
     assert_eq!(stored["readings"][0]["values"].as_array().map(Vec::len), Some(3));
+    // Read back whole (on SQLite one block), each reading as it was answered.
+    let (_, stored) = app.get("/v1/streams/imu/readings?limit=1000").await;
+    let (stored, answered) =
+        (stored["readings"].as_array().expect("readings"), reply["verdicts"].as_array().expect("verdicts"));
+    assert_eq!(stored.len(), 600);
+    for (s, v) in stored.iter().zip(answered) {
+        for field in ["ts", "values", "expected", "lower", "upper", "score", "anomaly"] {
+            assert_eq!(s[field], v[field], "{field}: stored {s}, answered {v}");
+        }
+    }
     app.stop().await;
 }
 
