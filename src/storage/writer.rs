@@ -307,8 +307,8 @@ fn to_log(backend: Backend, readings: usize) -> bool {
     backend == Backend::Sqlite && (1..DIRECT_ROWS).contains(&readings)
 }
 
-/// The parameters of a row of `reading_blocks` holding `readings` of stream `id`, where they
-/// go there (SQLite; a run not for the log, of one shape of channels).
+/// The row of `reading_blocks` for `readings` of stream `id`, as parameters, if that is where
+/// they go: on SQLite, a run too long for the log whose readings share one channel shape.
 fn to_block(backend: Backend, id: i64, readings: &[ReadingRow]) -> Option<[Param; BLOCK_COLUMNS]> {
     if backend != Backend::Sqlite || to_log(backend, readings.len()) {
         return None;
