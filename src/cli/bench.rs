@@ -243,8 +243,9 @@ fn scoring(readings: u64, json_path: Option<PathBuf>) -> anyhow::Result<()> {
             let clean = 10.0 + 3.0 * phase.sin() + if t >= readings / 2 { 2.0 } else { 0.0 };
             let noise: f64 = rng.random::<f64>() - 0.5;
             let value = clean + noise + if t % 997 == 996 { 8.0 } else { 0.0 };
-            // The forecast of this reading, in the normaliser's units as they were before it.
-            let mean = (clean - norm_mean(&norm)) / norm.scale(0);
+            // The forecast of this reading, in the normaliser's units as they were before it
+            // (its mean is what it maps to 0).
+            let mean = (clean - norm.denormalise(0, 0.0)) / norm.scale(0);
             let log_var = (0.29 / norm.scale(0)).powi(2).ln();
             let forecast = Forecast { mean: vec![mean], log_var: vec![log_var] };
             let started = Instant::now();
@@ -260,11 +261,6 @@ fn scoring(readings: u64, json_path: Option<PathBuf>) -> anyhow::Result<()> {
         );
     }
     write_json(json_path, json!({ "scoring": rows }))
-}
-
-/// The normaliser's mean of channel 0 (what it maps to 0).
-fn norm_mean(norm: &crate::scoring::RunningNormaliser) -> f64 {
-    norm.denormalise(0, 0.0)
 }
 
 /// What `bench inference` measures: one saved model, or every architecture × width.

@@ -57,11 +57,9 @@ pub(crate) fn decode(data: &[u8]) -> Result<Vec<ReadingRow>, StorageError> {
     }
     let n = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as usize;
     let c = u32::from_le_bytes([header[5], header[6], header[7], header[8]]) as usize;
-    let expected_len = n
-        .checked_mul(6 * 8 + 1)
-        .and_then(|fixed| c.checked_mul(4 * 8).and_then(|per| per.checked_mul(n)).map(|ch| (fixed, ch)))
-        .and_then(|(fixed, ch)| fixed.checked_add(ch))
-        .and_then(|body| body.checked_add(HEADER));
+    // Each reading: six 8-byte columns, its anomaly byte and 4c per-channel values.
+    let per_reading = c.checked_mul(4 * 8).and_then(|ch| ch.checked_add(6 * 8 + 1));
+    let expected_len = per_reading.and_then(|r| r.checked_mul(n)).and_then(|body| body.checked_add(HEADER));
     if expected_len != Some(data.len()) {
         return Err(corrupt(&format!("{} bytes for {n} readings of {c} channel(s)", data.len())));
     }

@@ -307,10 +307,10 @@ fn to_log(backend: Backend, readings: usize) -> bool {
     backend == Backend::Sqlite && (1..DIRECT_ROWS).contains(&readings)
 }
 
-/// The row of `reading_blocks` for `readings` of stream `id`, as parameters, if that is where
-/// they go: on SQLite, a run too long for the log whose readings share one channel shape.
+/// The row of `reading_blocks` for `readings` of stream `id` (a run too long for the log),
+/// as parameters, if that is where they go: on SQLite, readings of one channel shape.
 fn to_block(backend: Backend, id: i64, readings: &[ReadingRow]) -> Option<[Param; BLOCK_COLUMNS]> {
-    if backend != Backend::Sqlite || to_log(backend, readings.len()) {
+    if backend != Backend::Sqlite {
         return None;
     }
     let (first, last) = (readings.first()?.ts, readings.last()?.ts);
