@@ -280,7 +280,10 @@ impl LogMove {
     pub(crate) async fn begin(conn: &mut sqlx::AnyConnection) -> Result<Option<LogMove>, StorageError> {
         let upto: Option<i64> = sqlx::query_scalar("SELECT max(rowid) FROM readings_log").fetch_one(&mut *conn).await?;
         let Some(upto) = upto else { return Ok(None) };
-        // In memory: the table is the connection's own and rebuilt by every move.
+        // In memory: the table is the connection's own and rebuilt by every move. Setting
+        // `temp_store` to another value than it has drops the connection's temporary tables
+        // and triggers: the writer's connection starts with this value (`STREAMS_CHECK` in
+        // the writer), so that its own check survives the move.
         sqlx::query("PRAGMA temp_store = MEMORY").execute(&mut *conn).await?;
         sqlx::query(
             "CREATE TEMP TABLE IF NOT EXISTS log_move (

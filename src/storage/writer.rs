@@ -421,10 +421,21 @@ impl Log {
     }
 }
 
-/// The writer's transaction: on sqlx's `Any` driver (SQLite), or on PostgreSQL's own, whose
-/// binary `COPY` loads readings ~3.5 times as fast as multi-row `INSERT`s do (4.3 µs a row
-/// against 15 on this machine's server: docs/PERFORMANCE.md).
+/// The writer's transaction: on SQLite, on PostgreSQL's own driver, whose binary `COPY`
+/// loads readings ~3.5 times as fast as multi-row `INSERT`s do (4.3 µs a row against 15 on
+/// this machine's server: docs/PERFORMANCE.md), or on sqlx's `Any` driver (PostgreSQL when
+/// that driver's own connection could not be had).
 enum Tx<'c> {
+    /// SQLite: the held connection and whether `BEGIN` has been sent on it. A commit that
+    /// creates no stream sends its `BEGIN`, its statements and its `COMMIT` in one call to
+    /// the connection's thread ([`Tx::run_and_commit`]) rather than three, each a thread
+    /// woken both ways: a lone reading answered ~0.15 ms sooner at the median
+    /// (docs/PERFORMANCE.md, "A commit in one call"). After a failure the transaction may be
+    /// left open: the writer closes the connection ([`write`]), which rolls it back.
+    Sqlite {
+        conn: &'c mut AnyConnection,
+        begun: bool,
+    },
     Any(sqlx::Transaction<'c, Any>),
     Postgres(sqlx::Transaction<'c, Postgres>),
 }
@@ -469,6 +480,7 @@ impl Held {
                         if self.backend() == Backend::Sqlite {
                             let pragma = format!("PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}");
                             query(&pragma).execute(&mut conn).await?;
+                            sqlx::raw_sql(STREAMS_CHECK).execute(&mut conn).await?;
                         }
                         Conn::Any(conn)
                     }
@@ -493,16 +505,33 @@ impl Held {
 }
 
 impl Tx<'_> {
-    async fn begin(conn: &mut Conn) -> Result<Tx<'_>, StorageError> {
+    async fn begin(conn: &mut Conn, backend: Backend) -> Result<Tx<'_>, StorageError> {
         Ok(match conn {
             Conn::Postgres(c) => Tx::Postgres(c.begin().await?),
-            Conn::Any(c) => Tx::Any(c.begin().await?),
+            Conn::Any(c) => match backend {
+                Backend::Sqlite => Tx::Sqlite { conn: c, begun: false },
+                Backend::Postgres => Tx::Any(c.begin().await?),
+            },
         })
+    }
+
+    /// SQLite: sends `BEGIN` unless it has been sent, for a statement run on its own.
+    async fn begun(&mut self) -> Result<(), StorageError> {
+        if let Tx::Sqlite { conn, begun: begun @ false } = self {
+            query::<Any>("BEGIN").execute(&mut **conn).await?;
+            *begun = true;
+        }
+        Ok(())
     }
 
     /// Runs `sql`; returns the rows it affected.
     async fn execute(&mut self, sql: &str, params: impl IntoIterator<Item = Param>) -> Result<u64, StorageError> {
+        self.begun().await?;
         Ok(match self {
+            Tx::Sqlite { conn, .. } => {
+                let q = params.into_iter().fold(query::<Any>(sql), |q, p| p.bind(q));
+                q.execute(&mut **conn).await?.rows_affected()
+            }
             Tx::Any(tx) => {
                 let q = params.into_iter().fold(query::<Any>(sql), |q, p| p.bind(q));
                 q.execute(&mut **tx).await?.rows_affected()
@@ -520,16 +549,19 @@ impl Tx<'_> {
         sql: &str,
         params: impl IntoIterator<Item = Param>,
     ) -> Result<Vec<(i64, String)>, StorageError> {
+        self.begun().await?;
+        let any = |params: Vec<Param>| {
+            params.into_iter().fold(sqlx::query_as::<Any, (i64, String)>(sql), |q, p| match p {
+                Param::Int(v) => q.bind(v),
+                Param::Float(v) => q.bind(v),
+                Param::Text(v) => q.bind(v),
+                Param::Blob(v) => q.bind(v),
+            })
+        };
+        let params: Vec<Param> = params.into_iter().collect();
         Ok(match self {
-            Tx::Any(tx) => {
-                let q = params.into_iter().fold(sqlx::query_as::<Any, (i64, String)>(sql), |q, p| match p {
-                    Param::Int(v) => q.bind(v),
-                    Param::Float(v) => q.bind(v),
-                    Param::Text(v) => q.bind(v),
-                    Param::Blob(v) => q.bind(v),
-                });
-                q.fetch_all(&mut **tx).await?
-            }
+            Tx::Sqlite { conn, .. } => any(params).fetch_all(&mut **conn).await?,
+            Tx::Any(tx) => any(params).fetch_all(&mut **tx).await?,
             Tx::Postgres(tx) => {
                 let q = params.into_iter().fold(sqlx::query_as::<Postgres, (i64, String)>(sql), |q, p| match p {
                     Param::Int(v) => q.bind(v),
@@ -542,57 +574,75 @@ impl Tx<'_> {
         })
     }
 
-    /// Runs `script`'s statements in order; returns each one's count of rows affected.
+    /// Runs `script`'s statements in order and commits; returns each statement's count of
+    /// rows affected. Nothing is committed when a statement fails or when fewer stream rows
+    /// were updated than `rest` says the commit has streams: each stream must still exist.
     ///
-    /// On SQLite all of them go in one call: sqlx runs a SQLite connection on a thread of its
-    /// own, and every call is a round trip to it (a thread woken each way, as long as a lone
-    /// reading's statements take on an idle machine). SQLite's driver runs the statements
-    /// of one query string in order, binding its anonymous `?` parameters across them in
-    /// turn, and reports each statement's count; sqlx 0.8 marks several statements in one
-    /// query as deprecated for a later version, so the test
-    /// `a_script_reports_each_statement_and_fails_whole` pins the behaviour relied on here.
-    /// On PostgreSQL (one statement a query there) they run one by one.
-    async fn run(&mut self, script: Script<'_>, backend: Backend) -> Result<Vec<u64>, StorageError> {
+    /// On SQLite `BEGIN` (unless sent), the statements and `COMMIT` go in one call: sqlx runs a
+    /// SQLite connection on a thread of its own, and every call is a round trip to it (a
+    /// thread woken each way, as long as a lone reading's statements take on an idle
+    /// machine). SQLite's driver runs the statements of one query string in order, binding
+    /// its anonymous `?` parameters across them in turn, and reports each statement's count;
+    /// sqlx 0.8 marks several statements in one query as deprecated for a later version, so
+    /// the test `a_script_reports_each_statement_and_fails_whole` pins the behaviour relied on
+    /// here. The streams are checked inside the script there, before its `COMMIT`, by the
+    /// statement [`push_rest`] puts after each update of stream rows ([`STREAMS_CHECK`]).
+    /// On PostgreSQL (one statement a query there) they run one by one, then the check, then
+    /// the commit.
+    async fn run_and_commit(self, script: Script<'_>, rest: &Rest) -> Result<Vec<u64>, StorageError> {
         let statements = script.statements.len();
-        let mut affected = Vec::with_capacity(statements);
+        let mut affected = Vec::with_capacity(statements + 2);
         match self {
-            Tx::Any(tx) if backend == Backend::Sqlite && statements > 1 => {
-                let sql = script.statements.iter().map(|(sql, _)| sql.as_str()).collect::<Vec<_>>().join(";\n");
+            Tx::Sqlite { conn, begun } => {
+                let mut sql = String::from(if begun { "" } else { "BEGIN;\n" });
+                for (statement, _) in &script.statements {
+                    sql.push_str(statement);
+                    sql.push_str(";\n");
+                }
+                sql.push_str("COMMIT");
                 let q = script.statements.into_iter().fold(query::<Any>(&sql), |q, (_, binds)| bind_all(q, binds));
                 #[allow(deprecated)]
-                let mut results = q.fetch_many(&mut **tx);
-                while let Some(step) = results.try_next().await? {
-                    if let sqlx::Either::Left(done) = step {
-                        affected.push(done.rows_affected());
+                let mut results = q.fetch_many(&mut *conn);
+                loop {
+                    match results.try_next().await {
+                        Ok(Some(sqlx::Either::Left(done))) => affected.push(done.rows_affected()),
+                        Ok(Some(sqlx::Either::Right(_))) => {}
+                        Ok(None) => break,
+                        Err(sqlx::Error::Database(e)) if e.message().contains(STREAMS_MISSING) => {
+                            return Err(missing_streams(if rest.streams == 1 { "1" } else { "some" }, rest.streams));
+                        }
+                        Err(e) => return Err(e.into()),
                     }
                 }
-                if affected.len() != statements {
+                // One count a statement, `BEGIN`'s and `COMMIT`'s among them.
+                let sent = statements + 1 + usize::from(!begun);
+                if affected.len() != sent {
                     return Err(StorageError::Corrupt(format!(
-                        "a script of {statements} statements reported {} results",
+                        "a script of {sent} statements reported {} results",
                         affected.len()
                     )));
                 }
-            }
-            Tx::Any(tx) => {
-                for (sql, binds) in script.statements {
-                    affected.push(bind_all(query::<Any>(&sql), binds).execute(&mut **tx).await?.rows_affected());
+                affected.pop();
+                if !begun {
+                    affected.remove(0);
                 }
             }
-            Tx::Postgres(tx) => {
+            Tx::Any(mut tx) => {
                 for (sql, binds) in script.statements {
-                    affected.push(bind_all(query::<Postgres>(&sql), binds).execute(&mut **tx).await?.rows_affected());
+                    affected.push(bind_all(query::<Any>(&sql), binds).execute(&mut *tx).await?.rows_affected());
                 }
+                rest.check(&affected)?;
+                tx.commit().await?;
+            }
+            Tx::Postgres(mut tx) => {
+                for (sql, binds) in script.statements {
+                    affected.push(bind_all(query::<Postgres>(&sql), binds).execute(&mut *tx).await?.rows_affected());
+                }
+                rest.check(&affected)?;
+                tx.commit().await?;
             }
         }
         Ok(affected)
-    }
-
-    async fn commit(self) -> Result<(), StorageError> {
-        match self {
-            Tx::Any(tx) => tx.commit().await?,
-            Tx::Postgres(tx) => tx.commit().await?,
-        }
-        Ok(())
     }
 }
 
@@ -619,7 +669,7 @@ async fn write_on(
             return Ok((ids, 0));
         }
     }
-    let mut tx = Tx::begin(conn).await?;
+    let mut tx = Tx::begin(conn, backend).await?;
     // New streams, many a statement (a request that creates 1,000 streams made 2,000
     // statement round trips here, 0.28 ms a stream on SQLite).
     let new: Vec<&NewStream> = batches.iter().filter_map(|b| b.create.as_ref()).collect();
@@ -661,16 +711,7 @@ async fn write_on(
         script.push(sql, Binds::Params(params));
     }
     let rest = push_rest(&mut script, backend, batches, &ids);
-    let affected = tx.run(script, backend).await?;
-    // Every stream of the commit must still exist. PostgreSQL's readings have no foreign key
-    // (migration 0006: its check per row was 64 % of a `COPY`); this is the same check once
-    // per stream, and the row locks of these updates make a stream's deletion (which locks
-    // its row before it deletes its readings) wait for this commit, or this commit fail.
-    let updated: u64 = rest.updates.iter().map(|&i| affected[i]).sum();
-    if updated < rest.streams as u64 {
-        return Err(missing_streams(&(rest.streams - updated as usize).to_string(), rest.streams));
-    }
-    tx.commit().await?;
+    tx.run_and_commit(script, &rest).await?;
     Ok((ids, logged.len()))
 }
 
@@ -682,6 +723,7 @@ fn missing_streams(missing: &str, streams: usize) -> StorageError {
 }
 
 /// What [`push_rest`] added to a script.
+#[derive(Default)]
 struct Rest {
     /// The statements that update stream rows (their counts of rows affected).
     updates: Vec<usize>,
@@ -690,6 +732,39 @@ struct Rest {
     /// Whether a stream or an event is written twice (by separate statements).
     repeats: bool,
 }
+
+impl Rest {
+    /// Refuses a commit unless its stream rows were all updated (`affected`: each statement's
+    /// count of rows). Every stream of a commit must still exist. PostgreSQL's readings have
+    /// no foreign key (migration 0006: its check per row was 64 % of a `COPY`); this is the
+    /// same check once per stream, and the row locks of these updates make a stream's
+    /// deletion (which locks its row before it deletes its readings) wait for this commit,
+    /// or this commit fail. SQLite makes it inside the commit's script ([`STREAMS_CHECK`]).
+    fn check(&self, affected: &[u64]) -> Result<(), StorageError> {
+        let updated: u64 = self.updates.iter().map(|&i| affected[i]).sum();
+        if updated < self.streams as u64 {
+            return Err(missing_streams(&(self.streams - updated as usize).to_string(), self.streams));
+        }
+        Ok(())
+    }
+}
+
+/// SQLite: the writer's connection's own table and trigger (temporary: on that connection
+/// only, nothing in the database file) that let a commit's script refuse itself before its
+/// `COMMIT` when a stream of it is gone. After each update of stream rows the script inserts
+/// the rows that update should have changed less those it did (`changes()`); the trigger
+/// aborts the statement, and with it the script, on anything but 0, and otherwise drops the
+/// row (`RAISE(IGNORE)`), so the table stays empty. `temp_store` is set first to the value a
+/// log move sets ([`LogMove::begin`]): a change of it drops every temporary table and trigger.
+const STREAMS_CHECK: &str = "PRAGMA temp_store = MEMORY;
+    CREATE TEMP TABLE IF NOT EXISTS commit_checks (missing INTEGER NOT NULL);
+    CREATE TEMP TRIGGER IF NOT EXISTS commit_checks_refuse BEFORE INSERT ON commit_checks BEGIN
+        SELECT RAISE(ABORT, 'tsad: a stream of the commit does not exist') WHERE NEW.missing <> 0;
+        SELECT RAISE(IGNORE);
+    END";
+
+/// The words of [`STREAMS_CHECK`]'s refusal, as its error reports them.
+const STREAMS_MISSING: &str = "a stream of the commit does not exist";
 
 /// Adds a commit's events, stream rows and scoring states to `script`.
 fn push_rest(script: &mut Script<'_>, backend: Backend, batches: &[&WriteBatch], ids: &[i64]) -> Rest {
@@ -708,10 +783,19 @@ fn push_rest(script: &mut Script<'_>, backend: Backend, batches: &[&WriteBatch],
     let (unique, repeated): (Vec<_>, Vec<_>) =
         batches.iter().zip(ids).map(|(b, &id)| (id, &b.update)).partition(|(id, _)| seen.insert(*id));
     repeats |= !repeated.is_empty();
-    let updates: Vec<usize> =
-        unique.chunks(UPDATES_PER_STATEMENT).map(|c| update_streams(script, backend, c)).collect();
+    let mut update = |rows: &[(i64, &StreamUpdate)]| {
+        let statement = update_streams(script, backend, rows);
+        if backend == Backend::Sqlite {
+            script.push(
+                "INSERT INTO commit_checks (missing) VALUES (? - changes())".into(),
+                Binds::Params(vec![Param::Int(rows.len() as i64)]),
+            );
+        }
+        statement
+    };
+    let updates: Vec<usize> = unique.chunks(UPDATES_PER_STATEMENT).map(&mut update).collect();
     for row in repeated {
-        update_streams(script, backend, &[row]);
+        update(&[row]);
     }
     // The scoring states due, in their own table: most commits write none.
     let snapshots: Vec<(i64, i64, &str)> = batches
@@ -1263,22 +1347,27 @@ mod tests {
             script
         }
         let pairs: Vec<(i64, &ReadingRow)> = rows.iter().map(|r| (id, r)).collect();
-        let mut tx = Tx::begin(&mut conn).await.expect("begins");
-        let affected = tx.run(script(id, &pairs), Backend::Sqlite).await.expect("runs");
+        let tx = Tx::begin(&mut conn, Backend::Sqlite).await.expect("begins");
+        let affected = tx.run_and_commit(script(id, &pairs), &Rest::default()).await.expect("runs");
         assert_eq!(affected, vec![3, 1, 0], "each statement's own count, in order");
-        tx.commit().await.expect("commits");
+        let Conn::Any(any) = &mut conn else { unreachable!() };
+        query("BEGIN").execute(&mut *any).await.expect("committed: no transaction left open");
+        query("ROLLBACK").execute(&mut *any).await.expect("rolls back");
         let stream = storage.stream("s").await.expect("reads").expect("exists");
         assert_eq!(stream.readings_count, 3, "the second statement's parameters were its own");
         assert_eq!(stream.anomalies_count, 0);
         // The same readings again: the first statement breaks the primary key; nothing of
         // the script stays after the rollback, not even what ran before the failure.
-        let mut tx = Tx::begin(&mut conn).await.expect("begins");
+        let tx = Tx::begin(&mut conn, Backend::Sqlite).await.expect("begins");
         let mut failing = Script::default();
         failing
             .push("UPDATE streams SET readings_count = 100 WHERE id = ?".into(), Binds::Params(vec![Param::Int(id)]));
         failing.statements.extend(script(id, &pairs).statements);
-        assert!(tx.run(failing, Backend::Sqlite).await.is_err(), "a duplicate reading fails the script");
-        drop(tx);
+        assert!(tx.run_and_commit(failing, &Rest::default()).await.is_err(), "a duplicate reading fails the script");
+        // The script stopped at its failure, short of its `COMMIT`; the writer closes such a
+        // connection, which rolls the transaction back.
+        let Conn::Any(any) = conn else { unreachable!() };
+        any.close().await.expect("closes");
         let stream = storage.stream("s").await.expect("reads").expect("exists");
         assert_eq!(stream.readings_count, 3, "the statement before the failure was rolled back");
         assert_eq!(storage.readings(id, None, None, None, 10).await.expect("reads").len(), 3);
@@ -1291,7 +1380,7 @@ mod tests {
         let (_dir, storage, id) = sqlite().await;
         let mut held = Held::new(storage.clone(), None);
         let err = write(&mut held, &[&batch(id, 2), &batch(id + 1000, 5)]).await.expect_err("a missing stream");
-        assert!(err.to_string().contains("1 of the 2 streams of a commit do not exist"), "{err}");
+        assert!(err.to_string().contains("of the 2 streams of a commit do not exist"), "{err}");
         assert!(held.conn.is_none(), "the connection of a failed commit is let go");
         let stored = storage.readings(id, None, None, None, 10).await.expect("reads");
         assert!(stored.is_empty(), "nothing stored");
@@ -1300,6 +1389,49 @@ mod tests {
         assert_eq!(storage.readings(id, None, None, None, 100).await.expect("reads").len(), 40);
         let stream = storage.stream("s").await.expect("reads").expect("exists");
         assert_eq!((stream.readings_count, stream.last_ts), (40, Some(40)));
+    }
+
+    /// SQLite's check inside the commit's one call: a stream gone in the second statement of
+    /// stream updates, in a commit that also creates a stream (its `BEGIN` sent before the
+    /// script) and carries blocks and log rows, refuses all of it; without it, all is stored.
+    #[tokio::test]
+    async fn sqlite_checks_every_update_statement_in_the_commits_one_call() {
+        let (_dir, storage, first) = sqlite().await;
+        let mut ids = vec![first];
+        for i in 1..UPDATES_PER_STATEMENT + 100 {
+            ids.push(storage.put_stream(&format!("s{i}"), &config(), 0).await.expect("stream").id);
+        }
+        let gone = ids[UPDATES_PER_STATEMENT + 50];
+        sqlx::query("DELETE FROM streams WHERE id = ?").bind(gone).execute(storage.pool()).await.expect("deletes");
+        let mut batches: Vec<WriteBatch> =
+            ids.iter().enumerate().map(|(i, &id)| batch(id, if i % 2 == 0 { 3 } else { 40 })).collect();
+        let mut created = batch(0, 35);
+        created.create = Some(NewStream { name: "new".into(), config: config(), created_at: 0 });
+        batches.push(created);
+        // The connection has moved a log before: the check is still there.
+        let mut held = Held::new(storage.clone(), None);
+        let moved = storage.put_stream("moved", &config(), 0).await.expect("stream").id;
+        write(&mut held, &[&batch(moved, 2)]).await.expect("logged");
+        let Some(Conn::Any(conn)) = held.conn.as_mut() else { panic!("the writer holds its SQLite connection") };
+        let mut step = LogMove::begin(conn).await.expect("begins").expect("a log to move");
+        while !step.step(conn).await.expect("moves") {}
+        let all: Vec<&WriteBatch> = batches.iter().collect();
+        let err = write(&mut held, &all).await.expect_err("a stream is gone");
+        assert!(
+            err.to_string().contains(&format!("of the {} streams of a commit do not exist", ids.len() + 1)),
+            "{err}"
+        );
+        assert!(storage.stream("new").await.expect("reads").is_none(), "the new stream was not created");
+        for &id in [first, ids[1], ids[UPDATES_PER_STATEMENT + 51]].iter() {
+            assert!(storage.readings(id, None, None, None, 100).await.expect("reads").is_empty(), "nothing stored");
+        }
+        let kept: Vec<&WriteBatch> = all.into_iter().filter(|b| b.stream_id != gone).collect();
+        let (written, _) = write(&mut held, &kept).await.expect("every stream exists");
+        assert_eq!(written.len(), kept.len());
+        assert_eq!(storage.readings(ids[1], None, None, None, 100).await.expect("reads").len(), 40);
+        assert_eq!(storage.readings(first, None, None, None, 100).await.expect("reads").len(), 3);
+        let new = storage.stream("new").await.expect("reads").expect("created");
+        assert_eq!((new.readings_count, new.last_ts), (35, Some(35)));
     }
 
     async fn log_rows(storage: &Storage) -> i64 {

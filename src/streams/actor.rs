@@ -488,8 +488,9 @@ impl Actor {
         let model = &self.model;
         let steps = readings.len();
         let mut next = self.state.clone();
-        // Normalise sequentially, keeping the normaliser each forecast is made under.
-        let mut norms = Vec::with_capacity(steps);
+        // Normalise sequentially (the judging below folds the readings into a normaliser of
+        // its own again, to have the one each forecast was made under without a copy a
+        // reading).
         let mut inputs = vec![0f32; rows(channels, model) * steps * model.input_size];
         for (t, r) in readings.iter().enumerate() {
             next.normaliser.update(&r.values);
@@ -497,7 +498,6 @@ impl Actor {
                 inputs[index(model, steps, t, c)] =
                     next.normaliser.normalise(c, *v).clamp(-INPUT_CLAMP, INPUT_CLAMP) as f32;
             }
-            norms.push(next.normaliser.clone());
         }
         let deferrable = steps == 1 && !replay;
         let result = if deferrable { None } else { Some(self.infer(steps, std::mem::take(&mut inputs)).await?) };
@@ -557,9 +557,16 @@ impl Actor {
             });
             verdicts.push(ReadingVerdict { ts: r.ts, values: r.values.clone(), verdict });
             if let Some(result) = &result {
-                let at = |v: &[f32]| (0..channels).map(|c| v[index(model, steps, t, c)] as f64).collect::<Vec<_>>();
-                forecast = Some(Forecast { mean: at(&result.mean), log_var: at(&result.log_var) });
-                forecast_norm = norms[t].clone();
+                // The next reading's forecast, in place of this one's.
+                let f = forecast
+                    .get_or_insert_with(|| Forecast { mean: vec![0.0; channels], log_var: vec![0.0; channels] });
+                f.mean.resize(channels, 0.0);
+                f.log_var.resize(channels, 0.0);
+                for c in 0..channels {
+                    f.mean[c] = result.mean[index(model, steps, t, c)] as f64;
+                    f.log_var[c] = result.log_var[index(model, steps, t, c)] as f64;
+                }
+                forecast_norm.update(&r.values);
             }
         }
         next.last_ts = Some(last.ts);
