@@ -524,21 +524,26 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// The connection of a transaction on sqlx's `Any` driver; `None` on PostgreSQL's own.
+    fn any(&mut self) -> Option<&mut AnyConnection> {
+        match self {
+            Tx::Sqlite { conn, .. } => Some(conn),
+            Tx::Any(tx) => Some(tx),
+            Tx::Postgres(_) => None,
+        }
+    }
+
     /// Runs `sql`; returns the rows it affected.
     async fn execute(&mut self, sql: &str, params: impl IntoIterator<Item = Param>) -> Result<u64, StorageError> {
         self.begun().await?;
         Ok(match self {
-            Tx::Sqlite { conn, .. } => {
-                let q = params.into_iter().fold(query::<Any>(sql), |q, p| p.bind(q));
-                q.execute(&mut **conn).await?.rows_affected()
-            }
-            Tx::Any(tx) => {
-                let q = params.into_iter().fold(query::<Any>(sql), |q, p| p.bind(q));
-                q.execute(&mut **tx).await?.rows_affected()
-            }
             Tx::Postgres(tx) => {
                 let q = params.into_iter().fold(query::<Postgres>(sql), |q, p| p.bind(q));
                 q.execute(&mut **tx).await?.rows_affected()
+            }
+            tx => {
+                let q = params.into_iter().fold(query::<Any>(sql), |q, p| p.bind(q));
+                q.execute(tx.any().expect("not PostgreSQL's own")).await?.rows_affected()
             }
         })
     }
@@ -550,18 +555,7 @@ impl Tx<'_> {
         params: impl IntoIterator<Item = Param>,
     ) -> Result<Vec<(i64, String)>, StorageError> {
         self.begun().await?;
-        let any = |params: Vec<Param>| {
-            params.into_iter().fold(sqlx::query_as::<Any, (i64, String)>(sql), |q, p| match p {
-                Param::Int(v) => q.bind(v),
-                Param::Float(v) => q.bind(v),
-                Param::Text(v) => q.bind(v),
-                Param::Blob(v) => q.bind(v),
-            })
-        };
-        let params: Vec<Param> = params.into_iter().collect();
         Ok(match self {
-            Tx::Sqlite { conn, .. } => any(params).fetch_all(&mut **conn).await?,
-            Tx::Any(tx) => any(params).fetch_all(&mut **tx).await?,
             Tx::Postgres(tx) => {
                 let q = params.into_iter().fold(sqlx::query_as::<Postgres, (i64, String)>(sql), |q, p| match p {
                     Param::Int(v) => q.bind(v),
@@ -570,6 +564,15 @@ impl Tx<'_> {
                     Param::Blob(v) => q.bind(v),
                 });
                 q.fetch_all(&mut **tx).await?
+            }
+            tx => {
+                let q = params.into_iter().fold(sqlx::query_as::<Any, (i64, String)>(sql), |q, p| match p {
+                    Param::Int(v) => q.bind(v),
+                    Param::Float(v) => q.bind(v),
+                    Param::Text(v) => q.bind(v),
+                    Param::Blob(v) => q.bind(v),
+                });
+                q.fetch_all(tx.any().expect("not PostgreSQL's own")).await?
             }
         })
     }
