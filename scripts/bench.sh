@@ -2,7 +2,8 @@
 # The benchmark suite (docs/PERFORMANCE.md): builds tsad (release), then measures
 #   1. the inference core: LSTM and GRU, hidden 64 and 128, 1 to 100k streams, two workers;
 #   2. end to end over loopback HTTP, committed to SQLite and to PostgreSQL: readings/s,
-#      p50/p99/p99.9 latency at the maximum rate, at half of it, and for single readings;
+#      p50/p99/p99.9 latency at the maximum rate, at half of it, and for single readings,
+#      with requests of 1,000 readings and (SQLite) of 100 and 10;
 #   3. resident memory per stream at 10k, 100k and 1M streams;
 #   4. training: sequences/s in tsad and in PyTorch on the same work, as a ratio.
 # Results go to docs/bench/*.json (or $TSAD_BENCH_OUT) and print as tables.
@@ -37,6 +38,12 @@ $tsad bench http --streams "$streams" --batch 1000 --clients 8 --seconds "$secon
 # The same requests carrying 1,000 readings of one stream each.
 $tsad bench http --streams 10000 --batch 1000 --per-stream 1000 --clients 8 --seconds "$seconds" \
   --json "$out/http-sqlite-per-stream.json"
+# Latency against request size: 100 and 10 readings of one stream a request (the maximum is
+# lower, a reading's wait for its request's serial work shorter).
+for n in 100 10; do
+  $tsad bench http --streams 10000 --batch $n --per-stream $n --clients 8 --seconds "$seconds" \
+    --json "$out/http-sqlite-per-stream-$n.json"
+done
 pg=${TSAD_BENCH_PG:-}
 if [[ -z $pg ]]; then
   pg=$(scripts/postgres.sh)

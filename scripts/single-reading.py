@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Where a single reading's time goes on an idle `tsad serve`.
 
-Posts single readings to one stream, one at a time over a kept-alive connection, and prints
-the client's p50/p99 beside the server's own means over the same requests (from /metrics):
-verdict latency (arrival to judged), inference call, commit.
+Posts single readings (or `--readings N` a request) to one stream, one at a time over a
+kept-alive connection, and prints the client's p50/p99 beside the server's own means over the
+same requests (from /metrics): verdict latency (arrival to judged), inference call, commit.
 
     target/release/tsad serve --database-url sqlite:///tmp/single.db --listen 127.0.0.1:8099 &
     scripts/single-reading.py --url http://127.0.0.1:8099 --requests 3000
 
-Uses a stream named `single-reading-<random>`; warms it up with 300 readings first.
+Uses a stream named `single-reading-<random>`; warms it up with 300 requests first.
 `--pause-ms 5` leaves the server idle between requests (back to back, a request can meet the
 work the previous one left for after its reply).
 """
@@ -25,6 +25,7 @@ def main():
     p.add_argument("--url", default="http://127.0.0.1:8080")
     p.add_argument("--requests", type=int, default=3000)
     p.add_argument("--pause-ms", type=float, default=0.0, help="wait between requests (0: back to back)")
+    p.add_argument("--readings", type=int, default=1, help="readings a request, consecutive of the one stream")
     a = p.parse_args()
     u = urllib.parse.urlparse(a.url)
     conn = http.client.HTTPConnection(u.hostname, u.port or 80)
@@ -32,7 +33,10 @@ def main():
     base = 1_767_225_600_000
 
     def post(i):
-        body = json.dumps({"readings": [{"ts": base + i * 1000, "value": float(i % 17)}]})
+        first = i * a.readings
+        body = json.dumps(
+            {"readings": [{"ts": base + k * 1000, "value": float(k % 17)} for k in range(first, first + a.readings)]}
+        )
         conn.request("POST", f"/v1/streams/{stream}/readings", body, {"content-type": "application/json"})
         r = conn.getresponse()
         r.read()

@@ -176,6 +176,15 @@ const COMPACT_IDLE: Duration = Duration::from_secs(1);
 const CHECKPOINT_ROWS: usize = 10_000;
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 const WRITER_AUTOCHECKPOINT_PAGES: u32 = 50_000;
+/// The writer's page cache on SQLite, in KiB (the pool's connections keep 64 MiB). A commit
+/// that splits a b-tree page whose siblings are out of order renumbers them through a
+/// temporary page number past the end of the file (SQLite's `balance_nonroot`), so at its
+/// end SQLite drops cached pages past the file's end by scanning the cache's whole hash
+/// table, a bucket per cached page: with 64 MiB cached, ~25 % of the writer thread's time
+/// at 100 readings a request (`perf`; docs/PERFORMANCE.md, "The writer's page cache").
+/// 16 MiB: that scan a quarter as long, and the pages a commit of 1,000 readings of one
+/// stream or of 1,000 streams touches still cached.
+const WRITER_CACHE_KIB: u32 = 16 * 1024;
 
 /// Copies SQLite's WAL into the database file when the writer asks (`due`) or every
 /// [`CHECKPOINT_EVERY`], on a connection of the service's pool (so on another thread than
@@ -479,6 +488,8 @@ impl Held {
                         let mut conn = self.storage.pool().acquire().await?.detach();
                         if self.backend() == Backend::Sqlite {
                             let pragma = format!("PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}");
+                            query(&pragma).execute(&mut conn).await?;
+                            let pragma = format!("PRAGMA cache_size = -{WRITER_CACHE_KIB}");
                             query(&pragma).execute(&mut conn).await?;
                             sqlx::raw_sql(STREAMS_CHECK).execute(&mut conn).await?;
                         }
