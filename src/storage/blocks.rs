@@ -1,4 +1,4 @@
-//! SQLite's reading blocks (migration 0007): one stream's run of readings, committed
+//! SQLite's reading blocks (migrations 0007, 0008): one stream's run of readings, committed
 //! together, packed into one row. A row a reading costs SQLite a descent of the clustered
 //! `readings` tree and a record a reading, ~1.7 µs each (a 1,000-reading commit was 2.2 ms of
 //! a request's ~6); a block is one record and one blob, ~0.3 ms with the fsync
