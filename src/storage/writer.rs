@@ -155,9 +155,11 @@ impl Writer {
 /// sort the log once, into a temporary table (docs/PERFORMANCE.md).
 const COMPACT_ROWS: std::ops::RangeInclusive<usize> = 8_192..=65_536;
 const COMPACT_PER_STREAM: usize = 8;
-/// A stream's readings in one commit from which they skip SQLite's log: on SQLite they are
-/// one block (migration 0007), elsewhere a run that fills its leaf page by itself.
-const DIRECT_ROWS: usize = 32;
+/// A stream's readings in one commit from which they skip SQLite's log and are one block
+/// (migrations 0007, 0008). 32 while blocks were a WITHOUT ROWID table; since they append,
+/// 8: at 10 readings a request half-rate p99 5.8–9.1 ms where the log's moves gave 18.7–28.3
+/// (docs/PERFORMANCE.md, "The writer's page cache, blocks as a rowid table").
+const DIRECT_ROWS: usize = 8;
 /// Columns of a row of SQLite's `reading_blocks`, and its rows a statement.
 const BLOCK_COLUMNS: usize = 5;
 const BLOCKS_PER_STATEMENT: usize = 200;
@@ -1536,7 +1538,7 @@ mod tests {
         sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(storage.pool()).await.expect("counts")
     }
 
-    /// On SQLite, runs of 32 readings or more are one block each, shorter ones logged, and a
+    /// On SQLite, runs of 8 readings or more are one block each, shorter ones logged, and a
     /// stream's readings interleave in time across the blocks, the log and (after a move)
     /// `readings`: every window `readings` reads, and every `recent_readings`, is the one a
     /// single table would give, values and all; a stream's deletion takes its blocks; a block
