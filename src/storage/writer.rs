@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{query, Any, AnyConnection, Connection, PgConnection, PgPool, Postgres};
+use sqlx::{query, Any, AnyConnection, Connection, PgConnection, PgPool, Postgres, Row};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, error, warn};
 
@@ -490,11 +490,13 @@ impl Held {
                     None => {
                         let mut conn = self.storage.pool().acquire().await?.detach();
                         if self.backend() == Backend::Sqlite {
-                            let pragma = format!("PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}");
-                            query(&pragma).execute(&mut conn).await?;
-                            let pragma = format!("PRAGMA cache_size = -{WRITER_CACHE_KIB}");
-                            query(&pragma).execute(&mut conn).await?;
-                            sqlx::raw_sql(STREAMS_CHECK).execute(&mut conn).await?;
+                            // One call to sqlx's SQLite thread: the pragmas, then the check.
+                            let setup = format!(
+                                "PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES};
+                                 PRAGMA cache_size = -{WRITER_CACHE_KIB};
+                                 {STREAMS_CHECK}"
+                            );
+                            sqlx::raw_sql(&setup).execute(&mut conn).await?;
                         }
                         Conn::Any(conn)
                     }
@@ -571,22 +573,17 @@ impl Tx<'_> {
         self.begun().await?;
         Ok(match self {
             Tx::Postgres(tx) => {
-                let q = params.into_iter().fold(sqlx::query_as::<Postgres, (i64, String)>(sql), |q, p| match p {
-                    Param::Int(v) => q.bind(v),
-                    Param::Float(v) => q.bind(v),
-                    Param::Text(v) => q.bind(v),
-                    Param::Blob(v) => q.bind(v),
-                });
-                q.fetch_all(&mut **tx).await?
+                let q = params.into_iter().fold(query::<Postgres>(sql), |q, p| p.bind(q));
+                q.fetch_all(&mut **tx)
+                    .await?
+                    .iter()
+                    .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                    .collect::<Result<_, sqlx::Error>>()?
             }
             tx => {
-                let q = params.into_iter().fold(sqlx::query_as::<Any, (i64, String)>(sql), |q, p| match p {
-                    Param::Int(v) => q.bind(v),
-                    Param::Float(v) => q.bind(v),
-                    Param::Text(v) => q.bind(v),
-                    Param::Blob(v) => q.bind(v),
-                });
-                q.fetch_all(tx.any().expect("not PostgreSQL's own")).await?
+                let q = params.into_iter().fold(query::<Any>(sql), |q, p| p.bind(q));
+                let rows = q.fetch_all(tx.any().expect("not PostgreSQL's own")).await?;
+                rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect::<Result<_, sqlx::Error>>()?
             }
         })
     }
