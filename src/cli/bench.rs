@@ -823,8 +823,18 @@ async fn phase(
     Ok((accepted as f64 / started.elapsed().as_secs_f64(), latencies))
 }
 
-/// Sums and counts of the server's latency and size histograms, from `/metrics`.
-struct ServerMeans(Vec<(&'static str, f64, f64)>);
+/// Sums, counts and cumulative bucket counts of the server's latency and size histograms,
+/// from `/metrics`.
+struct ServerMeans(Vec<Series>);
+
+/// One histogram as scraped: its sum, its count, and `(upper bound, cumulative count)` per
+/// bucket.
+struct Series {
+    name: &'static str,
+    sum: f64,
+    count: f64,
+    buckets: Vec<(f64, f64)>,
+}
 
 /// The histograms `bench http` reports the means of, with their units.
 const SERVER_HISTOGRAMS: [(&str, &str); 6] = [
@@ -836,32 +846,63 @@ const SERVER_HISTOGRAMS: [(&str, &str); 6] = [
     ("compaction_latency_seconds", "ms"),
 ];
 
+impl Series {
+    /// The upper bound of the bucket holding the 99th percentile of what was observed (the
+    /// buckets double, so this bounds p99 within a factor of two), in the series' unit.
+    fn p99_bound(&self) -> f64 {
+        let target = 0.99 * self.count;
+        self.buckets.iter().find(|&&(_, cumulative)| cumulative >= target).map_or(f64::NAN, |&(le, _)| le)
+    }
+}
+
 impl ServerMeans {
-    /// The means over what was observed after `before`.
+    /// What was observed after `before`.
     fn since(&self, before: &ServerMeans) -> ServerMeans {
         let pairs = self.0.iter().zip(&before.0);
-        ServerMeans(pairs.map(|(&(name, sum, count), &(_, s0, c0))| (name, sum - s0, count - c0)).collect())
+        ServerMeans(
+            pairs
+                .map(|(now, then)| Series {
+                    name: now.name,
+                    sum: now.sum - then.sum,
+                    count: now.count - then.count,
+                    buckets: now.buckets.iter().zip(&then.buckets).map(|(&(le, c), &(_, c0))| (le, c - c0)).collect(),
+                })
+                .collect(),
+        )
     }
 
-    fn means(&self) -> impl Iterator<Item = (&'static str, f64)> + '_ {
-        self.0.iter().zip(SERVER_HISTOGRAMS).map(|(&(name, sum, count), (_, unit))| {
+    /// Each histogram's name, mean and p99 bound (milliseconds for latencies), NaN when
+    /// nothing was observed.
+    fn stats(&self) -> impl Iterator<Item = (&'static str, f64, f64, &'static str)> + '_ {
+        self.0.iter().zip(SERVER_HISTOGRAMS).map(|(series, (_, unit))| {
             let scale = if unit == "ms" { 1e3 } else { 1.0 };
-            (name, if count > 0.0 { scale * sum / count } else { f64::NAN })
+            let mean = if series.count > 0.0 { scale * series.sum / series.count } else { f64::NAN };
+            (series.name, mean, scale * series.p99_bound(), unit)
         })
     }
 
     fn describe(&self) -> String {
         let short = |name: &str| name.trim_end_matches("_seconds").trim_end_matches("_size").to_string();
         let parts: Vec<String> = self
-            .means()
-            .zip(SERVER_HISTOGRAMS)
-            .map(|((name, mean), (_, unit))| format!("{} {mean:.1}{unit}", short(name)))
+            .stats()
+            .filter(|&(_, mean, ..)| !mean.is_nan())
+            .map(|(name, mean, p99, unit)| match unit {
+                "ms" => format!("{} {mean:.1}{unit} (p99 ≤ {p99:.2})", short(name)),
+                _ => format!("{} {mean:.1}", short(name)),
+            })
             .collect();
         parts.join(", ")
     }
 
     fn json(&self) -> serde_json::Value {
-        serde_json::Value::Object(self.means().map(|(name, mean)| (name.to_string(), json!(mean))).collect())
+        let mut out = serde_json::Map::new();
+        for (name, mean, p99, unit) in self.stats() {
+            out.insert(name.to_string(), json!(mean));
+            if unit == "ms" {
+                out.insert(format!("{name}_p99_bound"), json!(p99));
+            }
+        }
+        serde_json::Value::Object(out)
     }
 }
 
@@ -872,10 +913,26 @@ async fn server_means(addr: std::net::SocketAddr) -> anyhow::Result<ServerMeans>
             .find_map(|l| l.strip_prefix(series.as_str()).and_then(|rest| rest.trim().parse::<f64>().ok()))
             .unwrap_or(0.0)
     };
+    let buckets = |name: &str| -> Vec<(f64, f64)> {
+        let prefix = format!("tsad_{name}_bucket{{le=\"");
+        text.lines()
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
+            .filter_map(|rest| {
+                let (le, count) = rest.split_once("\"}")?;
+                let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+                Some((le, count.trim().parse().ok()?))
+            })
+            .collect()
+    };
     Ok(ServerMeans(
         SERVER_HISTOGRAMS
             .iter()
-            .map(|&(name, _)| (name, value(format!("tsad_{name}_sum ")), value(format!("tsad_{name}_count "))))
+            .map(|&(name, _)| Series {
+                name,
+                sum: value(format!("tsad_{name}_sum ")),
+                count: value(format!("tsad_{name}_count ")),
+                buckets: buckets(name),
+            })
             .collect(),
     ))
 }
