@@ -7,7 +7,7 @@
 //! transaction; this module knows nothing about HTTP or models. On SQLite a stream's
 //! readings live in three places, each reading in one: `readings` (a row each, clustered by
 //! stream and time), the log of short runs awaiting their move there (`readings_log`), and
-//! the blocks that runs of 8 or more readings committed together are packed into
+//! the blocks that runs of 4 or more readings committed together are packed into
 //! (`reading_blocks`, [`blocks`]); reads take all three in one snapshot.
 mod blocks;
 pub mod writer;

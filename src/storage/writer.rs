@@ -156,10 +156,13 @@ impl Writer {
 const COMPACT_ROWS: std::ops::RangeInclusive<usize> = 8_192..=65_536;
 const COMPACT_PER_STREAM: usize = 8;
 /// A stream's readings in one commit from which they skip SQLite's log and are one block
-/// (migrations 0007, 0008). 32 while blocks were a WITHOUT ROWID table; since they append,
-/// 8: at 10 readings a request half-rate p99 5.8–9.1 ms where the log's moves gave 18.7–28.3
-/// (docs/PERFORMANCE.md, "The writer's page cache, blocks as a rowid table").
-const DIRECT_ROWS: usize = 8;
+/// (migrations 0007, 0008). 32 while blocks were a WITHOUT ROWID table; since they append, 8
+/// (at 10 readings a request half-rate p99 5.8–9.1 ms where the log's moves gave 18.7–28.3),
+/// then 4: at 4 readings a request the log's moves put the half-rate p99 at 86–107 ms, blocks
+/// at 6.0–7.2, and the maximum 19.1–19.8 k → 21.2–22.6 k readings/s. Runs of 2 and 3 stay in
+/// the log: at 2 readings a request blocks gave no better (half-rate p99 9.4–10.0 ms against
+/// 4.4–6.6 in phases no move fell in). docs/PERFORMANCE.md, "Runs of 4+ readings as blocks".
+const DIRECT_ROWS: usize = 4;
 /// Columns of a row of SQLite's `reading_blocks`, and its rows a statement.
 const BLOCK_COLUMNS: usize = 5;
 const BLOCKS_PER_STATEMENT: usize = 200;
@@ -1460,12 +1463,12 @@ mod tests {
         let (_dir, storage, id) = sqlite().await;
         let other = storage.put_stream("t", &config(), 0).await.expect("stream").id;
         let mut held = Held::new(storage.clone(), None);
-        write(&mut held, &[&batch(id, 5), &batch(other, 5)]).await.expect("logged");
-        assert_eq!(log_rows(&storage).await, 10, "short runs go to the log");
+        write(&mut held, &[&batch(id, 3), &batch(other, 3)]).await.expect("logged");
+        assert_eq!(log_rows(&storage).await, 6, "short runs go to the log");
         let mut conn = storage.pool().acquire().await.expect("connection").detach();
         let mut m = LogMove::begin(&mut conn).await.expect("begins").expect("a log to move");
-        let mut later = batch(id, 8);
-        later.readings.drain(..5);
+        let mut later = batch(id, 6);
+        later.readings.drain(..3);
         write(&mut held, &[&later]).await.expect("logged during the move");
         let mut steps = 0;
         while !m.step(&mut conn).await.expect("steps") {
@@ -1479,18 +1482,18 @@ mod tests {
             let got = storage.readings(id, None, None, None, 100).await.expect("reads");
             assert_eq!(
                 got.iter().map(|r| r.ts).collect::<Vec<_>>(),
-                (1..=8).collect::<Vec<_>>(),
+                (1..=6).collect::<Vec<_>>(),
                 "step {steps}, {both} in both"
             );
-            assert_eq!(storage.recent_readings(other, 100).await.expect("reads").len(), 5, "step {steps}");
+            assert_eq!(storage.recent_readings(other, 100).await.expect("reads").len(), 3, "step {steps}");
         }
         assert!(steps >= 2, "sorted, copied, then trimmed: {steps} steps before the last");
-        assert_eq!(m.rows, 10);
+        assert_eq!(m.rows, 6);
         assert_eq!(log_rows(&storage).await, 3, "the rows logged during the move wait for the next");
         let moved: i64 =
             sqlx::query_scalar("SELECT count(*) FROM readings").fetch_one(storage.pool()).await.expect("counts");
-        assert_eq!(moved, 10);
-        assert_eq!(storage.readings(id, None, None, None, 100).await.expect("reads").len(), 8);
+        assert_eq!(moved, 6);
+        assert_eq!(storage.readings(id, None, None, None, 100).await.expect("reads").len(), 6);
     }
 
     /// A stream deleted during a move does not get its readings back from the move's copy,
@@ -1501,7 +1504,7 @@ mod tests {
         let (_dir, storage, id) = sqlite().await;
         let other = storage.put_stream("t", &config(), 0).await.expect("stream").id;
         let mut held = Held::new(storage.clone(), None);
-        write(&mut held, &[&batch(other, 5)]).await.expect("logged");
+        write(&mut held, &[&batch(other, 3)]).await.expect("logged");
         let mut conn = storage.pool().acquire().await.expect("connection").detach();
         let mut m = LogMove::begin(&mut conn).await.expect("begins").expect("a log to move");
         assert!(!m.step(&mut conn).await.expect("sorts"));
@@ -1535,7 +1538,7 @@ mod tests {
         sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(storage.pool()).await.expect("counts")
     }
 
-    /// On SQLite, runs of 8 readings or more are one block each, shorter ones logged, and a
+    /// On SQLite, runs of 4 readings or more are one block each, shorter ones logged, and a
     /// stream's readings interleave in time across the blocks, the log and (after a move)
     /// `readings`: every window `readings` reads, and every `recent_readings`, is the one a
     /// single table would give, values and all; a stream's deletion takes its blocks; a block
