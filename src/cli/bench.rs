@@ -661,8 +661,20 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// How often `bench http`'s last phase sends one request of the measured shape.
+/// How often `bench http`'s last phase sends one request of the measured shape (or as soon as
+/// the answer to the one before came, if later).
 const ALONE_EVERY: Duration = Duration::from_millis(10);
+
+/// How a phase's clients pace their requests.
+#[derive(Debug, Clone, Copy)]
+enum Pacing {
+    /// One request every interval whatever the server does; a request sent late because
+    /// the answer before it came late counts from when it was due.
+    OpenLoop(Duration),
+    /// One request at a time, at most one every interval: each counts from when it went, so
+    /// a request slower than the interval delays the next rather than adding to its latency.
+    OneAtATime(Duration),
+}
 
 /// The load `bench http` offers.
 struct Load {
@@ -683,8 +695,11 @@ struct Plan {
     per_stream: usize,
     base: i64,
     deadline: Instant,
-    /// Open-loop pacing: one request every `.0`, the first at `.1` after the start.
+    /// Pacing: one request every `.0`, the first at `.1` after the start.
     pace: Option<(Duration, Duration)>,
+    /// Paced open loop (a late request counts from when it was due) rather than one
+    /// request at a time (each counts from when it went).
+    open_loop: bool,
     once: bool,
 }
 
@@ -693,20 +708,22 @@ struct Plan {
 /// `once`), one request every `pace` if given; returns the readings accepted and each
 /// request's latency, ms.
 ///
-/// Paced, a client keeps to its schedule whatever the server does, and a request sent late
+/// Paced open loop, a client keeps to its schedule whatever the server does, and a request sent late
 /// because the answer to the one before came late counts from the moment the schedule meant
 /// to send it: a server that falls behind shows as latency rather than as requests never
 /// sent (the load generator's "coordinated omission"). A request whose client was idle
 /// when it fell due counts from when it went: tokio's timer wakes a sleeper up to a
 /// millisecond after its deadline (its resolution), the client's lateness, not the
 /// server's.
+/// Paced one at a time (not `open_loop`), a request sent late counts from when it went: the
+/// phase measures a request's own time, not a queue of the client's.
 async fn drive(
     client: reqwest::Client,
     addr: std::net::SocketAddr,
     names: Vec<String>,
     plan: Plan,
 ) -> anyhow::Result<(u64, Vec<f64>)> {
-    let Plan { batch, per_stream, base, deadline, pace, once } = plan;
+    let Plan { batch, per_stream, base, deadline, pace, open_loop, once } = plan;
     let streams_per_request = batch / per_stream;
     let mut latencies = Vec::new();
     let mut accepted = 0u64;
@@ -755,8 +772,10 @@ async fn drive(
                     if Instant::now() < due {
                         tokio::time::sleep_until(due.into()).await;
                         Instant::now()
-                    } else {
+                    } else if open_loop {
                         due
+                    } else {
+                        Instant::now()
                     }
                 }
                 None => Instant::now(),
@@ -795,7 +814,7 @@ async fn phase(
     n: usize,
     load: &Load,
     base: i64,
-    pace: Option<Duration>,
+    pace: Option<Pacing>,
     once: bool,
 ) -> anyhow::Result<(f64, Vec<f64>)> {
     let client = reqwest::Client::new();
@@ -808,8 +827,13 @@ async fn phase(
             let names = (w..n).step_by(load.clients).map(|s| format!("bench-{tag}-{s}")).collect();
             // Paced clients take turns evenly (client w a w-th of the period after client
             // 0), so requests arrive spread over time, not in bursts of one per client.
-            let pace = pace.map(|every| (every, every.mul_f64(w as f64 / load.clients.min(n) as f64)));
-            let plan = Plan { batch: load.batch, per_stream: load.per_stream, base, deadline, pace, once };
+            let (every, open_loop) = match pace {
+                Some(Pacing::OpenLoop(every)) => (Some(every), true),
+                Some(Pacing::OneAtATime(every)) => (Some(every), false),
+                None => (None, false),
+            };
+            let pace = every.map(|every| (every, every.mul_f64(w as f64 / load.clients.min(n) as f64)));
+            let plan = Plan { batch: load.batch, per_stream: load.per_stream, base, deadline, pace, open_loop, once };
             tokio::spawn(drive(client.clone(), addr, names, plan))
         })
         .collect();
@@ -1021,7 +1045,8 @@ async fn http(
             let requests_per_s = latencies.len() as f64 / load.seconds / 2.0;
             let pace = Duration::from_secs_f64(clients.min(n) as f64 / requests_per_s);
             let before = server_means(addr).await?;
-            let (half, latencies) = phase(addr, tag, n, load, base + 1_000_000_000, Some(pace), false).await?;
+            let (half, latencies) =
+                phase(addr, tag, n, load, base + 1_000_000_000, Some(Pacing::OpenLoop(pace)), false).await?;
             let stages = server_means(addr).await?.since(&before);
             report("half of max", half, &latencies, per_request, Some(&stages));
             println!("{:>10} {:<14} {}", "", "server means", stages.describe());
@@ -1039,7 +1064,8 @@ async fn http(
                 let alone = Load { clients: 1, seconds: load.seconds.min(5.0), latency: false, ..*load };
                 let before = server_means(addr).await?;
                 let (rate, latencies) =
-                    phase(addr, tag, n, &alone, base + 2_000_000_000, Some(ALONE_EVERY), false).await?;
+                    phase(addr, tag, n, &alone, base + 2_000_000_000, Some(Pacing::OneAtATime(ALONE_EVERY)), false)
+                        .await?;
                 let stages = server_means(addr).await?.since(&before);
                 let alone_per_request = n.min(batch / load.per_stream) * load.per_stream;
                 report("one at a time", rate, &latencies, alone_per_request, Some(&stages));
