@@ -55,7 +55,8 @@ pub enum Command {
 
 /// What an ingest carries to its actor.
 pub struct IngestCommand {
-    pub readings: Vec<Reading>,
+    /// Shared with the request, which sends them again should this actor stop before judging.
+    pub readings: Arc<[Reading]>,
     pub arrived: Instant,
     pub reply: oneshot::Sender<Result<Prepared, IngestError>>,
 }
@@ -359,7 +360,7 @@ impl Actor {
     #[instrument(skip_all, fields(stream = %self.name, readings = readings.len()))]
     async fn ingest(
         &mut self,
-        readings: Vec<Reading>,
+        readings: Arc<[Reading]>,
         arrived: Instant,
         reply: oneshot::Sender<Result<Prepared, IngestError>>,
     ) -> Flow {

@@ -156,10 +156,10 @@ impl Shared {
 
 /// The message asking a stream to judge `readings` (copied into each message sent).
 fn ingest_command(
-    readings: &[Reading],
+    readings: &Arc<[Reading]>,
     arrived: Instant,
 ) -> impl Fn(oneshot::Sender<Result<Prepared, IngestError>>) -> Command + '_ {
-    move |reply| Command::Ingest(Box::new(IngestCommand { readings: readings.to_vec(), arrived, reply }))
+    move |reply| Command::Ingest(Box::new(IngestCommand { readings: readings.clone(), arrived, reply }))
 }
 
 /// Defaults for streams created by their first reading.
@@ -380,8 +380,12 @@ impl Streams {
     /// new state. Streams are created on first use with `channels` of their first reading.
     pub async fn ingest(&self, groups: Vec<(String, Vec<Reading>)>) -> Result<Vec<IngestOutcome>, IngestError> {
         let arrived = Instant::now();
+        // Each stream's readings are shared with its actor, not copied: the request keeps
+        // them to send again should the actor stop before judging.
+        let groups: Vec<(String, Arc<[Reading]>)> =
+            groups.into_iter().map(|(name, readings)| (name, Arc::from(readings))).collect();
         let ingest = |readings| ingest_command(readings, arrived);
-        let channels = |readings: &Vec<Reading>| Some(readings.first().map_or(1, |r| r.values.len()));
+        let channels = |readings: &Arc<[Reading]>| Some(readings.first().map_or(1, |r| r.values.len()));
         // A stream's actor holds a judged ingest until its commit is decided, so two requests
         // must reach the streams they share in the same order, or each would wait for the
         // other. Putting every message of a request in its mailboxes under one lock does
@@ -432,24 +436,31 @@ impl Streams {
         let metrics = self.shared.metrics.clone();
         let names: Vec<String> = groups.into_iter().map(|(name, _)| name).collect();
         let task = self.shared.tracker.spawn(async move {
-            let batches = prepared.iter().map(|p| p.batch.clone()).collect();
+            // The batches go to the writer (moved, not copied); what is needed after the
+            // commit stays here.
+            let mut batches = Vec::with_capacity(prepared.len());
+            let mut after = Vec::with_capacity(prepared.len());
+            for Prepared { batch, verdicts, decide } in prepared {
+                after.push((verdicts, decide, batch.readings.len(), batch.update.anomalies_added));
+                batches.push(batch);
+            }
             let committed = writer.commit(batches).await;
             let ids = committed.as_ref().ok().cloned().unwrap_or_default();
             // A batch refused by a full queue never reached the database; any other
             // failure may have happened after the COMMIT did (its outcome is unknown).
             let never_sent = matches!(committed, Err(StorageError::WriterFull));
-            let mut outcomes = Vec::with_capacity(prepared.len());
-            for (i, (p, name)) in prepared.into_iter().zip(names).enumerate() {
+            let mut outcomes = Vec::with_capacity(after.len());
+            for (i, ((verdicts, decide, rows, events), name)) in after.into_iter().zip(names).enumerate() {
                 let id = ids.get(i).copied();
                 if !never_sent {
-                    let _ = p.decide.send(id); // dropped unsent: "not committed"
+                    let _ = decide.send(id); // dropped unsent: "not committed"
                 }
                 if id.is_some() {
-                    let flagged = p.verdicts.iter().filter(|v| v.verdict.anomaly).count();
-                    metrics.readings.inc_by(p.batch.readings.len() as u64);
+                    let flagged = verdicts.iter().filter(|v| v.verdict.anomaly).count();
+                    metrics.readings.inc_by(rows as u64);
                     metrics.anomalies.inc_by(flagged as u64);
-                    metrics.events.inc_by(p.batch.update.anomalies_added as u64);
-                    outcomes.push(IngestOutcome { stream: name, accepted: p.verdicts.len(), verdicts: p.verdicts });
+                    metrics.events.inc_by(events as u64);
+                    outcomes.push(IngestOutcome { stream: name, accepted: verdicts.len(), verdicts });
                 }
             }
             committed.map(|_| outcomes)
