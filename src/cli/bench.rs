@@ -676,6 +676,15 @@ enum Pacing {
     OneAtATime(Duration),
 }
 
+impl Pacing {
+    /// The interval between a client's requests.
+    fn every(self) -> Duration {
+        match self {
+            Pacing::OpenLoop(every) | Pacing::OneAtATime(every) => every,
+        }
+    }
+}
+
 /// The load `bench http` offers.
 struct Load {
     batch: usize,
@@ -695,11 +704,8 @@ struct Plan {
     per_stream: usize,
     base: i64,
     deadline: Instant,
-    /// Pacing: one request every `.0`, the first at `.1` after the start.
-    pace: Option<(Duration, Duration)>,
-    /// Paced open loop (a late request counts from when it was due) rather than one
-    /// request at a time (each counts from when it went).
-    open_loop: bool,
+    /// Pacing, the first request at `.1` after the start.
+    pace: Option<(Pacing, Duration)>,
     once: bool,
 }
 
@@ -715,7 +721,7 @@ struct Plan {
 /// when it fell due counts from when it went: tokio's timer wakes a sleeper up to a
 /// millisecond after its deadline (its resolution), the client's lateness, not the
 /// server's.
-/// Paced one at a time (not `open_loop`), a request sent late counts from when it went: the
+/// Paced one at a time, a request sent late counts from when it went: the
 /// phase measures a request's own time, not a queue of the client's.
 async fn drive(
     client: reqwest::Client,
@@ -723,7 +729,7 @@ async fn drive(
     names: Vec<String>,
     plan: Plan,
 ) -> anyhow::Result<(u64, Vec<f64>)> {
-    let Plan { batch, per_stream, base, deadline, pace, open_loop, once } = plan;
+    let Plan { batch, per_stream, base, deadline, pace, once } = plan;
     let streams_per_request = batch / per_stream;
     let mut latencies = Vec::new();
     let mut accepted = 0u64;
@@ -763,8 +769,8 @@ async fn drive(
                 format!("http://{addr}/v1/readings")
             };
             let started = match pace {
-                Some((every, offset)) => {
-                    let due = start + offset + every * sent;
+                Some((pacing, offset)) => {
+                    let due = start + offset + pacing.every() * sent;
                     sent += 1;
                     if due >= deadline {
                         break 'outer;
@@ -772,7 +778,7 @@ async fn drive(
                     if Instant::now() < due {
                         tokio::time::sleep_until(due.into()).await;
                         Instant::now()
-                    } else if open_loop {
+                    } else if matches!(pacing, Pacing::OpenLoop(_)) {
                         due
                     } else {
                         Instant::now()
@@ -827,13 +833,8 @@ async fn phase(
             let names = (w..n).step_by(load.clients).map(|s| format!("bench-{tag}-{s}")).collect();
             // Paced clients take turns evenly (client w a w-th of the period after client
             // 0), so requests arrive spread over time, not in bursts of one per client.
-            let (every, open_loop) = match pace {
-                Some(Pacing::OpenLoop(every)) => (Some(every), true),
-                Some(Pacing::OneAtATime(every)) => (Some(every), false),
-                None => (None, false),
-            };
-            let pace = every.map(|every| (every, every.mul_f64(w as f64 / load.clients.min(n) as f64)));
-            let plan = Plan { batch: load.batch, per_stream: load.per_stream, base, deadline, pace, open_loop, once };
+            let pace = pace.map(|p| (p, p.every().mul_f64(w as f64 / load.clients.min(n) as f64)));
+            let plan = Plan { batch: load.batch, per_stream: load.per_stream, base, deadline, pace, once };
             tokio::spawn(drive(client.clone(), addr, names, plan))
         })
         .collect();

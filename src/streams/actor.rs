@@ -56,7 +56,7 @@ pub enum Command {
 /// What an ingest carries to its actor.
 pub struct IngestCommand {
     /// Shared with the request, which sends them again should this actor stop before judging.
-    pub readings: Arc<[Reading]>,
+    pub readings: Arc<Vec<Reading>>,
     pub arrived: Instant,
     pub reply: oneshot::Sender<Result<Prepared, IngestError>>,
 }
@@ -360,7 +360,7 @@ impl Actor {
     #[instrument(skip_all, fields(stream = %self.name, readings = readings.len()))]
     async fn ingest(
         &mut self,
-        readings: Arc<[Reading]>,
+        readings: Arc<Vec<Reading>>,
         arrived: Instant,
         reply: oneshot::Sender<Result<Prepared, IngestError>>,
     ) -> Flow {

@@ -154,9 +154,9 @@ impl Shared {
     }
 }
 
-/// The message asking a stream to judge `readings` (copied into each message sent).
+/// The message asking a stream to judge `readings` (shared by each message sent).
 fn ingest_command(
-    readings: &Arc<[Reading]>,
+    readings: &Arc<Vec<Reading>>,
     arrived: Instant,
 ) -> impl Fn(oneshot::Sender<Result<Prepared, IngestError>>) -> Command + '_ {
     move |reply| Command::Ingest(Box::new(IngestCommand { readings: readings.clone(), arrived, reply }))
@@ -382,10 +382,10 @@ impl Streams {
         let arrived = Instant::now();
         // Each stream's readings are shared with its actor, not copied: the request keeps
         // them to send again should the actor stop before judging.
-        let groups: Vec<(String, Arc<[Reading]>)> =
-            groups.into_iter().map(|(name, readings)| (name, Arc::from(readings))).collect();
+        let groups: Vec<(String, Arc<Vec<Reading>>)> =
+            groups.into_iter().map(|(name, readings)| (name, Arc::new(readings))).collect();
         let ingest = |readings| ingest_command(readings, arrived);
-        let channels = |readings: &Arc<[Reading]>| Some(readings.first().map_or(1, |r| r.values.len()));
+        let channels = |readings: &Arc<Vec<Reading>>| Some(readings.first().map_or(1, |r| r.values.len()));
         // A stream's actor holds a judged ingest until its commit is decided, so two requests
         // must reach the streams they share in the same order, or each would wait for the
         // other. Putting every message of a request in its mailboxes under one lock does
