@@ -849,8 +849,15 @@ async fn phase(
 }
 
 /// Sums, counts and cumulative bucket counts of the server's latency and size histograms,
-/// from `/metrics`.
-struct ServerMeans(Vec<Series>);
+/// from `/metrics`, and when they were read (after [`ServerMeans::since`]: the seconds
+/// between the two reads).
+struct ServerMeans(Vec<Series>, Scraped);
+
+#[derive(Clone, Copy)]
+enum Scraped {
+    At(Instant),
+    Over(f64),
+}
 
 /// One histogram as scraped: its sum, its count, and `(upper bound, cumulative count)` per
 /// bucket.
@@ -883,6 +890,10 @@ impl Series {
 impl ServerMeans {
     /// What was observed after `before`.
     fn since(&self, before: &ServerMeans) -> ServerMeans {
+        let seconds = match (self.1, before.1) {
+            (Scraped::At(now), Scraped::At(then)) => now.duration_since(then).as_secs_f64(),
+            _ => f64::NAN,
+        };
         let pairs = self.0.iter().zip(&before.0);
         ServerMeans(
             pairs
@@ -893,7 +904,17 @@ impl ServerMeans {
                     buckets: now.buckets.iter().zip(&then.buckets).map(|(&(le, c), &(_, c0))| (le, c - c0)).collect(),
                 })
                 .collect(),
+            Scraped::Over(seconds),
         )
+    }
+
+    /// The shares of the interval the storage writer spent committing and moving SQLite's
+    /// readings log (the sums of their latencies over its length): near 1 together, the
+    /// writer, one thread, is what bounds the rate.
+    fn writer_busy(&self) -> Option<(f64, f64)> {
+        let Scraped::Over(seconds) = self.1 else { return None };
+        let sum = |name: &str| self.0.iter().find(|s| s.name == name).map_or(0.0, |s| s.sum);
+        (seconds > 0.0).then(|| (sum("commit_latency_seconds") / seconds, sum("compaction_latency_seconds") / seconds))
     }
 
     /// Each histogram's name, mean and p99 bound (milliseconds for latencies), NaN when
@@ -916,7 +937,15 @@ impl ServerMeans {
                 _ => format!("{} {mean:.1}", short(name)),
             })
             .collect();
-        parts.join(", ")
+        let busy = self.writer_busy().map(|(commits, moves)| {
+            format!(
+                ", writer busy {:.0} % (commits {:.0} %, log moves {:.0} %)",
+                100.0 * (commits + moves),
+                100.0 * commits,
+                100.0 * moves
+            )
+        });
+        parts.join(", ") + &busy.unwrap_or_default()
     }
 
     fn json(&self) -> serde_json::Value {
@@ -926,6 +955,10 @@ impl ServerMeans {
             if unit == "ms" {
                 out.insert(format!("{name}_p99_bound"), json!(p99));
             }
+        }
+        if let Some((commits, moves)) = self.writer_busy() {
+            out.insert("writer_commit_busy".into(), json!(commits));
+            out.insert("writer_log_move_busy".into(), json!(moves));
         }
         serde_json::Value::Object(out)
     }
@@ -959,6 +992,7 @@ async fn server_means(addr: std::net::SocketAddr) -> anyhow::Result<ServerMeans>
                 buckets: buckets(name),
             })
             .collect(),
+        Scraped::At(Instant::now()),
     ))
 }
 

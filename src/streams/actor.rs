@@ -357,7 +357,9 @@ impl Actor {
         }
     }
 
-    #[instrument(skip_all, fields(stream = %self.name, readings = readings.len()))]
+    // At debug level: a span an ingest at info level cost ~4 % of the CPU time of requests
+    // of one reading of each of 1,000 streams (its warnings name the stream themselves).
+    #[instrument(level = "debug", skip_all, fields(stream = %self.name, readings = readings.len()))]
     async fn ingest(
         &mut self,
         readings: Arc<Vec<Reading>>,

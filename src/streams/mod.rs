@@ -410,7 +410,9 @@ impl Streams {
                     // ask its successor. Only a failed commit or a shutdown does this.
                     Err(_) => {
                         self.forget(name, generation);
-                        self.ask(name, channels(readings), ingest(readings)).await.and_then(|r| r)
+                        // Boxed: this rare path's future would otherwise make each of a
+                        // request's per-stream futures several times larger to move.
+                        Box::pin(self.ask(name, channels(readings), ingest(readings))).await.and_then(|r| r)
                     }
                 }
             }
