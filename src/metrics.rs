@@ -29,6 +29,8 @@ pub struct Metrics {
     pub commit_latency: Histogram,
     /// Readings per group commit.
     pub commit_rows: Histogram,
+    /// Stream scoring states written with their readings' commits.
+    pub snapshots: IntCounter,
     /// Seconds per step of a move of SQLite's readings log into the readings table (the
     /// pause it puts between two commits).
     pub compaction_latency: Histogram,
@@ -133,6 +135,7 @@ impl Metrics {
             ),
             readings_log_rows: gauge("readings_log_rows", "Rows in the readings log awaiting their move (SQLite)"),
             commit_rows: histogram("commit_rows", "Readings per group commit", sizes),
+            snapshots: counter("snapshots_total", "Stream scoring states written with their readings' commits"),
             http_requests,
             http_duration,
             overloaded: counter("overloaded_total", "Requests refused with 429 because a queue was full"),

@@ -851,7 +851,12 @@ async fn phase(
 /// Sums, counts and cumulative bucket counts of the server's latency and size histograms,
 /// from `/metrics`, and when they were read (after [`ServerMeans::since`]: the seconds
 /// between the two reads).
-struct ServerMeans(Vec<Series>, Scraped);
+struct ServerMeans(Vec<Series>, Scraped, Snapshots);
+
+/// Stream scoring states the server had written (`tsad_snapshots_total`): each costs the
+/// writer a few KB, so phases compare only beside the count.
+#[derive(Clone, Copy)]
+struct Snapshots(f64);
 
 #[derive(Clone, Copy)]
 enum Scraped {
@@ -905,6 +910,7 @@ impl ServerMeans {
                 })
                 .collect(),
             Scraped::Over(seconds),
+            Snapshots(self.2 .0 - before.2 .0),
         )
     }
 
@@ -945,7 +951,7 @@ impl ServerMeans {
                 100.0 * moves
             )
         });
-        parts.join(", ") + &busy.unwrap_or_default()
+        parts.join(", ") + &busy.unwrap_or_default() + &format!(", states written {:.0}", self.2 .0)
     }
 
     fn json(&self) -> serde_json::Value {
@@ -956,6 +962,7 @@ impl ServerMeans {
                 out.insert(format!("{name}_p99_bound"), json!(p99));
             }
         }
+        out.insert("snapshots_written".into(), json!(self.2 .0));
         if let Some((commits, moves)) = self.writer_busy() {
             out.insert("writer_commit_busy".into(), json!(commits));
             out.insert("writer_log_move_busy".into(), json!(moves));
@@ -993,6 +1000,7 @@ async fn server_means(addr: std::net::SocketAddr) -> anyhow::Result<ServerMeans>
             })
             .collect(),
         Scraped::At(Instant::now()),
+        Snapshots(value("tsad_snapshots_total ".to_string())),
     ))
 }
 

@@ -276,6 +276,7 @@ async fn run(
             Ok((ids, to_log)) => {
                 metrics.commit_latency.observe(started.elapsed().as_secs_f64());
                 metrics.commit_rows.observe(rows as f64);
+                metrics.snapshots.inc_by(all.iter().filter(|b| b.update.snapshot.is_some()).count() as u64);
                 unchecked += rows;
                 if let Some(due) = checkpoint.as_ref().filter(|_| unchecked >= CHECKPOINT_ROWS) {
                     due.notify_one();
@@ -612,37 +613,32 @@ impl Tx<'_> {
         let mut affected = Vec::with_capacity(statements + 2);
         match self {
             Tx::Sqlite { conn, begun } => {
-                let mut sql = String::from(if begun { "" } else { "BEGIN;\n" });
-                for (statement, _) in &script.statements {
-                    sql.push_str(statement);
-                    sql.push_str(";\n");
-                }
-                sql.push_str("COMMIT");
-                let q = script.statements.into_iter().fold(query::<Any>(&sql), |q, (_, binds)| bind_all(q, binds));
-                #[allow(deprecated)]
-                let mut results = q.fetch_many(&mut *conn);
-                loop {
-                    match results.try_next().await {
-                        Ok(Some(sqlx::Either::Left(done))) => affected.push(done.rows_affected()),
-                        Ok(Some(sqlx::Either::Right(_))) => {}
-                        Ok(None) => break,
-                        Err(sqlx::Error::Database(e)) if e.message().contains(STREAMS_MISSING) => {
-                            return Err(missing_streams(if rest.streams == 1 { "1" } else { "some" }, rest.streams));
-                        }
-                        Err(e) => return Err(e.into()),
+                // Large statements each go in a call of their own (with the streams check
+                // that follows an update): sqlx keeps a query's prepared statements by its
+                // text, so such a call's text, which depends only on its row count, is
+                // parsed once, where a script, whose text changes with whatever else the
+                // commit carries, is parsed anew each time (docs/PERFORMANCE.md, "One
+                // reading of each of 1,000 streams"). The rest, and the `COMMIT`, go last.
+                let mut calls: Vec<Vec<(usize, String, Binds<'_>)>> = Vec::new();
+                let mut rest_call = Vec::new();
+                let mut last_alone = false;
+                for (i, (statement, binds)) in script.statements.into_iter().enumerate() {
+                    if binds.len() >= ALONE_BINDS {
+                        calls.push(vec![(i, statement, binds)]);
+                        last_alone = true;
+                    } else if last_alone && statement.starts_with(CHECK_INSERT) {
+                        calls.last_mut().expect("a call before").push((i, statement, binds));
+                        last_alone = false;
+                    } else {
+                        rest_call.push((i, statement, binds));
+                        last_alone = false;
                     }
                 }
-                // One count a statement, `BEGIN`'s and `COMMIT`'s among them.
-                let sent = statements + 1 + usize::from(!begun);
-                if affected.len() != sent {
-                    return Err(StorageError::Corrupt(format!(
-                        "a script of {sent} statements reported {} results",
-                        affected.len()
-                    )));
-                }
-                affected.pop();
-                if !begun {
-                    affected.remove(0);
+                calls.push(rest_call);
+                affected.resize(statements, 0);
+                let last = calls.len() - 1;
+                for (n, call) in calls.into_iter().enumerate() {
+                    sqlite_call(conn, n == 0 && !begun, call, n == last, rest, &mut affected).await?;
                 }
             }
             Tx::Any(mut tx) => {
@@ -662,6 +658,65 @@ impl Tx<'_> {
         }
         Ok(affected)
     }
+}
+
+/// Statements with at least this many parameters run in a call of their own on SQLite
+/// ([`Tx::run_and_commit`]): 500 stream rows' update, a 223-reading insert.
+const ALONE_BINDS: usize = 2_000;
+/// How the streams check that follows an update of stream rows begins ([`push_rest`]).
+const CHECK_INSERT: &str = "INSERT INTO commit_checks";
+
+/// One call to SQLite's connection thread: `BEGIN` first if `begin`, `statements` (each
+/// with its index among the commit's), `COMMIT` last if `commit`; each statement's count of
+/// rows affected goes to its index in `affected`.
+async fn sqlite_call(
+    conn: &mut AnyConnection,
+    begin: bool,
+    statements: Vec<(usize, String, Binds<'_>)>,
+    commit: bool,
+    rest: &Rest,
+    affected: &mut [u64],
+) -> Result<(), StorageError> {
+    let mut sql = String::from(if begin { "BEGIN;\n" } else { "" });
+    for (_, statement, _) in &statements {
+        sql.push_str(statement);
+        sql.push_str(";\n");
+    }
+    if commit {
+        sql.push_str("COMMIT");
+    }
+    if sql.is_empty() {
+        return Ok(());
+    }
+    let mut indices = Vec::with_capacity(statements.len());
+    let mut q = query::<Any>(&sql);
+    for (i, _, binds) in statements {
+        indices.push(i);
+        q = bind_all(q, binds);
+    }
+    let mut counts = Vec::with_capacity(indices.len() + 2);
+    #[allow(deprecated)]
+    let mut results = q.fetch_many(&mut *conn);
+    loop {
+        match results.try_next().await {
+            Ok(Some(sqlx::Either::Left(done))) => counts.push(done.rows_affected()),
+            Ok(Some(sqlx::Either::Right(_))) => {}
+            Ok(None) => break,
+            Err(sqlx::Error::Database(e)) if e.message().contains(STREAMS_MISSING) => {
+                return Err(missing_streams(if rest.streams == 1 { "1" } else { "some" }, rest.streams));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // One count a statement, `BEGIN`'s and `COMMIT`'s among them.
+    let sent = indices.len() + usize::from(begin) + usize::from(commit);
+    if counts.len() != sent {
+        return Err(StorageError::Corrupt(format!("a script of {sent} statements reported {} results", counts.len())));
+    }
+    for (i, count) in indices.into_iter().zip(counts.into_iter().skip(usize::from(begin))) {
+        affected[i] = count;
+    }
+    Ok(())
 }
 
 /// Commits `batches`; returns each one's stream id and the rows that went to the log.
@@ -805,7 +860,7 @@ fn push_rest(script: &mut Script<'_>, backend: Backend, batches: &[&WriteBatch],
         let statement = update_streams(script, backend, rows);
         if backend == Backend::Sqlite {
             script.push(
-                "INSERT INTO commit_checks (missing) VALUES (? - changes())".into(),
+                format!("{CHECK_INSERT} (missing) VALUES (? - changes())"),
                 Binds::Params(vec![Param::Int(rows.len() as i64)]),
             );
         }

@@ -27,10 +27,11 @@ const INPUT_CLAMP: f64 = 50.0;
 pub const REWARM_READINGS: i64 = 512;
 /// The id of a stream that exists only in memory until its first readings are committed.
 pub const UNSTORED: i64 = 0;
-/// A stream's scoring state (a few KB of JSON) is written beside its readings at most this
-/// often, or after `SNAPSHOT_EVERY_READINGS`, or when an event opens, moves or closes — not
-/// on every commit. After a crash the stream starts from its last snapshot and replays the
-/// readings stored after it ([`Actor::catch_up`]); a graceful stop writes it at once.
+/// A stream's scoring state (a few KB of JSON) is written beside its readings about this
+/// often (see [`next_snapshot`]), or after `SNAPSHOT_EVERY_READINGS`, or when an event opens,
+/// moves or closes — not on every commit. After a crash the stream starts from its last
+/// snapshot and replays the readings stored after it ([`Actor::catch_up`]); a graceful stop
+/// writes it at once.
 const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(10);
 const SNAPSHOT_EVERY_READINGS: u64 = 10_000;
 /// Stored readings replayed at most to bring a stale snapshot up to date; beyond that the
@@ -69,7 +70,7 @@ pub struct Prepared {
     pub decide: oneshot::Sender<Option<i64>>,
 }
 
-/// The scoring state of a stream, persisted with every commit.
+/// The scoring state of a stream, written with some of its commits (see [`SNAPSHOT_INTERVAL`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Snapshot {
     pub model: String,
@@ -107,6 +108,15 @@ impl Snapshot {
             _ => None,
         }
     }
+}
+
+/// When a stream's scoring state is next due to be written: after [`SNAPSHOT_INTERVAL`] give
+/// or take half of it, at random. Streams that share requests would otherwise fall due
+/// together, and the one commit that wrote all their states at once held its requests: at
+/// one reading of each of 1,000 streams a request, 17 commits of 1,000–7,000 states (2–14
+/// MB) took 53 ms on average where the others took under 1 (docs/PERFORMANCE.md).
+fn next_snapshot() -> Instant {
+    Instant::now() + SNAPSHOT_INTERVAL.mul_f64(rand::random_range(0.5..1.5))
 }
 
 /// Independent sequences a stream needs: one per channel for a univariate model, one for a
@@ -182,7 +192,7 @@ impl Actor {
             state,
             shared,
             fit_requested: false,
-            snapshot_due: Instant::now() + SNAPSHOT_INTERVAL,
+            snapshot_due: next_snapshot(),
             unsaved: 0,
         };
         actor.catch_up().await?;
@@ -193,11 +203,14 @@ impl Actor {
     /// between two snapshot writes) up to date by judging the readings stored after it
     /// again, exactly as they were judged live; nothing is written.
     async fn catch_up(&mut self) -> Result<(), IngestError> {
-        let (Some(from), Some(stored)) = (self.state.last_ts, self.record.last_ts) else { return Ok(()) };
-        if stored <= from || self.record.id == UNSTORED {
+        // A state from before any reading (`last_ts` none: written with a stream's first
+        // lone reading, whose step came after the commit) replays them all.
+        let Some(stored) = self.record.last_ts else { return Ok(()) };
+        let from = self.state.last_ts;
+        if from.is_some_and(|from| stored <= from) || self.record.id == UNSTORED {
             return Ok(());
         }
-        let rows = self.shared.storage.readings(self.record.id, None, None, Some(from), CATCH_UP_MAX + 1).await?;
+        let rows = self.shared.storage.readings(self.record.id, None, None, from, CATCH_UP_MAX + 1).await?;
         if rows.len() as i64 > CATCH_UP_MAX {
             warn!(stream = %self.name, "snapshot too far behind its readings; re-warming from recent history");
             self.state = Self::rewarm(&self.record, &self.model, Some(self.state.clone()), &self.shared).await?;
@@ -389,6 +402,8 @@ impl Actor {
         verdicts.extend(fresh_verdicts);
         let added = batch.readings.len() as i64;
         let persisted = batch.update.snapshot.is_some();
+        // The state written lacks these readings when their step was left for after the commit.
+        let unwritten = if deferred.is_some() { added as u64 } else { 0 };
         let (decide, decision) = oneshot::channel();
         if reply.send(Ok(Prepared { batch, verdicts, decide })).is_err() {
             return Flow::Continue; // the request is gone; nothing was stored
@@ -400,8 +415,8 @@ impl Actor {
                 self.record.last_ts = state.last_ts;
                 self.state = state;
                 if persisted {
-                    self.snapshot_due = Instant::now() + SNAPSHOT_INTERVAL;
-                    self.unsaved = 0;
+                    self.snapshot_due = next_snapshot();
+                    self.unsaved = unwritten;
                 } else {
                     self.unsaved += added as u64;
                 }
@@ -470,9 +485,9 @@ impl Actor {
     /// any. `replay` (catching up at start) skips the snapshot.
     ///
     /// A reading is judged against the forecast made at the step before it, so a lone
-    /// reading's verdict needs no inference: unless the state is to be written with this
-    /// commit, its step (which only forecasts the next reading) is left to
-    /// [`Actor::step_after_commit`], and the reply does not wait for it.
+    /// reading's verdict needs no inference: unless it is a new stream's first, its step
+    /// (which only forecasts the next reading) is left to [`Actor::step_after_commit`], and
+    /// the reply does not wait for it.
     async fn prepare(&self, readings: &[Reading], replay: bool) -> Result<Judged, IngestError> {
         let channels = self.record.config.channels;
         let (first, last) = match (readings.first(), readings.last()) {
@@ -583,15 +598,21 @@ impl Actor {
                 apply_step(&mut next, model, steps, result);
                 None
             }
-            // The state written with this commit must include the step: take it now.
-            None if persist => {
+            // A new stream's first state is written with its first step taken.
+            None if self.record.id == UNSTORED => {
                 apply_step(&mut next, model, steps, self.infer(steps, inputs).await?);
                 None
             }
             None => Some(inputs),
         };
+        // With a lone reading's step left for after the commit, the state this commit writes
+        // is the one before the reading, which a restart brings up to date by judging the
+        // reading again ([`Actor::catch_up`]). Taking the step here instead, for the few
+        // streams of a request whose state is due, put an inference call of its own on the
+        // request's path (one reading of each of 1,000 streams a request: docs/PERFORMANCE.md).
         let snapshot = if persist {
-            Some(serde_json::to_string(&next).map_err(|e| IngestError::Internal(e.to_string()))?)
+            let written = if deferred.is_some() { &self.state } else { &next };
+            Some(serde_json::to_string(written).map_err(|e| IngestError::Internal(e.to_string()))?)
         } else {
             None
         };
