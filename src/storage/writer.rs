@@ -597,7 +597,8 @@ impl Tx<'_> {
     /// rows affected. Nothing is committed when a statement fails or when fewer stream rows
     /// were updated than `rest` says the commit has streams: each stream must still exist.
     ///
-    /// On SQLite `BEGIN` (unless sent), the statements and `COMMIT` go in one call: sqlx runs a
+    /// On SQLite `BEGIN` (unless sent), the statements and `COMMIT` go in one call, but for
+    /// statements of [`ALONE_BINDS`] parameters or more, which go in calls of their own: sqlx runs a
     /// SQLite connection on a thread of its own, and every call is a round trip to it (a
     /// thread woken each way, as long as a lone reading's statements take on an idle
     /// machine). SQLite's driver runs the statements of one query string in order, binding
@@ -1517,6 +1518,35 @@ mod tests {
         assert_eq!(storage.readings(first, None, None, None, 100).await.expect("reads").len(), 3);
         let new = storage.stream("new").await.expect("reads").expect("created");
         assert_eq!((new.readings_count, new.last_ts), (35, Some(35)));
+    }
+
+    /// Large statements run in calls of their own (`ALONE_BINDS`), the transaction open
+    /// across them: a stream missing from the first such update still fails the whole commit,
+    /// and the next commit on the same connection goes through.
+    #[tokio::test]
+    async fn sqlite_refuses_a_missing_stream_in_a_statement_run_alone() {
+        let (_dir, storage, first) = sqlite().await;
+        let mut ids = vec![first];
+        for i in 1..UPDATES_PER_STATEMENT + 20 {
+            ids.push(storage.put_stream(&format!("s{i}"), &config(), 0).await.expect("stream").id);
+        }
+        // 520 streams: the first 500 rows' update (2,000 parameters) and 1,040 readings
+        // (9,360) go alone, the other 20 rows' update with the rest.
+        assert!(4 * UPDATES_PER_STATEMENT >= ALONE_BINDS && 9 * ROWS_PER_STATEMENT >= ALONE_BINDS);
+        let gone = ids[7];
+        sqlx::query("DELETE FROM streams WHERE id = ?").bind(gone).execute(storage.pool()).await.expect("deletes");
+        let batches: Vec<WriteBatch> = ids.iter().map(|&id| batch(id, 2)).collect();
+        let mut held = Held::new(storage.clone(), None);
+        let all: Vec<&WriteBatch> = batches.iter().collect();
+        let err = write(&mut held, &all).await.expect_err("a stream is gone");
+        assert!(err.to_string().contains(&format!("of the {} streams of a commit do not exist", ids.len())), "{err}");
+        assert_eq!(log_rows(&storage).await, 0, "nothing stored");
+        let kept: Vec<&WriteBatch> = all.into_iter().filter(|b| b.stream_id != gone).collect();
+        let (written, logged) = write(&mut held, &kept).await.expect("every stream exists");
+        assert_eq!((written.len(), logged), (kept.len(), 2 * kept.len()));
+        assert_eq!(log_rows(&storage).await, 2 * kept.len() as i64);
+        let last = storage.stream("s519").await.expect("reads").expect("exists");
+        assert_eq!((last.readings_count, last.last_ts), (2, Some(2)));
     }
 
     async fn log_rows(storage: &Storage) -> i64 {
