@@ -1477,16 +1477,23 @@ mod tests {
         assert_eq!((stream.readings_count, stream.last_ts), (40, Some(40)));
     }
 
+    /// A scratch SQLite database with `n` streams (`sqlite`'s first, then s1, s2, …).
+    async fn sqlite_streams(n: usize) -> (tempfile::TempDir, Storage, Vec<i64>) {
+        let (dir, storage, first) = sqlite().await;
+        let mut ids = vec![first];
+        for i in 1..n {
+            ids.push(storage.put_stream(&format!("s{i}"), &config(), 0).await.expect("stream").id);
+        }
+        (dir, storage, ids)
+    }
+
     /// SQLite's check inside the commit's one call: a stream gone in the second statement of
     /// stream updates, in a commit that also creates a stream (its `BEGIN` sent before the
     /// script) and carries blocks and log rows, refuses all of it; without it, all is stored.
     #[tokio::test]
     async fn sqlite_checks_every_update_statement_in_the_commits_one_call() {
-        let (_dir, storage, first) = sqlite().await;
-        let mut ids = vec![first];
-        for i in 1..UPDATES_PER_STATEMENT + 100 {
-            ids.push(storage.put_stream(&format!("s{i}"), &config(), 0).await.expect("stream").id);
-        }
+        let (_dir, storage, ids) = sqlite_streams(UPDATES_PER_STATEMENT + 100).await;
+        let first = ids[0];
         let gone = ids[UPDATES_PER_STATEMENT + 50];
         sqlx::query("DELETE FROM streams WHERE id = ?").bind(gone).execute(storage.pool()).await.expect("deletes");
         let mut batches: Vec<WriteBatch> =
@@ -1525,14 +1532,10 @@ mod tests {
     /// and the next commit on the same connection goes through.
     #[tokio::test]
     async fn sqlite_refuses_a_missing_stream_in_a_statement_run_alone() {
-        let (_dir, storage, first) = sqlite().await;
-        let mut ids = vec![first];
-        for i in 1..UPDATES_PER_STATEMENT + 20 {
-            ids.push(storage.put_stream(&format!("s{i}"), &config(), 0).await.expect("stream").id);
-        }
+        let (_dir, storage, ids) = sqlite_streams(UPDATES_PER_STATEMENT + 20).await;
         // 520 streams: the first 500 rows' update (2,000 parameters) and 1,040 readings
         // (9,360) go alone, the other 20 rows' update with the rest.
-        assert!(4 * UPDATES_PER_STATEMENT >= ALONE_BINDS && 9 * ROWS_PER_STATEMENT >= ALONE_BINDS);
+        const { assert!(4 * UPDATES_PER_STATEMENT >= ALONE_BINDS && 9 * ROWS_PER_STATEMENT >= ALONE_BINDS) };
         let gone = ids[7];
         sqlx::query("DELETE FROM streams WHERE id = ?").bind(gone).execute(storage.pool()).await.expect("deletes");
         let batches: Vec<WriteBatch> = ids.iter().map(|&id| batch(id, 2)).collect();
