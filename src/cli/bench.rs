@@ -849,19 +849,15 @@ async fn phase(
 }
 
 /// Sums, counts and cumulative bucket counts of the server's latency and size histograms,
-/// from `/metrics`, and when they were read (after [`ServerMeans::since`]: the seconds
-/// between the two reads).
-struct ServerMeans(Vec<Series>, Scraped, Snapshots);
-
-/// Stream scoring states the server had written (`tsad_snapshots_total`): each costs the
-/// writer a few KB, so phases compare only beside the count.
-#[derive(Clone, Copy)]
-struct Snapshots(f64);
-
-#[derive(Clone, Copy)]
-enum Scraped {
-    At(Instant),
-    Over(f64),
+/// from `/metrics`, when they were read, and the scoring states the server had written
+/// (`tsad_snapshots_total`: each costs the writer a few KB, so phases compare only beside
+/// the count). After [`ServerMeans::since`], what happened between two reads.
+struct ServerMeans {
+    series: Vec<Series>,
+    read: Instant,
+    /// Seconds between the two reads, after [`ServerMeans::since`].
+    seconds: Option<f64>,
+    snapshots: f64,
 }
 
 /// One histogram as scraped: its sum, its count, and `(upper bound, cumulative count)` per
@@ -895,13 +891,9 @@ impl Series {
 impl ServerMeans {
     /// What was observed after `before`.
     fn since(&self, before: &ServerMeans) -> ServerMeans {
-        let seconds = match (self.1, before.1) {
-            (Scraped::At(now), Scraped::At(then)) => now.duration_since(then).as_secs_f64(),
-            _ => f64::NAN,
-        };
-        let pairs = self.0.iter().zip(&before.0);
-        ServerMeans(
-            pairs
+        let pairs = self.series.iter().zip(&before.series);
+        ServerMeans {
+            series: pairs
                 .map(|(now, then)| Series {
                     name: now.name,
                     sum: now.sum - then.sum,
@@ -909,24 +901,25 @@ impl ServerMeans {
                     buckets: now.buckets.iter().zip(&then.buckets).map(|(&(le, c), &(_, c0))| (le, c - c0)).collect(),
                 })
                 .collect(),
-            Scraped::Over(seconds),
-            Snapshots(self.2 .0 - before.2 .0),
-        )
+            read: self.read,
+            seconds: Some(self.read.duration_since(before.read).as_secs_f64()),
+            snapshots: self.snapshots - before.snapshots,
+        }
     }
 
     /// The shares of the interval the storage writer spent committing and moving SQLite's
     /// readings log (the sums of their latencies over its length): near 1 together, the
     /// writer, one thread, is what bounds the rate.
     fn writer_busy(&self) -> Option<(f64, f64)> {
-        let Scraped::Over(seconds) = self.1 else { return None };
-        let sum = |name: &str| self.0.iter().find(|s| s.name == name).map_or(0.0, |s| s.sum);
+        let seconds = self.seconds?;
+        let sum = |name: &str| self.series.iter().find(|s| s.name == name).map_or(0.0, |s| s.sum);
         (seconds > 0.0).then(|| (sum("commit_latency_seconds") / seconds, sum("compaction_latency_seconds") / seconds))
     }
 
     /// Each histogram's name, mean and p99 bound (milliseconds for latencies), NaN when
     /// nothing was observed.
     fn stats(&self) -> impl Iterator<Item = (&'static str, f64, f64, &'static str)> + '_ {
-        self.0.iter().zip(SERVER_HISTOGRAMS).map(|(series, (_, unit))| {
+        self.series.iter().zip(SERVER_HISTOGRAMS).map(|(series, (_, unit))| {
             let scale = if unit == "ms" { 1e3 } else { 1.0 };
             let mean = if series.count > 0.0 { scale * series.sum / series.count } else { f64::NAN };
             (series.name, mean, scale * series.p99_bound(), unit)
@@ -951,7 +944,7 @@ impl ServerMeans {
                 100.0 * moves
             )
         });
-        parts.join(", ") + &busy.unwrap_or_default() + &format!(", states written {:.0}", self.2 .0)
+        parts.join(", ") + &busy.unwrap_or_default() + &format!(", states written {:.0}", self.snapshots)
     }
 
     fn json(&self) -> serde_json::Value {
@@ -962,7 +955,7 @@ impl ServerMeans {
                 out.insert(format!("{name}_p99_bound"), json!(p99));
             }
         }
-        out.insert("snapshots_written".into(), json!(self.2 .0));
+        out.insert("snapshots_written".into(), json!(self.snapshots));
         if let Some((commits, moves)) = self.writer_busy() {
             out.insert("writer_commit_busy".into(), json!(commits));
             out.insert("writer_log_move_busy".into(), json!(moves));
@@ -989,8 +982,8 @@ async fn server_means(addr: std::net::SocketAddr) -> anyhow::Result<ServerMeans>
             })
             .collect()
     };
-    Ok(ServerMeans(
-        SERVER_HISTOGRAMS
+    Ok(ServerMeans {
+        series: SERVER_HISTOGRAMS
             .iter()
             .map(|&(name, _)| Series {
                 name,
@@ -999,9 +992,10 @@ async fn server_means(addr: std::net::SocketAddr) -> anyhow::Result<ServerMeans>
                 buckets: buckets(name),
             })
             .collect(),
-        Scraped::At(Instant::now()),
-        Snapshots(value("tsad_snapshots_total ".to_string())),
-    ))
+        read: Instant::now(),
+        seconds: None,
+        snapshots: value("tsad_snapshots_total ".to_string()),
+    })
 }
 
 /// Waits until the server has settled after a loaded phase: its readings log empty (it

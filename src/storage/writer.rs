@@ -614,25 +614,26 @@ impl Tx<'_> {
         let mut affected = Vec::with_capacity(statements + 2);
         match self {
             Tx::Sqlite { conn, begun } => {
-                // Large statements each go in a call of their own (with the streams check
-                // that follows an update): sqlx keeps a query's prepared statements by its
-                // text, so such a call's text, which depends only on its row count, is
-                // parsed once, where a script, whose text changes with whatever else the
-                // commit carries, is parsed anew each time (docs/PERFORMANCE.md, "One
-                // reading of each of 1,000 streams"). The rest, and the `COMMIT`, go last.
+                // Large statements each go in a call of their own (with the statements
+                // pushed to follow them: the streams check after an update). sqlx keeps a
+                // query's prepared statements by its text, so such a call's text, which
+                // depends only on its row count, is parsed once, where a script, whose text
+                // changes with whatever else the commit carries, is parsed anew each time
+                // (docs/PERFORMANCE.md, "One reading of each of 1,000 streams"). The rest,
+                // and the `COMMIT`, go last.
                 let mut calls: Vec<Vec<(usize, String, Binds<'_>)>> = Vec::new();
                 let mut rest_call = Vec::new();
-                let mut last_alone = false;
+                let mut previous_alone = false;
                 for (i, (statement, binds)) in script.statements.into_iter().enumerate() {
-                    if binds.len() >= ALONE_BINDS {
+                    // A statement that follows the one before goes where it went.
+                    if script.following.binary_search(&i).is_ok() && previous_alone {
+                        calls.last_mut().expect("the statement before").push((i, statement, binds));
+                    } else if binds.len() >= ALONE_BINDS {
                         calls.push(vec![(i, statement, binds)]);
-                        last_alone = true;
-                    } else if last_alone && statement.starts_with(CHECK_INSERT) {
-                        calls.last_mut().expect("a call before").push((i, statement, binds));
-                        last_alone = false;
+                        previous_alone = true;
                     } else {
                         rest_call.push((i, statement, binds));
-                        last_alone = false;
+                        previous_alone = false;
                     }
                 }
                 calls.push(rest_call);
@@ -664,8 +665,6 @@ impl Tx<'_> {
 /// Statements with at least this many parameters run in a call of their own on SQLite
 /// ([`Tx::run_and_commit`]): 500 stream rows' update, a 223-reading insert.
 const ALONE_BINDS: usize = 2_000;
-/// How the streams check that follows an update of stream rows begins ([`push_rest`]).
-const CHECK_INSERT: &str = "INSERT INTO commit_checks";
 
 /// One call to SQLite's connection thread: `BEGIN` first if `begin`, `statements` (each
 /// with its index among the commit's), `COMMIT` last if `commit`; each statement's count of
@@ -685,9 +684,6 @@ async fn sqlite_call(
     }
     if commit {
         sql.push_str("COMMIT");
-    }
-    if sql.is_empty() {
-        return Ok(());
     }
     let mut indices = Vec::with_capacity(statements.len());
     let mut q = query::<Any>(&sql);
@@ -860,8 +856,8 @@ fn push_rest(script: &mut Script<'_>, backend: Backend, batches: &[&WriteBatch],
     let mut update = |rows: &[(i64, &StreamUpdate)]| {
         let statement = update_streams(script, backend, rows);
         if backend == Backend::Sqlite {
-            script.push(
-                format!("{CHECK_INSERT} (missing) VALUES (? - changes())"),
+            script.push_following(
+                "INSERT INTO commit_checks (missing) VALUES (? - changes())".into(),
                 Binds::Params(vec![Param::Int(rows.len() as i64)]),
             );
         }
@@ -1013,6 +1009,9 @@ fn push_readings<'a>(script: &mut Script<'a>, backend: Backend, table: &str, row
 #[derive(Default)]
 struct Script<'a> {
     statements: Vec<(String, Binds<'a>)>,
+    /// Statements that must run in the same call to SQLite's thread as the one before them
+    /// (a streams check, which reads that statement's `changes()`), ascending.
+    following: Vec<usize>,
 }
 
 /// What a statement of a [`Script`] binds.
@@ -1037,6 +1036,13 @@ impl<'a> Script<'a> {
     fn push(&mut self, sql: String, binds: Binds<'a>) -> usize {
         self.statements.push((sql, binds));
         self.statements.len() - 1
+    }
+
+    /// Adds a statement that runs in the same call as the one before it
+    /// ([`Tx::run_and_commit`]).
+    fn push_following(&mut self, sql: String, binds: Binds<'a>) -> usize {
+        self.following.push(self.statements.len());
+        self.push(sql, binds)
     }
 }
 
