@@ -5,12 +5,16 @@
 //!
 //! Writes of readings go through [`writer`], which commits many requests in one
 //! transaction; this module knows nothing about HTTP or models. On SQLite a stream's
-//! readings live in three places, each reading in one: `readings` (a row each, clustered by
-//! stream and time), the log of short runs awaiting their move there (`readings_log`), and
-//! the blocks that runs of 4 or more readings committed together are packed into
-//! (`reading_blocks`, [`blocks`]); reads take all three in one snapshot.
+//! readings live in three places, each reading in one (but for a log move's overlap): the
+//! blocks that runs of 4 or more readings committed together, and the log's moves, pack them
+//! into (`reading_blocks`, [`blocks`]), the log of short runs awaiting their move
+//! (`readings_log`, [`log`]), and `readings` (a row each, clustered by stream and time, where
+//! the log was moved before blocks); reads take all three in one snapshot.
 mod blocks;
+mod log;
 pub mod writer;
+
+pub(crate) use log::{move_log, LogMove, Mirror, MirroredMove};
 
 use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -213,176 +217,6 @@ impl Param {
     }
 }
 
-/// Moves SQLite's readings log into `readings` on `conn`, in one transaction; returns the
-/// rows moved.
-pub(crate) async fn move_log(conn: &mut sqlx::AnyConnection) -> Result<u64, StorageError> {
-    use sqlx::Connection;
-    let mut tx = conn.begin().await?;
-    // OR REPLACE: a stream's readings are unique by time (its actor refuses any other),
-    // so a repeat can only be a bug; the newer row wins rather than the log growing
-    // without end behind a move that fails on it every time.
-    let moved = sqlx::query(&format!(
-        "INSERT OR REPLACE INTO readings (stream_id, {READING_COLUMNS})
-         SELECT stream_id, {READING_COLUMNS} FROM readings_log ORDER BY stream_id, ts"
-    ))
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if moved > 0 {
-        sqlx::query("DELETE FROM readings_log").execute(&mut *tx).await?;
-    }
-    tx.commit().await?;
-    Ok(moved)
-}
-
-/// SQLite's readings log on its way into `readings` a few milliseconds at a time, on the
-/// writer's own connection between its commits. Moved in one transaction ([`move_log`]),
-/// 65,000 rows of 10,000 streams paused every commit ~185 ms (docs/PERFORMANCE.md). In
-/// steps, each its own transaction:
-///
-/// 1. **sort**: the log's rows up to the last one when the move began, a range of row ids a
-///    step, into a temporary table of the connection keyed by (stream, time) (in memory);
-/// 2. **copy**: the sorted rows into `readings`, [`MOVE_COPY_ROWS`] a step in key order — a
-///    stream's leaf page written once for all its rows, as in the one-transaction move —
-///    leaving out streams deleted since;
-/// 3. **trim**: those rows out of the log, a range of row ids a step.
-///
-/// Between the copy and the trim a reading is in both tables, identical; reads take their
-/// `UNION`, which keeps one. A move cut short (an error, a crash) leaves such copies; the
-/// next move's copy replaces them with the same rows. Rows logged after the move began
-/// wait for the next one.
-#[derive(Debug)]
-pub(crate) struct LogMove {
-    /// The log's last row id when the move began.
-    upto: i64,
-    /// Rows moved, for the caller's count.
-    pub(crate) rows: u64,
-    step: MoveStep,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum MoveStep {
-    /// Sorting the log's rows after this row id.
-    Sort(i64),
-    /// Copying the sorted rows after this (stream id, time).
-    Copy(i64, i64),
-    /// Trimming the log's rows after this row id.
-    Trim(i64),
-}
-
-/// Log rows (by row id) a sort or trim step takes.
-const MOVE_LOG_ROWS: i64 = 8_192;
-/// Sorted rows a copy step writes into `readings` (~10 ms at 10,000 streams).
-const MOVE_COPY_ROWS: i64 = 4_096;
-
-impl LogMove {
-    /// Begins a move of the log's rows so far on `conn`; `None` if the log is empty.
-    pub(crate) async fn begin(conn: &mut sqlx::AnyConnection) -> Result<Option<LogMove>, StorageError> {
-        let upto: Option<i64> = sqlx::query_scalar("SELECT max(rowid) FROM readings_log").fetch_one(&mut *conn).await?;
-        let Some(upto) = upto else { return Ok(None) };
-        // In memory: the table is the connection's own and rebuilt by every move. Setting
-        // `temp_store` to another value than it has drops the connection's temporary tables
-        // and triggers: the writer's connection starts with this value (`STREAMS_CHECK` in
-        // the writer), so that its own check survives the move.
-        sqlx::query("PRAGMA temp_store = MEMORY").execute(&mut *conn).await?;
-        sqlx::query(
-            "CREATE TEMP TABLE IF NOT EXISTS log_move (
-                 stream_id BIGINT NOT NULL, ts BIGINT NOT NULL, value DOUBLE PRECISION NOT NULL,
-                 expected DOUBLE PRECISION NOT NULL, lower DOUBLE PRECISION NOT NULL,
-                 upper DOUBLE PRECISION NOT NULL, score DOUBLE PRECISION NOT NULL,
-                 anomaly BIGINT NOT NULL, channels_json TEXT,
-                 PRIMARY KEY (stream_id, ts)
-             ) WITHOUT ROWID",
-        )
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query("DELETE FROM temp.log_move").execute(&mut *conn).await?;
-        Ok(Some(LogMove { upto, rows: 0, step: MoveStep::Sort(i64::MIN) }))
-    }
-
-    /// The last row id of the sort or trim step that takes the log's rows after `after`.
-    fn log_range_end(&self, after: i64) -> i64 {
-        after.max(0).saturating_add(MOVE_LOG_ROWS).min(self.upto)
-    }
-
-    /// Takes the next step; true when the move is complete.
-    pub(crate) async fn step(&mut self, conn: &mut sqlx::AnyConnection) -> Result<bool, StorageError> {
-        self.step = match self.step {
-            MoveStep::Sort(after) => {
-                let to = self.log_range_end(after);
-                sqlx::query(&format!(
-                    "INSERT OR REPLACE INTO temp.log_move (stream_id, {READING_COLUMNS})
-                     SELECT stream_id, {READING_COLUMNS} FROM readings_log WHERE rowid > $1 AND rowid <= $2"
-                ))
-                .bind(after)
-                .bind(to)
-                .execute(&mut *conn)
-                .await?;
-                if to < self.upto {
-                    MoveStep::Sort(to)
-                } else {
-                    MoveStep::Copy(i64::MIN, i64::MIN)
-                }
-            }
-            MoveStep::Copy(stream, ts) => {
-                // The key of the step's last row, unless the rest fits in this step.
-                let last: Option<(i64, i64)> = sqlx::query_as(
-                    "SELECT stream_id, ts FROM temp.log_move WHERE (stream_id, ts) > ($1, $2)
-                     ORDER BY stream_id, ts LIMIT 1 OFFSET $3",
-                )
-                .bind(stream)
-                .bind(ts)
-                .bind(MOVE_COPY_ROWS - 1)
-                .fetch_optional(&mut *conn)
-                .await?;
-                let (to_stream, to_ts) = last.unwrap_or((i64::MAX, i64::MAX));
-                // A stream deleted since the sort has no row to hold its readings. (`EXISTS`,
-                // a lookup by row id: `IN (SELECT id FROM streams)` read all of `streams`
-                // each step, 7–9 ms of a step at 10,000 streams.)
-                self.rows += sqlx::query(&format!(
-                    "INSERT OR REPLACE INTO readings (stream_id, {READING_COLUMNS})
-                     SELECT stream_id, {READING_COLUMNS} FROM temp.log_move m
-                     WHERE (stream_id, ts) > ($1, $2) AND (stream_id, ts) <= ($3, $4)
-                       AND EXISTS (SELECT 1 FROM streams s WHERE s.id = m.stream_id)
-                     ORDER BY stream_id, ts"
-                ))
-                .bind(stream)
-                .bind(ts)
-                .bind(to_stream)
-                .bind(to_ts)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
-                match last {
-                    Some((s, t)) => MoveStep::Copy(s, t),
-                    None => MoveStep::Trim(i64::MIN),
-                }
-            }
-            MoveStep::Trim(after) => {
-                let to = self.log_range_end(after);
-                // Only rows that were moved: once the log was emptied (its streams deleted)
-                // SQLite hands out row ids from 1 again, to rows logged since.
-                sqlx::query(
-                    "DELETE FROM readings_log WHERE rowid > $1 AND rowid <= $2 AND EXISTS (
-                         SELECT 1 FROM temp.log_move m
-                         WHERE m.stream_id = readings_log.stream_id AND m.ts = readings_log.ts)",
-                )
-                .bind(after)
-                .bind(to)
-                .execute(&mut *conn)
-                .await?;
-                if to < self.upto {
-                    MoveStep::Trim(to)
-                } else {
-                    sqlx::query("DELETE FROM temp.log_move").execute(&mut *conn).await?;
-                    return Ok(true);
-                }
-            }
-        };
-        Ok(false)
-    }
-}
-
 impl Storage {
     /// Connects (creating a SQLite file if missing) and applies the migrations.
     pub async fn connect(url: &str) -> Result<Storage, StorageError> {
@@ -576,8 +410,8 @@ impl Storage {
         let upper = to.unwrap_or(i64::MAX);
         let (sql, params) = match self.backend {
             // The first `limit` of each table hold the first `limit` of both. A reading in
-            // both (a log move between its copy and its trim: [`LogMove`]) is the same row
-            // in each, and `UNION` keeps one.
+            // the log and in a block (a log move between its copy and its trim: [`LogMove`])
+            // is the same in each, and the merge below keeps one.
             Backend::Sqlite => (
                 format!(
                     "SELECT {READING_COLUMNS} FROM (
@@ -652,8 +486,9 @@ impl Storage {
         Ok(merge(rows.into_iter().rev().collect(), packed, limit, End::Last))
     }
 
-    /// Moves the readings log (SQLite) into `readings`, ordered by stream and time, in one
-    /// transaction; returns the rows moved. A no-op on PostgreSQL, which has no log.
+    /// Moves the readings log (SQLite) into blocks, a stream's rows one block between the
+    /// blocks it has ([`LogMove`]); returns the readings moved. A no-op on PostgreSQL, which
+    /// has no log.
     pub async fn compact_log(&self) -> Result<u64, StorageError> {
         if self.backend != Backend::Sqlite {
             return Ok(0);

@@ -15,7 +15,8 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, error, warn};
 
 use super::{
-    stream_params, Backend, EventRow, LogMove, Param, ReadingRow, Storage, StorageError, StreamConfig, STREAM_COLUMNS,
+    stream_params, Backend, EventRow, LogMove, Mirror, MirroredMove, Param, ReadingRow, Storage, StorageError,
+    StreamConfig, STREAM_COLUMNS,
 };
 use crate::metrics::Metrics;
 
@@ -147,13 +148,11 @@ impl Writer {
     }
 }
 
-/// Rows in SQLite's readings log that make the writer begin to move it into `readings`
-/// ([`LogMove`], a step between commits): `COMPACT_PER_STREAM` rows for each stream in it,
-/// within these bounds. Each stream's leaf page is then written once for all its rows in
-/// the log; a read of a stream scans at most about this many rows of the log (a few
-/// milliseconds). Moving it in parts by stream id straight from the log was tried: each
-/// part scanned the whole log, and 10,000 streams ingested 20 % less; the move's steps now
-/// sort the log once, into a temporary table (docs/PERFORMANCE.md).
+/// Rows in SQLite's readings log that make the writer begin to move it into blocks
+/// ([`MirroredMove`] or [`LogMove`], a step between commits): `COMPACT_PER_STREAM` rows for
+/// each stream in it, within these bounds. A move writes a block per stream in the log, so
+/// the more rows a stream has there the fewer blocks a reading; a read of a stream scans at
+/// most about this many rows of the log (a few milliseconds).
 const COMPACT_ROWS: std::ops::RangeInclusive<usize> = 8_192..=65_536;
 const COMPACT_PER_STREAM: usize = 8;
 /// A stream's readings in one commit from which they skip SQLite's log and are one block
@@ -221,7 +220,7 @@ async fn postgres_connection(storage: &Storage) -> Result<PgPool, StorageError> 
 /// Serves commits until every handle is dropped. `pg`, on PostgreSQL, is the pool of the
 /// connection commits run on; otherwise they run on a connection of `storage`'s pool. That
 /// connection is held throughout ([`Held`]). On SQLite, between commits, it moves the
-/// readings log into `readings` a step at a time ([`LogMove`]), and asks for a checkpoint
+/// readings log into blocks a step at a time ([`Log`]), and asks for a checkpoint
 /// (`checkpoint`) every [`CHECKPOINT_ROWS`] readings.
 async fn run(
     storage: Storage,
@@ -231,7 +230,7 @@ async fn run(
     checkpoint: Option<Arc<Notify>>,
 ) {
     let mut conn = Held::new(storage.clone(), pg);
-    let mut log = Log::default();
+    let mut log = if conn.log_is_empty().await { Log::empty() } else { Log::default() };
     let mut unchecked: usize = 0;
     loop {
         let first = if log.moving.is_some() {
@@ -273,7 +272,7 @@ async fn run(
         let started = Instant::now();
         let all: Vec<&WriteBatch> = jobs.iter().flat_map(|j| &j.batches).collect();
         match write(&mut conn, &all).await {
-            Ok((ids, to_log)) => {
+            Ok((ids, _)) => {
                 metrics.commit_latency.observe(started.elapsed().as_secs_f64());
                 metrics.commit_rows.observe(rows as f64);
                 metrics.snapshots.inc_by(all.iter().filter(|b| b.update.snapshot.is_some()).count() as u64);
@@ -282,22 +281,26 @@ async fn run(
                     due.notify_one();
                     unchecked = 0;
                 }
-                log.logged(to_log, logged_streams(storage.backend(), &all, &ids), &metrics);
                 let mut ids = ids.into_iter();
-                for job in jobs {
-                    let mine: Vec<i64> = ids.by_ref().take(job.batches.len()).collect();
-                    let _ = job.reply.send(Ok(mine));
+                for Job { batches, reply } in jobs {
+                    let mine: Vec<i64> = ids.by_ref().take(batches.len()).collect();
+                    let _ = reply.send(Ok(mine.clone()));
+                    log.logged(storage.backend(), batches, &mine, &metrics);
                 }
             }
             Err(group_error) if jobs.len() > 1 => {
                 warn!(error = %group_error, jobs = jobs.len(), "group commit failed; retrying requests one by one");
-                for job in jobs {
-                    let batches: Vec<&WriteBatch> = job.batches.iter().collect();
-                    let result = write(&mut conn, &batches).await.map_err(|e| (e.is_transient(), e.to_string()));
-                    let _ = job.reply.send(result.map(|(ids, to_log)| {
-                        log.logged(to_log, logged_streams(storage.backend(), &batches, &ids), &metrics);
-                        ids
-                    }));
+                for Job { batches, reply } in jobs {
+                    let refs: Vec<&WriteBatch> = batches.iter().collect();
+                    match write(&mut conn, &refs).await {
+                        Ok((ids, _)) => {
+                            let _ = reply.send(Ok(ids.clone()));
+                            log.logged(storage.backend(), batches, &ids, &metrics);
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err((e.is_transient(), e.to_string())));
+                        }
+                    }
                 }
             }
             Err(e) => {
@@ -335,11 +338,6 @@ fn to_block(backend: Backend, id: i64, readings: &[ReadingRow]) -> Option<[Param
     Some([Param::Int(id), Param::Int(last), Param::Int(first), Param::Int(readings.len() as i64), Param::Blob(data)])
 }
 
-/// The streams of `batches` whose readings `write` put in the log.
-fn logged_streams<'a>(backend: Backend, batches: &'a [&WriteBatch], ids: &'a [i64]) -> impl Iterator<Item = i64> + 'a {
-    batches.iter().zip(ids).filter(move |(b, _)| to_log(backend, b.readings.len())).map(|(_, &id)| id)
-}
-
 /// The writer's account of SQLite's readings log.
 #[derive(Default)]
 struct Log {
@@ -348,15 +346,43 @@ struct Log {
     rows: usize,
     /// The streams logged since the last move began (for its threshold).
     streams: std::collections::HashSet<i64>,
-    /// A move under way, the connection it runs on ([`Held::opened`]; its temporary table
-    /// dies with it) and the rows it takes.
-    moving: Option<(LogMove, u64, usize)>,
+    /// The rows logged since the last move began, while the writer knows the log holds no
+    /// others ([`Mirror`]); none after a move failed, until a [`LogMove`] leaves it empty.
+    mirror: Option<Mirror>,
+    /// A move under way, the connection it runs on ([`Held::opened`]; a [`LogMove`]'s
+    /// temporary table dies with it) and the rows it takes.
+    moving: Option<(Moving, u64, usize)>,
+}
+
+/// A move of the log from the writer's [`Mirror`], or from the log itself.
+enum Moving {
+    Mirrored(MirroredMove),
+    Sorted(LogMove),
 }
 
 impl Log {
-    fn logged(&mut self, rows: usize, streams: impl Iterator<Item = i64>, metrics: &Metrics) {
-        self.rows += rows;
-        self.streams.extend(streams);
+    /// A log that is empty (on SQLite), so that the writer knows every row it will hold.
+    fn empty() -> Log {
+        Log { mirror: Some(Mirror::default()), ..Log::default() }
+    }
+
+    /// Counts the readings `batches` (committed, their streams `ids`) put in the log, and
+    /// mirrors them.
+    fn logged(&mut self, backend: Backend, batches: Vec<WriteBatch>, ids: &[i64], metrics: &Metrics) {
+        if backend != Backend::Sqlite {
+            return;
+        }
+        for (batch, &id) in batches.into_iter().zip(ids) {
+            if to_log(backend, batch.readings.len()) {
+                self.rows += batch.readings.len();
+                self.streams.insert(id);
+                if let Some(mirror) = self.mirror.as_mut() {
+                    mirror.logged(id, batch.readings);
+                }
+            } else if let Some(mirror) = self.mirror.as_mut().filter(|_| !batch.readings.is_empty()) {
+                mirror.blocked(id);
+            }
+        }
         metrics.readings_log_rows.set(self.rows as i64);
     }
 
@@ -366,8 +392,8 @@ impl Log {
 
     /// Begins a move, or takes the next step of the one under way. A failure abandons the
     /// move (the log stays readable as it is; a move cut short leaves only duplicates,
-    /// which reads ignore) and lets the connection go; the next begins after as many rows
-    /// more.
+    /// which reads ignore, and the next move finds), drops the mirror and lets the
+    /// connection go; the next move begins after as many rows more.
     async fn advance(&mut self, held: &mut Held, metrics: &Metrics) {
         let started = Instant::now();
         let result = self.advance_on(held).await;
@@ -382,6 +408,7 @@ impl Log {
                 warn!(error = %e, "moving the readings log failed; it stays readable and is tried again later");
                 held.close().await;
                 self.moving = None;
+                self.mirror = None;
                 self.rows = 0;
                 self.streams.clear();
             }
@@ -391,8 +418,8 @@ impl Log {
     /// One step; the rows moved when the move is complete.
     async fn advance_on(&mut self, held: &mut Held) -> Result<Option<u64>, StorageError> {
         // On the writer's own connection, whose checkpoints wait for `WRITER_AUTOCHECKPOINT_PAGES`:
-        // a move rewrites a leaf page per stream in the log (40 MB for 10,000 streams), which on
-        // a connection checkpointing at SQLite's default would copy the WAL in the move itself.
+        // a move writes a page or more per stream in the log, which on a connection
+        // checkpointing at SQLite's default would copy the WAL in the move itself.
         if held.backend() != Backend::Sqlite {
             return Ok(None); // PostgreSQL has no log (its `Any` fallback is a `Conn::Any` too)
         }
@@ -400,26 +427,46 @@ impl Log {
         let opened = held.opened;
         let Some(Conn::Any(conn)) = held.conn.as_mut() else { return Ok(None) };
         match self.moving.take() {
-            Some((mut m, on, rows)) if on == opened => {
+            Some((Moving::Mirrored(mut m), on, rows)) => {
                 if m.step(conn).await? {
                     self.rows = self.rows.saturating_sub(rows);
                     return Ok(Some(m.rows));
                 }
-                self.moving = Some((m, on, rows));
+                self.moving = Some((Moving::Mirrored(m), on, rows));
+            }
+            Some((Moving::Sorted(mut m), on, rows)) if on == opened => {
+                if m.step(conn).await? {
+                    self.rows = self.rows.saturating_sub(rows);
+                    if self.rows == 0 {
+                        // Nothing logged since the move began: the log is empty.
+                        self.mirror = Some(Mirror::default());
+                    }
+                    return Ok(Some(m.rows));
+                }
+                self.moving = Some((Moving::Sorted(m), on, rows));
             }
             // Not begun, or its connection was let go (with the move's sorted rows).
-            _ => match LogMove::begin(conn).await? {
-                Some(m) => {
-                    self.moving = Some((m, opened, self.rows));
-                    self.streams.clear();
+            _ => {
+                let moving = match self.mirror.take() {
+                    Some(mirror) => {
+                        self.mirror = Some(Mirror::default());
+                        MirroredMove::begin(conn, mirror).await?.map(Moving::Mirrored)
+                    }
+                    None => LogMove::begin(conn).await?.map(Moving::Sorted),
+                };
+                match moving {
+                    Some(m) => {
+                        self.moving = Some((m, opened, self.rows));
+                        self.streams.clear();
+                    }
+                    None => self.rows = 0,
                 }
-                None => self.rows = 0,
-            },
+            }
         }
         Ok(None)
     }
 
-    /// Moves the whole log in one transaction (when the writer stops).
+    /// Moves the whole log (when the writer stops).
     async fn move_all(&mut self, held: &mut Held, metrics: &Metrics) {
         let backend = held.backend();
         let moved = match held.conn().await {
@@ -431,6 +478,7 @@ impl Log {
             Ok(_) => {
                 self.rows = 0;
                 self.moving = None;
+                self.mirror = Some(Mirror::default());
                 metrics.readings_log_rows.set(0);
             }
             Err(e) => warn!(error = %e, "moving the readings log failed; it is moved at the next start"),
@@ -479,6 +527,21 @@ enum Conn {
 impl Held {
     fn new(storage: Storage, pg: Option<PgPool>) -> Held {
         Held { storage, pg, conn: None, opened: 0 }
+    }
+
+    /// Whether the database is SQLite and its readings log empty (false if that cannot be
+    /// read).
+    async fn log_is_empty(&mut self) -> bool {
+        if self.backend() != Backend::Sqlite {
+            return false;
+        }
+        match self.conn().await {
+            Ok(Conn::Any(conn)) => {
+                let rows = sqlx::query_scalar::<_, i64>("SELECT EXISTS (SELECT 1 FROM readings_log)");
+                rows.fetch_one(conn).await.is_ok_and(|any| any == 0)
+            }
+            _ => false,
+        }
     }
 
     fn backend(&self) -> Backend {
@@ -1065,7 +1128,7 @@ where
 }
 
 /// Binds the nine [`READING_COLUMNS`] of each of `rows` to `q`, in order.
-fn bind_readings<'q, DB: sqlx::Database>(
+pub(super) fn bind_readings<'q, DB: sqlx::Database>(
     mut q: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
     rows: &[(i64, &ReadingRow)],
 ) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
@@ -1247,7 +1310,7 @@ fn placeholder(backend: Backend, n: usize) -> String {
 }
 
 /// `INSERT INTO table … VALUES ($1, …, $9), ($10, …)` for `rows` readings.
-fn insert_readings_sql(backend: Backend, table: &str, rows: usize) -> String {
+pub(super) fn insert_readings_sql(backend: Backend, table: &str, rows: usize) -> String {
     format!("INSERT INTO {table} {READING_COLUMNS} VALUES {}", values_sql(backend, rows, 9))
 }
 
@@ -1562,9 +1625,9 @@ mod tests {
         sqlx::query_scalar("SELECT count(*) FROM readings_log").fetch_one(storage.pool()).await.expect("counts")
     }
 
-    /// A move of the log in steps, commits between them: while a reading is in both tables
-    /// reads return it once; rows logged after the move began stay in the log; at the end
-    /// the moved rows are in `readings` only.
+    /// A move of the log in steps, commits between them: while a reading is in the log and a
+    /// block reads return it once; rows logged after the move began stay in the log; at the
+    /// end the moved rows are in blocks only, a block for each stream.
     #[tokio::test]
     async fn a_log_move_in_steps_shows_each_reading_once_and_keeps_later_rows() {
         let (_dir, storage, id) = sqlite().await;
@@ -1580,27 +1643,62 @@ mod tests {
         let mut steps = 0;
         while !m.step(&mut conn).await.expect("steps") {
             steps += 1;
-            let both: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM readings r JOIN readings_log l ON l.stream_id = r.stream_id AND l.ts = r.ts",
-            )
-            .fetch_one(storage.pool())
-            .await
-            .expect("counts");
             let got = storage.readings(id, None, None, None, 100).await.expect("reads");
-            assert_eq!(
-                got.iter().map(|r| r.ts).collect::<Vec<_>>(),
-                (1..=6).collect::<Vec<_>>(),
-                "step {steps}, {both} in both"
-            );
+            assert_eq!(got.iter().map(|r| r.ts).collect::<Vec<_>>(), (1..=6).collect::<Vec<_>>(), "step {steps}");
             assert_eq!(storage.recent_readings(other, 100).await.expect("reads").len(), 3, "step {steps}");
         }
         assert!(steps >= 2, "sorted, copied, then trimmed: {steps} steps before the last");
         assert_eq!(m.rows, 6);
         assert_eq!(log_rows(&storage).await, 3, "the rows logged during the move wait for the next");
-        let moved: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM readings").fetch_one(storage.pool()).await.expect("counts");
-        assert_eq!(moved, 6);
+        assert_eq!(block_spans(&storage, id).await, [(1, 3)]);
+        assert_eq!(block_spans(&storage, other).await, [(1, 3)]);
+        assert_eq!(count(&storage, "readings").await, 0);
         assert_eq!(storage.readings(id, None, None, None, 100).await.expect("reads").len(), 6);
+    }
+
+    /// A stream's blocks as (first, last) in time order, checked not to overlap.
+    async fn block_spans(storage: &Storage, stream: i64) -> Vec<(i64, i64)> {
+        let spans: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT first_ts, last_ts FROM reading_blocks WHERE stream_id = $1 ORDER BY last_ts")
+                .bind(stream)
+                .fetch_all(storage.pool())
+                .await
+                .expect("reads blocks");
+        for pair in spans.windows(2) {
+            assert!(pair[0].1 < pair[1].0, "blocks overlap: {spans:?}");
+        }
+        spans
+    }
+
+    /// A move cut short after its copy (a crash, an error) leaves its blocks and the log as
+    /// they were; reads show each reading once, and the next move stores only what no block
+    /// holds, split around the blocks between a stream's logged rows.
+    #[tokio::test]
+    async fn a_move_cut_short_after_its_copy_is_finished_by_the_next() {
+        let (_dir, storage, id) = sqlite().await;
+        let mut held = Held::new(storage.clone(), None);
+        for (first, last) in [(1, 3), (4, 10), (11, 12)] {
+            write(&mut held, &[&run_of(id, first, last)]).await.expect("commits");
+        }
+        let mut conn = storage.pool().acquire().await.expect("connection").detach();
+        let mut m = LogMove::begin(&mut conn).await.expect("begins").expect("a log to move");
+        assert!(!m.step(&mut conn).await.expect("sorts"));
+        assert!(!m.step(&mut conn).await.expect("copies"));
+        assert_eq!(m.rows, 5, "copied, not trimmed: the move is left there");
+        assert_eq!(block_spans(&storage, id).await, [(1, 3), (4, 10), (11, 12)]);
+        assert_eq!(log_rows(&storage).await, 5, "not trimmed");
+        let ts = |got: Vec<ReadingRow>| got.iter().map(|r| r.ts).collect::<Vec<_>>();
+        assert_eq!(ts(storage.readings(id, None, None, None, 100).await.expect("reads")), (1..=12).collect::<Vec<_>>());
+        assert_eq!(ts(storage.recent_readings(id, 4).await.expect("reads")), (9..=12).collect::<Vec<_>>());
+        write(&mut held, &[&run_of(id, 13, 13)]).await.expect("commits");
+        assert_eq!(crate::storage::move_log(&mut conn).await.expect("moves"), 1, "only the new reading");
+        assert_eq!(log_rows(&storage).await, 0);
+        assert_eq!(block_spans(&storage, id).await, [(1, 3), (4, 10), (11, 12), (13, 13)]);
+        let got = storage.readings(id, None, None, None, 100).await.expect("reads");
+        assert_eq!(
+            got.iter().map(|r| (r.ts, r.value)).collect::<Vec<_>>(),
+            (1..=13).map(|t| (t, t as f64 / 4.0)).collect::<Vec<_>>()
+        );
     }
 
     /// A stream deleted during a move does not get its readings back from the move's copy,
@@ -1620,14 +1718,71 @@ mod tests {
         write(&mut held, &[&batch(id, 3)]).await.expect("logged after");
         while !m.step(&mut conn).await.expect("steps") {}
         assert_eq!(m.rows, 0, "nothing of the deleted stream copied");
-        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM readings WHERE stream_id = $1")
-            .bind(other)
-            .fetch_one(storage.pool())
-            .await
-            .expect("counts");
-        assert_eq!(left, 0);
+        assert!(block_spans(&storage, other).await.is_empty());
         assert_eq!(log_rows(&storage).await, 3, "the later rows, on reused row ids, are still logged");
         assert_eq!(storage.readings(id, None, None, None, 100).await.expect("reads").len(), 3);
+    }
+
+    /// The writer moves its log from what it logged (its mirror): a stream's rows become a
+    /// block up to each block of its own committed between them; a deleted stream's rows
+    /// are not moved; every reading reads back once, values and all, and the log is empty.
+    #[tokio::test]
+    async fn the_writer_moves_the_log_it_mirrored_into_blocks() {
+        let (_dir, storage, id) = sqlite().await;
+        let other = storage.put_stream("t", &config(), 0).await.expect("stream").id;
+        let gone = storage.put_stream("u", &config(), 0).await.expect("stream").id;
+        let (writer, task) = Writer::spawn(storage.clone(), 16, Metrics::new());
+        // id: 1–3 logged, 4–10 a block, 11–12 logged, 13 logged, 14–20 a block; other: 1–2
+        // logged twice, in one commit and in the next.
+        writer.commit(vec![run_of(id, 1, 3), run_of(other, 1, 1)]).await.expect("commits");
+        writer.commit(vec![run_of(id, 4, 10), run_of(id, 11, 12), run_of(other, 2, 2)]).await.expect("commits");
+        writer.commit(vec![run_of(id, 13, 13), run_of(id, 14, 20), run_of(gone, 1, 2)]).await.expect("commits");
+        assert!(storage.delete_stream(gone).await.expect("deletes"));
+        let waited = Instant::now();
+        while log_rows(&storage).await > 0 {
+            assert!(waited.elapsed() < Duration::from_secs(20), "the idle writer moves its log");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(block_spans(&storage, id).await, [(1, 3), (4, 10), (11, 13), (14, 20)]);
+        assert_eq!(block_spans(&storage, other).await, [(1, 2)]);
+        assert!(block_spans(&storage, gone).await.is_empty());
+        assert_eq!(count(&storage, "readings").await, 0);
+        let got = storage.readings(id, None, None, None, 100).await.expect("reads");
+        assert_eq!(
+            got.iter().map(|r| (r.ts, r.value)).collect::<Vec<_>>(),
+            (1..=20).map(|t| (t, t as f64 / 4.0)).collect::<Vec<_>>()
+        );
+        drop(writer);
+        task.await.expect("the writer stops");
+    }
+
+    /// A move from the writer's mirror cut short after writing its blocks leaves the log as
+    /// it was; the move from the log that follows it stores nothing twice.
+    #[tokio::test]
+    async fn a_mirrored_move_cut_short_is_finished_from_the_log() {
+        let (_dir, storage, id) = sqlite().await;
+        let mut held = Held::new(storage.clone(), None);
+        let mut mirror = Mirror::default();
+        for (first, last) in [(1, 3), (4, 10), (11, 12)] {
+            let run = run_of(id, first, last);
+            write(&mut held, &[&run]).await.expect("commits");
+            if to_log(Backend::Sqlite, run.readings.len()) {
+                mirror.logged(id, run.readings);
+            } else {
+                mirror.blocked(id);
+            }
+        }
+        let mut conn = storage.pool().acquire().await.expect("connection").detach();
+        let mut m = MirroredMove::begin(&mut conn, mirror).await.expect("begins").expect("a log to move");
+        assert!(!m.step(&mut conn).await.expect("writes the blocks"));
+        assert_eq!(m.rows, 5, "written, not trimmed: the move is left there");
+        assert_eq!(block_spans(&storage, id).await, [(1, 3), (4, 10), (11, 12)]);
+        assert_eq!(log_rows(&storage).await, 5, "not trimmed");
+        assert_eq!(storage.readings(id, None, None, None, 100).await.expect("reads").len(), 12);
+        assert_eq!(crate::storage::move_log(&mut conn).await.expect("moves"), 0, "nothing more to store");
+        assert_eq!(log_rows(&storage).await, 0);
+        assert_eq!(block_spans(&storage, id).await, [(1, 3), (4, 10), (11, 12)]);
+        assert_eq!(storage.readings(id, None, None, None, 100).await.expect("reads").len(), 12);
     }
 
     /// Readings `first..=last` of a stream, each value its own (`ts / 4`).
@@ -1646,30 +1801,51 @@ mod tests {
     }
 
     /// On SQLite, runs of 4 readings or more are one block each, shorter ones logged, and a
-    /// stream's readings interleave in time across the blocks, the log and (after a move)
-    /// `readings`: every window `readings` reads, and every `recent_readings`, is the one a
+    /// stream's readings interleave in time across the blocks (the log's moved too, split
+    /// around the others), the log and `readings` (where moves put the log before blocks):
+    /// every window `readings` reads, and every `recent_readings`, is the one a
     /// single table would give, values and all; a stream's deletion takes its blocks; a block
     /// of a missing stream is refused with nothing stored.
     #[tokio::test]
     async fn reads_take_blocks_the_log_and_rows_in_time_order() {
         let (_dir, storage, id) = sqlite().await;
         let mut held = Held::new(storage.clone(), None);
-        // 1–3 logged, 4–43 a block, 44–45 logged, all moved; 46–145 a block, 146 logged, 147–178 a block.
+        // 1–3 logged, 4–43 a block, 44–45 logged, the log moved (two blocks); 46–145 a block, 146
+        // logged, 147–178 a block; 179–180 rows of `readings`.
         for (first, last) in [(1, 3), (4, 43), (44, 45)] {
             write(&mut held, &[&run_of(id, first, last)]).await.expect("commits");
         }
         let mut conn = storage.pool().acquire().await.expect("connection").detach();
         assert_eq!(crate::storage::move_log(&mut conn).await.expect("moves"), 5);
+        assert_eq!(block_spans(&storage, id).await, [(1, 3), (4, 43), (44, 45)], "split around the block");
         for (first, last) in [(46, 145), (146, 146), (147, 178)] {
             write(&mut held, &[&run_of(id, first, last)]).await.expect("commits");
+        }
+        // Rows of `readings`, where moves put the log before blocks.
+        for r in run_of(id, 179, 180).readings {
+            sqlx::query(
+                "INSERT INTO readings (stream_id, ts, value, expected, lower, upper, score, anomaly) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(id)
+            .bind(r.ts)
+            .bind(r.value)
+            .bind(r.expected)
+            .bind(r.lower)
+            .bind(r.upper)
+            .bind(r.score)
+            .bind(i64::from(r.anomaly))
+            .execute(storage.pool())
+            .await
+            .expect("a row");
         }
         let (rows, logged, blocks) = (
             count(&storage, "readings").await,
             count(&storage, "readings_log").await,
             count(&storage, "reading_blocks").await,
         );
-        assert_eq!((rows, logged, blocks), (5, 1, 3), "rows, logged, blocks");
-        let all: Vec<(i64, f64)> = (1..=178).map(|ts| (ts, ts as f64 / 4.0)).collect();
+        assert_eq!((rows, logged, blocks), (2, 1, 5), "rows, logged, blocks");
+        let all: Vec<(i64, f64)> = (1..=180).map(|ts| (ts, ts as f64 / 4.0)).collect();
         let pairs = |got: Vec<ReadingRow>| got.iter().map(|r| (r.ts, r.value)).collect::<Vec<_>>();
         for (from, to, after, limit) in [
             (None, None, None, 1000),
@@ -1695,15 +1871,63 @@ mod tests {
             let got = storage.readings(id, from, to, after, limit as i64).await.expect("reads");
             assert_eq!(pairs(got), want, "from {from:?} to {to:?} after {after:?} limit {limit}");
         }
-        for limit in [0, 1, 2, 33, 40, 133, 134, 175, 178, 500] {
+        for limit in [0, 1, 2, 3, 35, 42, 135, 136, 177, 180, 500] {
             let got = storage.recent_readings(id, limit as i64).await.expect("reads");
             assert_eq!(pairs(got), all[all.len().saturating_sub(limit)..], "recent {limit}");
         }
         let err = write(&mut held, &[&run_of(id + 1000, 1, 40)]).await.expect_err("a missing stream");
         assert!(err.to_string().contains("1 of the 1 streams of a commit do not exist"), "{err}");
-        assert_eq!(count(&storage, "reading_blocks").await, 3, "nothing of it stored");
+        assert_eq!(count(&storage, "reading_blocks").await, 5, "nothing of it stored");
         assert!(storage.delete_stream(id).await.expect("deletes"));
         assert_eq!(count(&storage, "reading_blocks").await, 0, "a deletion takes the blocks");
+        assert_eq!(count(&storage, "readings").await, 0, "and the rows");
+    }
+
+    /// A scratch SQLite database migrated up to `version`, with one stream (id 1) whose last
+    /// reading is at `last_ts`: its directory (keep it), its URL and a pool on it.
+    async fn database_at(version: i64, last_ts: i64) -> (tempfile::TempDir, String, sqlx::SqlitePool) {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display());
+        let pool = sqlx::SqlitePool::connect(&url).await.expect("opens");
+        let mut before = sqlx::migrate!("./migrations/sqlite");
+        before.migrations =
+            before.migrations.iter().filter(|m| m.version <= version).cloned().collect::<Vec<_>>().into();
+        before.run(&pool).await.expect("migrates");
+        sqlx::query(
+            "INSERT INTO streams (name, channels, model, sensitivity, warmup, auto_train, created_at, last_ts) \
+             VALUES ('s', 1, 'default', 3.0, 10, 0, 0, ?)",
+        )
+        .bind(last_ts)
+        .execute(&pool)
+        .await
+        .expect("a stream");
+        (dir, url, pool)
+    }
+
+    /// A log written before migration 0009 (plain row ids) keeps its rows through it, and
+    /// the move at the start takes them into a block.
+    #[tokio::test]
+    async fn a_log_written_before_0009_is_moved_at_the_start() {
+        let (_dir, url, pool) = database_at(8, 3).await;
+        {
+            for ts in 1..=3 {
+                sqlx::query(
+                    "INSERT INTO readings_log (stream_id, ts, value, expected, lower, upper, score, anomaly) \
+                     VALUES (1, ?, ?, 0, -1, 1, 0.5, 0)",
+                )
+                .bind(ts)
+                .bind(ts as f64 / 4.0)
+                .execute(&pool)
+                .await
+                .expect("a logged reading");
+            }
+            pool.close().await;
+        }
+        let storage = Storage::connect(&url).await.expect("migrates through 0009");
+        assert_eq!(log_rows(&storage).await, 0, "moved at the start");
+        assert_eq!(block_spans(&storage, 1).await, [(1, 3)]);
+        let got = storage.readings(1, None, None, None, 10).await.expect("reads");
+        assert_eq!(got.iter().map(|r| (r.ts, r.value)).collect::<Vec<_>>(), [(1, 0.25), (2, 0.5), (3, 0.75)]);
     }
 
     /// A database whose blocks were written before migration 0008 (the WITHOUT ROWID table
@@ -1711,22 +1935,10 @@ mod tests {
     /// of a time already stored is still refused, and new blocks go in beside the old.
     #[tokio::test]
     async fn blocks_written_before_0008_survive_it() {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display());
         let old: Vec<ReadingRow> =
             [run_of(1, 1, 40), run_of(1, 41, 140)].into_iter().flat_map(|b| b.readings).collect();
+        let (_dir, url, pool) = database_at(7, 140).await;
         {
-            let pool = sqlx::SqlitePool::connect(&url).await.expect("opens");
-            let mut before = sqlx::migrate!("./migrations/sqlite");
-            before.migrations = before.migrations.iter().filter(|m| m.version <= 7).cloned().collect::<Vec<_>>().into();
-            before.run(&pool).await.expect("migrates to 0007");
-            sqlx::query(
-                "INSERT INTO streams (name, channels, model, sensitivity, warmup, auto_train, created_at, last_ts) \
-                 VALUES ('s', 1, 'default', 3.0, 10, 0, 0, 140)",
-            )
-            .execute(&pool)
-            .await
-            .expect("a stream");
             for run in [&old[..40], &old[40..]] {
                 let (first, last) = (run[0].ts, run[run.len() - 1].ts);
                 sqlx::query("INSERT INTO reading_blocks VALUES (1, ?, ?, ?, ?)")
