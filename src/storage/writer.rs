@@ -152,9 +152,11 @@ impl Writer {
 /// ([`MirroredMove`] or [`LogMove`], a step between commits): `COMPACT_PER_STREAM` rows for
 /// each stream in it, within these bounds. A move writes a block per stream in the log, so
 /// the more rows a stream has there the fewer blocks a reading; a read of a stream scans at
-/// most about this many rows of the log (a few milliseconds).
-const COMPACT_ROWS: std::ops::RangeInclusive<usize> = 8_192..=65_536;
-const COMPACT_PER_STREAM: usize = 8;
+/// most about this many rows of the log (1.7 ms at 65,536 rows, 3.4 at 131,072). At one
+/// reading of each of 1,000 of 10,000 streams a request, 16 and 131,072 rather than 8 and
+/// 65,536 took the maximum from 100–103 k to 110–112 k readings/s (docs/PERFORMANCE.md).
+const COMPACT_ROWS: std::ops::RangeInclusive<usize> = 8_192..=131_072;
+const COMPACT_PER_STREAM: usize = 16;
 /// A stream's readings in one commit from which they skip SQLite's log and are one block
 /// (migrations 0007, 0008). 32 while blocks were a WITHOUT ROWID table; since they append, 8
 /// (at 10 readings a request half-rate p99 5.8–9.1 ms where the log's moves gave 18.7–28.3),
