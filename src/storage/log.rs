@@ -297,9 +297,17 @@ impl MirroredMove {
         conn: &mut sqlx::AnyConnection,
         mirror: Mirror,
     ) -> Result<Option<MirroredMove>, StorageError> {
-        let (from, upto): (Option<i64>, Option<i64>) =
-            sqlx::query_as("SELECT min(id), max(id) FROM readings_log").fetch_one(&mut *conn).await?;
+        let (from, upto, rows): (Option<i64>, Option<i64>, i64) =
+            sqlx::query_as("SELECT min(id), max(id), count(*) FROM readings_log").fetch_one(&mut *conn).await?;
         let (Some(from), Some(upto)) = (from, upto) else { return Ok(None) };
+        // Rows the writer did not log (a second process writing to the database) would be
+        // deleted with the range of ids; deletions of streams only make the log smaller.
+        let mirrored: usize = mirror.streams.values().map(|l| l.readings.len()).sum();
+        if usize::try_from(rows).unwrap_or(usize::MAX) > mirrored {
+            return Err(StorageError::Corrupt(format!(
+                "the readings log holds {rows} rows, the writer logged {mirrored}: is another process writing to this database?"
+            )));
+        }
         let mut streams: Vec<(i64, Logged)> = mirror.streams.into_iter().collect();
         streams.sort_unstable_by_key(|(id, _)| *id);
         let mut runs = Vec::with_capacity(streams.len());

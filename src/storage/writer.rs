@@ -1787,6 +1787,27 @@ mod tests {
         assert_eq!(storage.readings(id, None, None, None, 100).await.expect("reads").len(), 12);
     }
 
+    /// Rows in the log that the writer's mirror lacks (another process logging to the same
+    /// database) stop a move from the mirror before it deletes anything; the move from the
+    /// log itself then takes them all.
+    #[tokio::test]
+    async fn a_mirrored_move_refuses_a_log_it_did_not_write() {
+        let (_dir, storage, id) = sqlite().await;
+        let other = storage.put_stream("t", &config(), 0).await.expect("stream").id;
+        let mut held = Held::new(storage.clone(), None);
+        let mut mirror = Mirror::default();
+        let mine = run_of(id, 1, 2);
+        write(&mut held, &[&mine]).await.expect("commits");
+        mirror.logged(id, mine.readings);
+        write(&mut held, &[&run_of(other, 1, 3)]).await.expect("commits, unseen by the mirror");
+        let mut conn = storage.pool().acquire().await.expect("connection").detach();
+        let err = MirroredMove::begin(&mut conn, mirror).await.expect_err("rows it did not log");
+        assert!(err.to_string().contains("another process"), "{err}");
+        assert_eq!(log_rows(&storage).await, 5, "nothing deleted");
+        assert_eq!(crate::storage::move_log(&mut conn).await.expect("moves"), 5);
+        assert_eq!(block_spans(&storage, other).await, [(1, 3)]);
+    }
+
     /// Readings `first..=last` of a stream, each value its own (`ts / 4`).
     fn run_of(stream_id: i64, first: i64, last: i64) -> WriteBatch {
         let mut b = batch(stream_id, last);
