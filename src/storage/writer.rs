@@ -1779,18 +1779,26 @@ mod tests {
         let (_dir, storage, id) = sqlite().await;
         let other = storage.put_stream("t", &config(), 0).await.expect("stream").id;
         let gone = storage.put_stream("u", &config(), 0).await.expect("stream").id;
-        let (writer, task) = Writer::spawn(storage.clone(), 16, Metrics::new());
+        // The writer's own account of its commits and its moves' steps (`run` without the
+        // queue, so that each step is taken here rather than after an idle second).
+        let (mut held, mut log, metrics) = (Held::new(storage.clone(), None), Log::empty(), Metrics::new());
         // id: 1–3 logged, 4–10 a block, 11–12 logged, 13 logged, 14–20 a block; other: 1–2
         // logged twice, in one commit and in the next.
-        writer.commit(vec![run_of(id, 1, 3), run_of(other, 1, 1)]).await.expect("commits");
-        writer.commit(vec![run_of(id, 4, 10), run_of(id, 11, 12), run_of(other, 2, 2)]).await.expect("commits");
-        writer.commit(vec![run_of(id, 13, 13), run_of(id, 14, 20), run_of(gone, 1, 2)]).await.expect("commits");
-        assert!(storage.delete_stream(gone).await.expect("deletes"));
-        let waited = Instant::now();
-        while log_rows(&storage).await > 0 {
-            assert!(waited.elapsed() < Duration::from_secs(20), "the idle writer moves its log");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        for commit in [
+            vec![run_of(id, 1, 3), run_of(other, 1, 1)],
+            vec![run_of(id, 4, 10), run_of(id, 11, 12), run_of(other, 2, 2)],
+            vec![run_of(id, 13, 13), run_of(id, 14, 20), run_of(gone, 1, 2)],
+        ] {
+            let (ids, _) = write(&mut held, &commit.iter().collect::<Vec<_>>()).await.expect("commits");
+            log.logged(Backend::Sqlite, commit, &ids, &metrics);
         }
+        assert!(storage.delete_stream(gone).await.expect("deletes"));
+        log.advance(&mut held, &metrics).await;
+        assert!(matches!(log.moving, Some((Moving::Mirrored(_), ..))), "a move from the mirror");
+        while log.moving.is_some() {
+            log.advance(&mut held, &metrics).await;
+        }
+        assert_eq!(log_rows(&storage).await, 0);
         assert_eq!(block_spans(&storage, id).await, [(1, 3), (4, 10), (11, 13), (14, 20)]);
         assert_eq!(block_spans(&storage, other).await, [(1, 2)]);
         assert!(block_spans(&storage, gone).await.is_empty());
@@ -1800,8 +1808,6 @@ mod tests {
             got.iter().map(|r| (r.ts, r.value)).collect::<Vec<_>>(),
             (1..=20).map(|t| (t, t as f64 / 4.0)).collect::<Vec<_>>()
         );
-        drop(writer);
-        task.await.expect("the writer stops");
     }
 
     /// A move from the writer's mirror cut short after writing its blocks leaves the log as
@@ -1810,16 +1816,13 @@ mod tests {
     async fn a_mirrored_move_cut_short_is_finished_from_the_log() {
         let (_dir, storage, id) = sqlite().await;
         let mut held = Held::new(storage.clone(), None);
-        let mut mirror = Mirror::default();
+        let (mut log, metrics) = (Log::empty(), Metrics::new());
         for (first, last) in [(1, 3), (4, 10), (11, 12)] {
             let run = run_of(id, first, last);
             write(&mut held, &[&run]).await.expect("commits");
-            if to_log(Backend::Sqlite, run.readings.len()) {
-                mirror.logged(id, run.readings);
-            } else {
-                mirror.blocked(id);
-            }
+            log.logged(Backend::Sqlite, vec![run], &[id], &metrics);
         }
+        let mirror = log.mirror.take().expect("the writer's mirror");
         let mut conn = storage.pool().acquire().await.expect("connection").detach();
         let mut m = MirroredMove::begin(&mut conn, mirror).await.expect("begins").expect("a log to move");
         assert!(!m.step(&mut conn).await.expect("writes the blocks"));
