@@ -22,6 +22,11 @@ use actor::{Actor, Command, IngestCommand, Prepared};
 
 /// Models fitted to one stream by automatic training are named this plus the stream's id.
 pub const AUTO_MODEL_PREFIX: &str = "auto-";
+/// How long a request's commit may go unanswered before its streams take its outcome as
+/// unknown (the database may hold it or not) and reload their state from storage. One timer
+/// a request: each actor's own, one a stream a request, cost a share of the runtime's time
+/// at many streams a request (docs/PERFORMANCE.md).
+pub(crate) const COMMIT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Fewest readings a stream needs before it is fitted a model of its own (whatever its
 /// warm-up): enough for training and validation windows of the automatic fit.
@@ -446,7 +451,13 @@ impl Streams {
                 after.push((verdicts, decide, batch.readings.len(), batch.update.anomalies_added));
                 batches.push(batch);
             }
-            let committed = writer.commit(batches).await;
+            let committed = match tokio::time::timeout(COMMIT_TIMEOUT, writer.commit(batches)).await {
+                Ok(committed) => committed,
+                Err(_) => Err(StorageError::Unavailable(format!(
+                    "the commit was not answered within {} s",
+                    COMMIT_TIMEOUT.as_secs()
+                ))),
+            };
             let ids = committed.as_ref().ok().cloned().unwrap_or_default();
             // A batch refused by a full queue never reached the database; any other
             // failure may have happened after the COMMIT did (its outcome is unknown).
