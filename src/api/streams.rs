@@ -338,9 +338,9 @@ fn row_json(r: &ReadingRow) -> Value {
         Some(c) => (
             c.values.clone(),
             Verdict {
-                expected: c.expected.clone(),
-                lower: c.lower.clone(),
-                upper: c.upper.clone(),
+                expected: c.expected.as_slice().into(),
+                lower: c.lower.as_slice().into(),
+                upper: c.upper.as_slice().into(),
                 score: r.score,
                 anomaly: r.anomaly,
                 surprise: 0.0,
@@ -349,9 +349,9 @@ fn row_json(r: &ReadingRow) -> Value {
         None => (
             vec![r.value],
             Verdict {
-                expected: vec![r.expected],
-                lower: vec![r.lower],
-                upper: vec![r.upper],
+                expected: smallvec::smallvec![r.expected],
+                lower: smallvec::smallvec![r.lower],
+                upper: smallvec::smallvec![r.upper],
                 score: r.score,
                 anomaly: r.anomaly,
                 surprise: 0.0,

@@ -79,7 +79,7 @@ impl OpenEvent {
             peak_ts: ts,
             peak_score: verdict.score,
             actual: values.to_vec(),
-            expected: verdict.expected.clone(),
+            expected: verdict.expected.to_vec(),
             unflagged_since: 0,
         }
     }
@@ -91,7 +91,7 @@ impl OpenEvent {
             self.peak_ts = ts;
             self.peak_score = verdict.score;
             self.actual = values.to_vec();
-            self.expected = verdict.expected.clone();
+            self.expected = verdict.expected.to_vec();
         }
     }
 }
@@ -178,9 +178,9 @@ mod tests {
 
     fn verdict(score: f64, anomaly: bool, expected: f64) -> Verdict {
         Verdict {
-            expected: vec![expected],
-            lower: vec![expected - 1.0],
-            upper: vec![expected + 1.0],
+            expected: smallvec::smallvec![expected],
+            lower: smallvec::smallvec![expected - 1.0],
+            upper: smallvec::smallvec![expected + 1.0],
             score,
             anomaly,
             surprise: 0.0,

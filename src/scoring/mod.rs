@@ -31,7 +31,7 @@ mod testkit;
 
 pub use events::{EventConfig, EventTracker, EventUpdate, OpenEvent};
 pub use normaliser::RunningNormaliser;
-pub use scorer::{Forecast, Scorer, Verdict};
+pub use scorer::{Forecast, PerChannel, Scorer, Verdict};
 
 /// What a stream's readings are judged against besides the model's forecast (a stream
 /// setting).

@@ -33,16 +33,21 @@ pub struct Forecast {
     pub log_var: Vec<f64>,
 }
 
+/// One value per channel, held inline up to two channels: a verdict of a one-channel
+/// reading allocates nothing (three `Vec`s a reading were a third of judging 1,000 readings
+/// of one stream; docs/PERFORMANCE.md).
+pub type PerChannel = smallvec::SmallVec<[f64; 2]>;
+
 /// The judgement of one reading.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Verdict {
     /// Forecast mean per channel, data units (the reading itself where there was no forecast).
-    pub expected: Vec<f64>,
+    pub expected: PerChannel,
     /// Lower edge of the expected band per channel: `band_sigmas` forecast standard
     /// deviations below `expected`, data units.
-    pub lower: Vec<f64>,
+    pub lower: PerChannel,
     /// Upper edge of the expected band per channel, data units.
-    pub upper: Vec<f64>,
+    pub upper: PerChannel,
     /// Anomaly score in [0, 1], comparable across streams: `s` means the stream's recent
     /// surprise has an upper-tail probability of about `10^(−10 s)` under its own history.
     pub score: f64,
@@ -59,9 +64,9 @@ impl Verdict {
     /// The verdict for a reading without a (usable) forecast: band = the reading, score 0.
     fn unforecast(values: &[f64]) -> Self {
         Self {
-            expected: values.to_vec(),
-            lower: values.to_vec(),
-            upper: values.to_vec(),
+            expected: PerChannel::from_slice(values),
+            lower: PerChannel::from_slice(values),
+            upper: PerChannel::from_slice(values),
             score: 0.0,
             anomaly: false,
             surprise: 0.0,

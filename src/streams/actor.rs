@@ -217,7 +217,7 @@ impl Actor {
             .iter()
             .map(|row| {
                 let v = stored_verdict(row);
-                Reading { ts: v.ts, values: v.values }
+                Reading { ts: v.ts, values: v.values.to_vec() }
             })
             .collect();
         for chunk in readings.chunks(CATCH_UP_CHUNK) {
@@ -307,8 +307,8 @@ impl Actor {
         // for every message cost an insertion into tokio's timer wheel and a removal from it
         // each (5 % of the runtime's time at one reading of each of 1,000 streams a request;
         // docs/PERFORMANCE.md). It fires `idle_evict` after it was armed; the stream is idle
-        // only if no message came since then, else it is re-armed for `idle_evict` after the
-        // last.
+        // only if no message was handled since then, else it is re-armed for `idle_evict`
+        // after the last one ended.
         let idle = self.shared.idle_evict;
         let mut last_message = Instant::now();
         let idle_timer = tokio::time::sleep(idle);
@@ -331,7 +331,6 @@ impl Actor {
                     continue;
                 }
             };
-            last_message = Instant::now();
             let Some(command) = command else { break };
             match command {
                 Command::Ingest(ingest) => {
@@ -354,6 +353,8 @@ impl Actor {
                     break;
                 }
             }
+            // Idle from the end of the last message, as when a timer was set after each.
+            last_message = Instant::now();
         }
         self.shared.metrics.active_streams.dec();
     }
@@ -476,7 +477,7 @@ impl Actor {
                 return Err(IngestError::OutOfOrder { ts: r.ts, last });
             };
             let verdict = stored_verdict(row);
-            if verdict.values != r.values {
+            if verdict.values.as_slice() != r.values.as_slice() {
                 return Err(IngestError::Conflicting { ts: r.ts });
             }
             verdicts.push(verdict);
@@ -585,12 +586,12 @@ impl Actor {
                 anomaly: verdict.anomaly,
                 channels: (channels > 1).then(|| ChannelValues {
                     values: r.values.clone(),
-                    expected: verdict.expected.clone(),
-                    lower: verdict.lower.clone(),
-                    upper: verdict.upper.clone(),
+                    expected: verdict.expected.to_vec(),
+                    lower: verdict.lower.to_vec(),
+                    upper: verdict.upper.to_vec(),
                 }),
             });
-            verdicts.push(ReadingVerdict { ts: r.ts, values: r.values.clone(), verdict });
+            verdicts.push(ReadingVerdict { ts: r.ts, values: r.values.as_slice().into(), verdict });
             if let Some(result) = &result {
                 // The next reading's forecast, in place of this one's.
                 let f = forecast
@@ -693,11 +694,11 @@ fn stored_verdict(row: &ReadingRow) -> ReadingVerdict {
     };
     ReadingVerdict {
         ts: row.ts,
-        values,
+        values: values.into(),
         verdict: crate::scoring::Verdict {
-            expected,
-            lower,
-            upper,
+            expected: expected.into(),
+            lower: lower.into(),
+            upper: upper.into(),
             score: row.score,
             anomaly: row.anomaly,
             surprise: 0.0,

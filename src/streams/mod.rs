@@ -43,7 +43,7 @@ pub struct Reading {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadingVerdict {
     pub ts: i64,
-    pub values: Vec<f64>,
+    pub values: crate::scoring::PerChannel,
     pub verdict: Verdict,
 }
 
