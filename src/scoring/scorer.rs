@@ -34,8 +34,9 @@ pub struct Forecast {
 }
 
 /// One value per channel, held inline up to two channels: a verdict of a one-channel
-/// reading allocates nothing (three `Vec`s a reading were a third of judging 1,000 readings
-/// of one stream; docs/PERFORMANCE.md).
+/// reading allocates nothing. As `Vec`s they were allocated by a stream's actor and freed by
+/// the request on another thread, three a reading (docs/PERFORMANCE.md, "Timers and
+/// verdicts").
 pub type PerChannel = smallvec::SmallVec<[f64; 2]>;
 
 /// The judgement of one reading.
