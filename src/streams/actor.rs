@@ -17,7 +17,9 @@ use tracing::{debug, instrument, warn};
 
 use super::{IngestError, Reading, ReadingVerdict, Shared, StreamStatus};
 use crate::inference::{InferenceError, InferenceResult, ModelInfo};
-use crate::scoring::{EventConfig, EventTracker, EventUpdate, Forecast, RunningNormaliser, Scorer, ScorerConfig};
+use crate::scoring::{
+    EventConfig, EventTracker, EventUpdate, Forecast, PerChannel, RunningNormaliser, Scorer, ScorerConfig,
+};
 use crate::storage::{ChannelValues, EventRow, NewStream, ReadingRow, StreamRecord, StreamUpdate, WriteBatch};
 
 /// Normalised inputs are clamped to this magnitude: a wild value still reads as extreme
@@ -215,9 +217,9 @@ impl Actor {
         }
         let readings: Vec<Reading> = rows
             .iter()
-            .map(|row| {
-                let v = stored_verdict(row);
-                Reading { ts: v.ts, values: v.values.to_vec() }
+            .map(|row| Reading {
+                ts: row.ts,
+                values: row.channels.as_ref().map_or_else(|| vec![row.value], |c| c.values.clone()),
             })
             .collect();
         for chunk in readings.chunks(CATCH_UP_CHUNK) {
@@ -688,17 +690,23 @@ fn apply_step(state: &mut Snapshot, model: &ModelInfo, steps: usize, result: Inf
 
 /// A stored reading's verdict, as it was answered when the reading was first ingested.
 fn stored_verdict(row: &ReadingRow) -> ReadingVerdict {
+    let one = |x: f64| PerChannel::from_slice(&[x]);
     let (values, expected, lower, upper) = match &row.channels {
-        Some(c) => (c.values.clone(), c.expected.clone(), c.lower.clone(), c.upper.clone()),
-        None => (vec![row.value], vec![row.expected], vec![row.lower], vec![row.upper]),
+        Some(c) => (
+            c.values.as_slice().into(),
+            c.expected.as_slice().into(),
+            c.lower.as_slice().into(),
+            c.upper.as_slice().into(),
+        ),
+        None => (one(row.value), one(row.expected), one(row.lower), one(row.upper)),
     };
     ReadingVerdict {
         ts: row.ts,
-        values: values.into(),
+        values,
         verdict: crate::scoring::Verdict {
-            expected: expected.into(),
-            lower: lower.into(),
-            upper: upper.into(),
+            expected,
+            lower,
+            upper,
             score: row.score,
             anomaly: row.anomaly,
             surprise: 0.0,
