@@ -56,6 +56,7 @@ impl Core {
                 mailbox: settings.mailbox,
                 max_active: settings.max_active_streams,
                 idle_evict: settings.idle_evict,
+                commit_timeout: settings.commit_timeout,
             },
             StreamDefaults { model: "default".into(), warmup: settings.warmup, sensitivity: settings.sensitivity },
         );

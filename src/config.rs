@@ -82,6 +82,11 @@ pub struct ServeArgs {
     /// Seconds before a request is answered 503 [default: 30].
     #[arg(long, env = "TSAD_REQUEST_TIMEOUT_S", value_name = "SECONDS")]
     pub request_timeout_s: Option<f64>,
+    /// Seconds a commit may go unanswered by the database before its request is answered
+    /// 503 and its streams reload their state from storage (the commit may or may not have
+    /// landed; a retry is safe) [default: 120].
+    #[arg(long, env = "TSAD_COMMIT_TIMEOUT_S", value_name = "SECONDS")]
+    pub commit_timeout_s: Option<f64>,
     /// Messages a stream's mailbox holds before ingest answers 429 [default: 64].
     #[arg(long, env = "TSAD_MAILBOX", value_name = "N")]
     pub mailbox: Option<usize>,
@@ -131,6 +136,7 @@ struct FileSettings {
     max_body_bytes: Option<usize>,
     max_readings: Option<usize>,
     request_timeout_s: Option<f64>,
+    commit_timeout_s: Option<f64>,
     mailbox: Option<usize>,
     idle_evict_s: Option<f64>,
     max_active_streams: Option<usize>,
@@ -157,6 +163,7 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub max_readings: usize,
     pub request_timeout: Duration,
+    pub commit_timeout: Duration,
     pub mailbox: usize,
     pub idle_evict: Duration,
     pub max_active_streams: usize,
@@ -258,6 +265,7 @@ impl ServeArgs {
         let max_body_bytes = pick!(max_body_bytes, 8 << 20);
         let max_readings = pick!(max_readings, 10_000);
         let request_timeout_s = pick!(request_timeout_s, 30.0);
+        let commit_timeout_s = pick!(commit_timeout_s, 120.0);
         let mailbox = pick!(mailbox, 64);
         let idle_evict_s = pick!(idle_evict_s, 600.0);
         let max_active_streams = pick!(max_active_streams, 1_000_000);
@@ -319,6 +327,7 @@ impl ServeArgs {
             max_body_bytes,
             max_readings,
             request_timeout: seconds("request_timeout_s", request_timeout_s)?,
+            commit_timeout: seconds("commit_timeout_s", commit_timeout_s)?,
             mailbox,
             idle_evict: seconds("idle_evict_s", idle_evict_s)?,
             max_active_streams,
@@ -364,6 +373,8 @@ mod tests {
             (ServeArgs { max_batch: Some(0), ..Default::default() }, "max_batch"),
             (ServeArgs { sensitivity: Some(1.5), ..Default::default() }, "sensitivity"),
             (ServeArgs { request_timeout_s: Some(f64::NAN), ..Default::default() }, "request_timeout_s"),
+            (ServeArgs { commit_timeout_s: Some(0.0), ..Default::default() }, "commit_timeout_s"),
+            (ServeArgs { commit_timeout_s: Some(f64::INFINITY), ..Default::default() }, "commit_timeout_s"),
             (ServeArgs { config: Some("/nonexistent.toml".into()), ..Default::default() }, "nonexistent"),
         ];
         for (args, needle) in cases {

@@ -22,11 +22,6 @@ use actor::{Actor, Command, IngestCommand, Prepared};
 
 /// Models fitted to one stream by automatic training are named this plus the stream's id.
 pub const AUTO_MODEL_PREFIX: &str = "auto-";
-/// How long a request's commit may go unanswered before its streams take its outcome as
-/// unknown (the database may hold it or not) and reload their state from storage. One timer
-/// a request: each actor's own, one a stream a request, cost a share of the runtime's time
-/// at many streams a request (docs/PERFORMANCE.md).
-pub(crate) const COMMIT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Fewest readings a stream needs before it is fitted a model of its own (whatever its
 /// warm-up): enough for training and validation windows of the automatic fit.
@@ -120,6 +115,7 @@ pub(crate) struct Shared {
     mailbox: usize,
     max_active: usize,
     pub(crate) idle_evict: Duration,
+    commit_timeout: Duration,
     generation: AtomicU64,
     /// Orders multi-stream requests: each puts all its messages in its streams' mailboxes
     /// under this lock, so two of them never wait on each other's streams (single-stream
@@ -188,6 +184,12 @@ pub struct StreamLimits {
     pub mailbox: usize,
     pub max_active: usize,
     pub idle_evict: Duration,
+    /// How long a request's commit may go unanswered before its streams take its outcome as
+    /// unknown (the database may hold it or not) and reload their state from storage; the
+    /// request is answered 503. One timer a request: each actor's own, one a stream a
+    /// request, cost a share of the runtime's time at many streams a request
+    /// (docs/PERFORMANCE.md).
+    pub commit_timeout: Duration,
 }
 
 impl Streams {
@@ -213,6 +215,7 @@ impl Streams {
             mailbox: limits.mailbox,
             max_active: limits.max_active,
             idle_evict: limits.idle_evict,
+            commit_timeout: limits.commit_timeout,
             generation: AtomicU64::new(0),
             multi: tokio::sync::Mutex::new(()),
             tracker: TaskTracker::new(),
@@ -441,6 +444,7 @@ impl Streams {
         // committed but streams not told.
         let writer = self.shared.writer.clone();
         let metrics = self.shared.metrics.clone();
+        let commit_timeout = self.shared.commit_timeout;
         let names: Vec<String> = groups.into_iter().map(|(name, _)| name).collect();
         let task = self.shared.tracker.spawn(async move {
             // The batches go to the writer (moved, not copied); what is needed after the
@@ -451,11 +455,12 @@ impl Streams {
                 after.push((verdicts, decide, batch.readings.len(), batch.update.anomalies_added));
                 batches.push(batch);
             }
-            let committed = match tokio::time::timeout(COMMIT_TIMEOUT, writer.commit(batches)).await {
+            let committed = match tokio::time::timeout(commit_timeout, writer.commit(batches)).await {
                 Ok(committed) => committed,
                 Err(_) => Err(StorageError::Unavailable(format!(
-                    "the commit was not answered within {} s",
-                    COMMIT_TIMEOUT.as_secs()
+                    "the database did not answer the commit within {} s; it may or may not hold these readings \
+                     (a retry is safe)",
+                    commit_timeout.as_secs_f64()
                 ))),
             };
             let ids = committed.as_ref().ok().cloned().unwrap_or_default();

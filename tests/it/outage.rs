@@ -1,24 +1,46 @@
 //! The database going away mid-run: `/readyz` fails, ingest answers 503 without
 //! acknowledging, nothing is half-stored, and the service recovers by itself when the
 //! database returns. PostgreSQL is reached through a TCP proxy the test cuts and restores
-//! (stopping the shared server would break every other test running beside this one).
+//! (stopping the shared server would break every other test running beside this one), or
+//! stalls: connections stay open and nothing passes, as across a network partition, where
+//! only the service's own commit timeout answers.
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::app::{fresh_database, Backend, TestApp};
 
 /// Forwards connections to `upstream` while up; when cut, drops every open connection and
-/// refuses new ones, as a database host that went away.
+/// refuses new ones, as a database host that went away; when stalled, holds every byte
+/// (connections stay open) until resumed.
 struct Proxy {
     addr: std::net::SocketAddr,
     up: Arc<AtomicBool>,
+    stalled: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
+}
+
+/// Copies `from` to `to`, holding what it read while `stalled`.
+async fn forward(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin, stalled: Arc<AtomicBool>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while stalled.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Proxy {
@@ -26,25 +48,43 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
         let up = Arc::new(AtomicBool::new(true));
+        let stalled = Arc::new(AtomicBool::new(false));
         let open: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let (up2, open2) = (up.clone(), open.clone());
+        let (up2, stalled2, open2) = (up.clone(), stalled.clone(), open.clone());
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((mut client, _)) = listener.accept().await else { return };
+                let Ok((client, _)) = listener.accept().await else { return };
                 if !up2.load(Ordering::SeqCst) {
                     drop(client);
                     continue;
                 }
                 let upstream = upstream.clone();
+                let stalled = stalled2.clone();
                 let task = tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    if let Ok(server) = TcpStream::connect(&upstream).await {
+                        let (client_read, client_write) = client.into_split();
+                        let (server_read, server_write) = server.into_split();
+                        // Either direction ending ends both (the other socket closes).
+                        tokio::select! {
+                            () = forward(client_read, server_write, stalled.clone()) => {}
+                            () = forward(server_read, client_write, stalled) => {}
+                        }
                     }
                 });
                 open2.lock().expect("proxy lock").push(task);
             }
         });
-        Proxy { addr, up, open, accept }
+        Proxy { addr, up, stalled, open, accept }
+    }
+
+    /// A proxy to the PostgreSQL server of `url`, and `url` through it.
+    async fn around(url: &str) -> (Proxy, String) {
+        // postgres://user@HOST:PORT/db → the same through the proxy.
+        let (scheme_user, rest) = url.split_once('@').expect("user@host in the URL");
+        let (host_port, db) = rest.split_once('/').expect("a database name");
+        let proxy = Proxy::start(host_port.to_string()).await;
+        let proxied = format!("{scheme_user}@{}/{db}", proxy.addr);
+        (proxy, proxied)
     }
 
     fn cut(&self) {
@@ -57,11 +97,20 @@ impl Proxy {
     fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
     }
+
+    fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+    }
+
+    fn resume(&self) {
+        self.stalled.store(false, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.accept.abort();
+        self.resume();
         self.cut();
     }
 }
@@ -76,11 +125,7 @@ fn batch(from: usize, n: usize) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_gives_503_acknowledges_nothing_and_recovers() {
     let Some((url, _)) = fresh_database(Backend::Postgres).await else { return };
-    // postgres://user@HOST:PORT/db → the same through the proxy.
-    let (scheme_user, rest) = url.split_once('@').expect("user@host in the URL");
-    let (host_port, db) = rest.split_once('/').expect("a database name");
-    let proxy = Proxy::start(host_port.to_string()).await;
-    let proxied = format!("{scheme_user}@{}/{db}", proxy.addr);
+    let (proxy, proxied) = Proxy::around(&url).await;
     let app = TestApp::start(&proxied, None).await;
 
     let (status, reply) = app.post("/v1/streams/boiler/readings", &batch(0, 200)).await;
@@ -119,6 +164,13 @@ async fn a_database_outage_gives_503_acknowledges_nothing_and_recovers() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The refused batch, retried, is stored once; then ingest goes on.
+    retried_batch_is_stored_once(&app).await;
+    app.stop().await;
+}
+
+/// Posts `batch(200, 50)` to `boiler` until it is accepted (at most 10 s), then the next 50,
+/// and checks the stream holds its 300 readings once each.
+async fn retried_batch_is_stored_once(app: &TestApp) {
     let mut status = 0;
     for _ in 0..50 {
         let (s, reply) = app.post("/v1/streams/boiler/readings", &batch(200, 50)).await;
@@ -140,6 +192,40 @@ async fn a_database_outage_gives_503_acknowledges_nothing_and_recovers() {
     let mut ts: Vec<&str> = stored.iter().map(|r| r["ts"].as_str().expect("ts")).collect();
     ts.dedup();
     assert_eq!(ts.len(), 300, "a reading stored twice");
+}
+
+/// A commit sent into a partition (the connection stays open, nothing comes back) is
+/// answered 503 after `commit_timeout`, not after the request's timeout or never; its stream
+/// reloads from storage, and once the database is back the same readings, retried, are
+/// stored once, whichever way the stalled commit ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_the_database_never_answers_times_out_and_its_stream_reloads() {
+    let Some((url, _)) = fresh_database(Backend::Postgres).await else { return };
+    let (proxy, proxied) = Proxy::around(&url).await;
+    let timeout = Duration::from_secs(1);
+    let app = TestApp::start_with(&proxied, None, |s| {
+        s.commit_timeout = timeout;
+        s.request_timeout = Duration::from_secs(5);
+    })
+    .await;
+    let (status, reply) = app.post("/v1/streams/boiler/readings", &batch(0, 200)).await;
+    assert_eq!(status, 200, "{reply}");
+
+    proxy.stall();
+    let started = Instant::now();
+    let (status, reply) = app.post("/v1/streams/boiler/readings", &batch(200, 50)).await;
+    let waited = started.elapsed();
+    assert_eq!(status, 503, "a commit the database never answered: {reply}");
+    assert!(
+        waited >= timeout && waited < Duration::from_secs(4),
+        "answered after {waited:?}: not the commit timeout of {timeout:?} (the request timeout is 5 s)"
+    );
+    // While stalled, the stream (reloading from storage) answers nothing but errors.
+    let (status, reply) = app.post("/v1/streams/boiler/readings", &batch(200, 50)).await;
+    assert_ne!(status, 200, "acknowledged while the database was unreachable: {reply}");
+
+    proxy.resume();
+    retried_batch_is_stored_once(&app).await;
     app.stop().await;
 }
 
