@@ -131,6 +131,16 @@ enum BenchKind {
         /// Skip the latency phases: half rate, single readings, one request at a time.
         #[arg(long)]
         throughput_only: bool,
+        /// During the maximum-rate phase, print every this many seconds the window's
+        /// readings/s and commit latency, the readings stored so far, the process's resident
+        /// memory and the database's size on disk (a long run: `--seconds 3600
+        /// --report-every 60`).
+        #[arg(long)]
+        report_every: Option<f64>,
+        /// The server's inference threads (`--inference-threads` of `tsad serve`) [default:
+        /// the CPU cores].
+        #[arg(long)]
+        inference_threads: Option<usize>,
         /// A PostgreSQL server (`postgres://…`) to measure on, in a scratch database created
         /// on it for each stream count and dropped afterwards, or a SQLite file (used as it
         /// is) [default: a scratch SQLite file].
@@ -195,9 +205,27 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
             training(&work, python, rounds as usize, json)
         }
         BenchKind::Scoring { readings, json } => scoring(readings, json),
-        BenchKind::Http { streams, batch, per_stream, clients, seconds, throughput_only, database_url, json } => {
-            if batch == 0 || clients == 0 || streams.contains(&0) {
-                return Err(CliError::Usage(anyhow!("--batch, --clients and --streams must be positive")));
+        BenchKind::Http {
+            streams,
+            batch,
+            per_stream,
+            clients,
+            seconds,
+            throughput_only,
+            report_every,
+            inference_threads,
+            database_url,
+            json,
+        } => {
+            if batch == 0 || clients == 0 || streams.contains(&0) || inference_threads == Some(0) {
+                return Err(CliError::Usage(anyhow!(
+                    "--batch, --clients, --streams and --inference-threads must be positive"
+                )));
+            }
+            if !(seconds.is_finite() && seconds > 0.0) || report_every.is_some_and(|r| !(r.is_finite() && r >= 0.1)) {
+                return Err(CliError::Usage(anyhow!(
+                    "--seconds must be positive and --report-every at least 0.1 (seconds)"
+                )));
             }
             if per_stream == 0 || batch % per_stream != 0 {
                 return Err(CliError::Usage(anyhow!("--per-stream must be positive and divide --batch")));
@@ -206,8 +234,8 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
                 .enable_all()
                 .build()
                 .map_err(|e| CliError::Runtime(e.into()))?;
-            let load = Load { batch, per_stream, clients, seconds, latency: !throughput_only };
-            runtime.block_on(http(&streams, &load, database_url, json))
+            let load = Load { batch, per_stream, clients, seconds, latency: !throughput_only, report_every };
+            runtime.block_on(http(&streams, &load, inference_threads, database_url, json))
         }
     };
     result.map_err(CliError::Runtime)
@@ -695,6 +723,8 @@ struct Load {
     /// Also measure latency at half the rate reached, of single readings, and of requests of
     /// this shape one at a time.
     latency: bool,
+    /// Seconds between the maximum phase's progress lines, if wanted.
+    report_every: Option<f64>,
 }
 
 /// How one client drives its streams.
@@ -858,6 +888,8 @@ struct ServerMeans {
     /// Seconds between the two reads, after [`ServerMeans::since`].
     seconds: Option<f64>,
     snapshots: f64,
+    /// Readings committed (`tsad_readings_total`).
+    readings: f64,
 }
 
 /// One histogram as scraped: its sum, its count, and `(upper bound, cumulative count)` per
@@ -904,6 +936,7 @@ impl ServerMeans {
             read: self.read,
             seconds: Some(self.read.duration_since(before.read).as_secs_f64()),
             snapshots: self.snapshots - before.snapshots,
+            readings: self.readings - before.readings,
         }
     }
 
@@ -995,7 +1028,107 @@ async fn server_means(addr: std::net::SocketAddr) -> anyhow::Result<ServerMeans>
         read: Instant::now(),
         seconds: None,
         snapshots: value("tsad_snapshots_total ".to_string()),
+        readings: value("tsad_readings_total ".to_string()),
     })
+}
+
+/// `bench http --report-every`: a line every `every` while the maximum phase runs (until
+/// `finished`): the window's committed readings/s and mean commit latency, the readings
+/// committed since the phase began (`start` is the counter then), the process's resident
+/// memory and the database's size on disk. Returns the windows as JSON.
+async fn progress(
+    addr: std::net::SocketAddr,
+    every: Duration,
+    database_url: String,
+    start: f64,
+    mut finished: tokio::sync::oneshot::Receiver<()>,
+) -> Vec<serde_json::Value> {
+    let began = Instant::now();
+    let mut ticks = tokio::time::interval_at((began + every).into(), every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut size = DatabaseSize::open(&database_url).await;
+    let mut last = match server_means(addr).await {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("--report-every: the server's metrics are unreadable ({e}); no progress lines");
+            return Vec::new();
+        }
+    };
+    println!(
+        "{:>10} {:>12} {:>14} {:>16} {:>10} {:>12}",
+        "elapsed s", "readings/s", "stored", "commit mean ms", "RSS MiB", "database MiB"
+    );
+    let mut windows = Vec::new();
+    loop {
+        tokio::select! {
+            _ = &mut finished => break,
+            _ = ticks.tick() => {}
+        }
+        let Ok(now) = server_means(addr).await else { break };
+        let window = now.since(&last);
+        let seconds = window.seconds.unwrap_or(f64::NAN);
+        let rate = window.readings / seconds;
+        let commit = window.stats().find(|s| s.0 == "commit_latency_seconds").map_or(f64::NAN, |s| s.1);
+        let rss = resident_bytes().map_or(f64::NAN, |b| b as f64 / (1 << 20) as f64);
+        let database = size.bytes().await.map_or(f64::NAN, |b| b as f64 / (1 << 20) as f64);
+        let elapsed = began.elapsed().as_secs_f64();
+        let stored = now.readings - start;
+        println!("{elapsed:>10.0} {rate:>12.0} {stored:>14.0} {commit:>16.2} {rss:>10.0} {database:>12.0}");
+        windows.push(json!({
+            "elapsed_s": elapsed, "readings_per_s": rate, "readings_stored": stored,
+            "commit_mean_ms": commit, "rss_mib": rss, "database_mib": database,
+        }));
+        last = now;
+    }
+    windows
+}
+
+/// The process's resident set (Linux), in bytes.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim();
+    kib.parse::<u64>().ok().map(|k| k * 1024)
+}
+
+/// How `--report-every` measures the database on disk: a SQLite file with its write-ahead
+/// log, or a PostgreSQL database (`pg_database_size`).
+enum DatabaseSize {
+    Sqlite(PathBuf),
+    Postgres(sqlx::PgConnection),
+    Unknown,
+}
+
+impl DatabaseSize {
+    async fn open(url: &str) -> DatabaseSize {
+        use sqlx::Connection;
+        if let Some(rest) = url.strip_prefix("sqlite:") {
+            let path = rest.trim_start_matches("//");
+            return DatabaseSize::Sqlite(PathBuf::from(path.split('?').next().unwrap_or(path)));
+        }
+        match sqlx::PgConnection::connect(url).await {
+            Ok(conn) => DatabaseSize::Postgres(conn),
+            Err(_) => DatabaseSize::Unknown,
+        }
+    }
+
+    async fn bytes(&mut self) -> Option<u64> {
+        match self {
+            DatabaseSize::Sqlite(path) => {
+                let file = |suffix: &str| {
+                    let mut name = path.clone().into_os_string();
+                    name.push(suffix);
+                    std::fs::metadata(name).map_or(0, |m| m.len())
+                };
+                Some(file("") + file("-wal"))
+            }
+            DatabaseSize::Postgres(conn) => sqlx::query_scalar::<_, i64>("SELECT pg_database_size(current_database())")
+                .fetch_one(conn)
+                .await
+                .ok()
+                .map(|b| b as u64),
+            DatabaseSize::Unknown => None,
+        }
+    }
 }
 
 /// Waits until the server has settled after a loaded phase: its readings log empty (it
@@ -1019,6 +1152,7 @@ async fn settle(addr: std::net::SocketAddr, quiet: Duration) -> anyhow::Result<(
 async fn http(
     streams: &[usize],
     load: &Load,
+    inference_threads: Option<usize>,
     database_url: Option<String>,
     json_out: Option<PathBuf>,
 ) -> anyhow::Result<()> {
@@ -1036,7 +1170,10 @@ async fn http(
     for &n in streams {
         let scratch = Scratch::create(database_url.as_deref()).await?;
         let url = scratch.url.clone();
-        let settings = Settings::for_tests(&url, default_models_dir());
+        let mut settings = Settings::for_tests(&url, default_models_dir());
+        if let Some(threads) = inference_threads {
+            settings.inference_threads = threads;
+        }
         let app = Application::build(settings).await?;
         let addr = app.local_addr();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -1062,10 +1199,27 @@ async fn http(
         let base = 1_767_225_600_000i64;
         // One untimed round creates the streams (and their actors): the timed phases
         // measure readings to existing streams.
-        let create = Load { per_stream: 1, batch: load.batch, clients, seconds: load.seconds, latency: false };
+        let create = Load {
+            per_stream: 1,
+            batch: load.batch,
+            clients,
+            seconds: load.seconds,
+            latency: false,
+            report_every: None,
+        };
         phase(addr, tag, n, &create, base - 1_000_000_000, None, true).await?;
         let before = server_means(addr).await?;
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let windows = load.report_every.map(|every| {
+            let every = Duration::from_secs_f64(every);
+            tokio::spawn(progress(addr, every, scratch.url.clone(), before.readings, finished))
+        });
         let (rate, latencies) = phase(addr, tag, n, load, base, None, false).await?;
+        let _ = done.send(());
+        let windows = match windows {
+            Some(task) => task.await?,
+            None => Vec::new(),
+        };
         let per_request = n.div_ceil(clients.min(n)).min(batch / load.per_stream) * load.per_stream;
         // Where a request's time went, from the server's own histograms over that phase.
         let stages = server_means(addr).await?.since(&before);
@@ -1090,7 +1244,14 @@ async fn http(
             // Single readings, one at a time, on an idle server: first let it finish what
             // the loaded phases left, and idle.
             settle(addr, Duration::from_secs(10)).await?;
-            let single = Load { batch: 1, per_stream: 1, clients: 1, seconds: load.seconds.min(5.0), latency: false };
+            let single = Load {
+                batch: 1,
+                per_stream: 1,
+                clients: 1,
+                seconds: load.seconds.min(5.0),
+                latency: false,
+                report_every: None,
+            };
             let (rate, latencies) = phase(addr, tag ^ 1, 1, &single, base, None, false).await?;
             report("single reading", rate, &latencies, 1, None);
             if per_request > 1 {
@@ -1098,7 +1259,8 @@ async fn http(
                 // server: a request's own serial time, without others queued beside it, and
                 // where it went.
                 settle(addr, Duration::from_secs(3)).await?;
-                let alone = Load { clients: 1, seconds: load.seconds.min(5.0), latency: false, ..*load };
+                let alone =
+                    Load { clients: 1, seconds: load.seconds.min(5.0), latency: false, report_every: None, ..*load };
                 let before = server_means(addr).await?;
                 let (rate, latencies) =
                     phase(addr, tag, n, &alone, base + 2_000_000_000, Some(Pacing::OneAtATime(ALONE_EVERY)), false)
@@ -1108,6 +1270,9 @@ async fn http(
                 report("one at a time", rate, &latencies, alone_per_request, Some(&stages));
                 println!("{:>10} {:<14} {}", "", "server means", stages.describe());
             }
+        }
+        if let Some(row) = rows.iter_mut().rev().find(|r| r["load"] == "max").filter(|_| !windows.is_empty()) {
+            row["windows"] = json!(windows);
         }
         let _ = stop.send(());
         server.await??;
