@@ -117,8 +117,12 @@ def main():
                 flush=True,
             )
     finally:
+        # A graceful stop writes every stream's scoring state: timed, as an operator's
+        # restart waits for it.
+        stopping = time.time()
         server.send_signal(signal.SIGTERM)
-        server.wait(timeout=300)
+        server.wait(timeout=1800)
+        print(json.dumps({"streams": created, "seconds_to_stop": round(time.time() - stopping, 1)}), flush=True)
 
 
 if __name__ == "__main__":

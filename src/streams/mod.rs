@@ -23,6 +23,13 @@ use actor::{Actor, Command, IngestCommand, Prepared};
 /// Models fitted to one stream by automatic training are named this plus the stream's id.
 pub const AUTO_MODEL_PREFIX: &str = "auto-";
 
+/// Actors stopped at once by a shutdown or a model swap. Each writes its scoring state as it
+/// stops, and the writer commits the states queued together in one transaction: stopped one
+/// after another, each state was a commit of its own, and a million streams took minutes to
+/// stop (docs/PERFORMANCE.md). Well below the writer's default queue (4,096), which refuses
+/// what overflows (a state refused is caught up from the stored readings at the next start).
+const STOPPING_AT_ONCE: usize = 256;
+
 /// Fewest readings a stream needs before it is fitted a model of its own (whatever its
 /// warm-up): enough for training and validation windows of the automatic fit.
 pub const AUTO_FIT_MIN_READINGS: u64 = 512;
@@ -552,6 +559,7 @@ impl Streams {
     /// recent readings (normaliser and scorer carry over). No reading is dropped or scored
     /// twice: requests that find the old actor gone retry on the new one.
     pub async fn activate(&self, model: &str, version: &str) -> Result<Arc<ModelInfo>, IngestError> {
+        use futures::StreamExt;
         let info = self.shared.catalog.activate(model, version).map_err(|e| IngestError::Config(e.to_string()))?;
         self.shared.models.lock().expect("model cache lock").insert(model.to_string(), info.clone());
         let bound: Vec<String> = self
@@ -563,9 +571,9 @@ impl Streams {
             .filter(|(_, h)| h.model == model)
             .map(|(name, _)| name.clone())
             .collect();
-        for name in bound {
-            self.stop(&name).await;
-        }
+        futures::stream::iter(bound)
+            .for_each_concurrent(STOPPING_AT_ONCE, |name| async move { self.stop(&name).await })
+            .await;
         Ok(info)
     }
 
@@ -618,13 +626,16 @@ impl Streams {
 
     /// Stops every actor and waits for in-flight commits (graceful shutdown).
     pub async fn shutdown(&self) {
+        use futures::StreamExt;
         let handles: Vec<(String, Handle)> = self.shared.actors.lock().expect("actor registry lock").drain().collect();
-        for (_, handle) in handles {
-            let (reply, done) = oneshot::channel();
-            if handle.tx.send_async(Command::Stop { reply }).await.is_ok() {
-                let _ = done.await;
-            }
-        }
+        futures::stream::iter(handles)
+            .for_each_concurrent(STOPPING_AT_ONCE, |(_, handle)| async move {
+                let (reply, done) = oneshot::channel();
+                if handle.tx.send_async(Command::Stop { reply }).await.is_ok() {
+                    let _ = done.await;
+                }
+            })
+            .await;
         self.shared.tracker.close();
         self.shared.tracker.wait().await;
     }

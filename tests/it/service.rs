@@ -437,6 +437,52 @@ async fn a_restart_keeps_streams_and_anomalies_and_resumes_scoring_without_a_new
     }
 }
 
+/// A graceful stop writes every stream's scoring state, a few hundred streams at a time so
+/// the writer commits their states together: afterwards each stored state has judged its
+/// stream's last reading (a restart has nothing to replay). More streams than are stopped
+/// at once, on both databases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_writes_every_streams_state() {
+    use sqlx::{Connection, Row};
+    const STREAMS: usize = 700;
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let Some(app) = spawn_app(backend).await else { continue };
+        let base = 1_767_225_600_000i64;
+        // Three readings of each stream: the first commit writes a new stream's state, the
+        // next two are due only seconds later, so only the stop writes them.
+        for step in 0..3i64 {
+            let readings: Vec<Value> = (0..STREAMS)
+                .map(|s| json!({"stream": format!("s{s}"), "ts": base + step * 1000, "value": (s as f64 + step as f64).sin()}))
+                .collect();
+            let (status, reply) = app.post("/v1/readings", &json!({ "readings": readings })).await;
+            assert_eq!(status, 200, "{backend:?}: {reply}");
+        }
+        let url = app.database_url.clone();
+        let _dir = app.stop().await;
+        let sql = "SELECT s.name, s.last_ts, p.last_ts AS state_ts FROM streams s \
+                   LEFT JOIN stream_snapshots p ON p.stream_id = s.id";
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&url).await.expect("the database opens");
+        let rows: Vec<(String, Option<i64>, Option<i64>)> = sqlx::query(sql)
+            .fetch_all(&mut conn)
+            .await
+            .expect("streams read")
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        conn.close().await.expect("closed");
+        assert_eq!(rows.len(), STREAMS, "{backend:?}");
+        let behind: Vec<_> =
+            rows.iter().filter(|(_, last, state)| *last != Some(base + 2000) || state != last).collect();
+        assert!(
+            behind.is_empty(),
+            "{backend:?}: {} of {STREAMS} states not written at the stop, e.g. {:?}",
+            behind.len(),
+            behind.first()
+        );
+    }
+}
+
 /// A lone reading is judged against the forecast made at the step before it, and its own
 /// step (the forecast of the next reading) is taken after its commit: a stream fed one
 /// reading a request stores the same verdicts as one fed 40 a request, across a restart
