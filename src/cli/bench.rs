@@ -1101,9 +1101,11 @@ enum DatabaseSize {
 impl DatabaseSize {
     async fn open(url: &str) -> DatabaseSize {
         use sqlx::Connection;
-        if let Some(rest) = url.strip_prefix("sqlite:") {
-            let path = rest.trim_start_matches("//");
-            return DatabaseSize::Sqlite(PathBuf::from(path.split('?').next().unwrap_or(path)));
+        if url.starts_with("sqlite:") {
+            return match url.parse::<sqlx::sqlite::SqliteConnectOptions>() {
+                Ok(options) => DatabaseSize::Sqlite(options.get_filename().to_path_buf()),
+                Err(_) => DatabaseSize::Unknown,
+            };
         }
         match sqlx::PgConnection::connect(url).await {
             Ok(conn) => DatabaseSize::Postgres(conn),

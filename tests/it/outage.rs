@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::app::{fresh_database, Backend, TestApp};
@@ -21,21 +22,25 @@ use crate::app::{fresh_database, Backend, TestApp};
 struct Proxy {
     addr: std::net::SocketAddr,
     up: Arc<AtomicBool>,
-    stalled: Arc<AtomicBool>,
+    stalled: watch::Sender<bool>,
     open: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
 }
 
 /// Copies `from` to `to`, holding what it read while `stalled`.
-async fn forward(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin, stalled: Arc<AtomicBool>) {
+async fn forward(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    mut stalled: watch::Receiver<bool>,
+) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        while stalled.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        if stalled.wait_for(|stalled| !stalled).await.is_err() {
+            return; // the proxy is gone
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
@@ -48,7 +53,7 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
         let up = Arc::new(AtomicBool::new(true));
-        let stalled = Arc::new(AtomicBool::new(false));
+        let (stalled, _) = watch::channel(false);
         let open: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let (up2, stalled2, open2) = (up.clone(), stalled.clone(), open.clone());
         let accept = tokio::spawn(async move {
@@ -59,7 +64,7 @@ impl Proxy {
                     continue;
                 }
                 let upstream = upstream.clone();
-                let stalled = stalled2.clone();
+                let stalled = stalled2.subscribe();
                 let task = tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(&upstream).await {
                         let (client_read, client_write) = client.into_split();
@@ -99,11 +104,11 @@ impl Proxy {
     }
 
     fn stall(&self) {
-        self.stalled.store(true, Ordering::SeqCst);
+        self.stalled.send_replace(true);
     }
 
     fn resume(&self) {
-        self.stalled.store(false, Ordering::SeqCst);
+        self.stalled.send_replace(false);
     }
 }
 
