@@ -28,6 +28,7 @@
   const state = {
     key: localStorage.getItem(KEY_STORAGE) || '',
     streams: [],
+    moreStreams: false,
     latest: new Map(),      // stream name -> {lastTs, score, anomaly}
     selected: null,         // stream name
     detail: null,           // GET /v1/streams/{stream}
@@ -172,9 +173,19 @@
 
   // ---- stream list ------------------------------------------------------------------
 
+  /** Most streams the list loads: the API pages them by name, 1,000 a page. */
+  const MAX_LISTED = 10000;
+
   async function refreshStreams() {
-    const body = await api('/v1/streams');
-    state.streams = (body.streams || []).slice().sort((a, b) => a.name.localeCompare(b.name));
+    const streams = [];
+    let cursor = null;
+    do {
+      const body = await api(`/v1/streams?limit=1000${cursor ? `&cursor=${enc(cursor)}` : ''}`);
+      streams.push(...(body.streams || []));
+      cursor = body.next_cursor;
+    } while (cursor && streams.length < MAX_LISTED);
+    state.moreStreams = Boolean(cursor);
+    state.streams = streams.sort((a, b) => a.name.localeCompare(b.name));
     await refreshLatestScores();
     renderStreamList();
   }
@@ -200,7 +211,8 @@
   function renderStreamList() {
     const filter = $('stream-filter').value.trim().toLowerCase();
     const shown = state.streams.filter((s) => !filter || s.name.toLowerCase().includes(filter));
-    $('stream-count').textContent = state.streams.length ? `(${fmtCount(state.streams.length)})` : '';
+    $('stream-count').textContent = state.streams.length
+      ? `(${state.moreStreams ? 'first ' : ''}${fmtCount(state.streams.length)})` : '';
     $('stream-empty').hidden = state.streams.length > 0;
     const list = $('stream-list');
     list.replaceChildren(...shown.map((s) => {

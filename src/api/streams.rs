@@ -127,13 +127,31 @@ enum StreamState {
     Scoring,
 }
 
-/// Every stream.
+/// A page of streams, by name.
 #[derive(utoipa::ToSchema)]
 #[schema(as = StreamList)]
 #[allow(dead_code)] // described for the OpenAPI document, never built
 struct StreamListSchema {
     streams: Vec<StreamSchema>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    #[schema(required = true)]
+    next_cursor: Option<String>,
 }
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ListStreamsQuery {
+    /// Page size (default 1000).
+    #[param(nullable = false, minimum = 1, maximum = 10_000)]
+    limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    #[param(nullable = false)]
+    cursor: Option<String>,
+}
+
+/// Default and largest page of streams.
+const STREAMS_PAGE: (i64, i64) = (1000, 10_000);
 
 // The JSON `get_readings` answers, described for the OpenAPI document: keep the two in step.
 /// A page of stored readings with their verdicts, oldest first.
@@ -231,8 +249,10 @@ async fn put_stream(
     get,
     path = "/v1/streams",
     tag = "streams",
+    params(ListStreamsQuery),
     responses(
-        (status = 200, description = "Every stream", body = StreamListSchema),
+        (status = 200, description = "A page of streams, by name", body = StreamListSchema),
+        (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 429, response = TooManyRequests),
@@ -240,8 +260,20 @@ async fn put_stream(
     ),
     security(("api_key" = ["read"])),
 )]
-async fn list_streams(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let records = state.streams.storage().streams().await?;
+async fn list_streams(
+    State(state): State<AppState>,
+    Query(q): Query<ListStreamsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(STREAMS_PAGE.0);
+    if !(1..=STREAMS_PAGE.1).contains(&limit) {
+        return Err(ApiError::BadRequest(format!("limit must be in 1..={}", STREAMS_PAGE.1)));
+    }
+    // The cursor is the last name of the page before.
+    if let Some(cursor) = &q.cursor {
+        stream_name(cursor).map_err(|_| ApiError::BadRequest("invalid cursor".into()))?;
+    }
+    let records = state.streams.storage().streams_page(q.cursor.as_deref(), limit).await?;
+    let next_cursor = (records.len() as i64 == limit).then(|| records.last().map(|r| r.name.clone())).flatten();
     let streams: Vec<Value> = records
         .into_iter()
         .map(|record| {
@@ -252,7 +284,7 @@ async fn list_streams(State(state): State<AppState>) -> Result<Json<Value>, ApiE
             status_json(&state, &StreamStatus { record, model_version, judged, last_ts })
         })
         .collect();
-    Ok(Json(json!({ "streams": streams })))
+    Ok(Json(json!({ "streams": streams, "next_cursor": next_cursor })))
 }
 
 /// Get a stream

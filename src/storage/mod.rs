@@ -365,7 +365,18 @@ impl Storage {
         Ok(out)
     }
 
-    /// All streams, by name.
+    /// Up to `limit` streams by name, those after `after` (exclusive), without their scoring
+    /// states: a list of a million streams reads the rows alone, a page at a time.
+    pub async fn streams_page(&self, after: Option<&str>, limit: i64) -> Result<Vec<StreamRecord>, StorageError> {
+        let sql = "SELECT s.id, s.name, s.channels, s.model, s.sensitivity, s.warmup, s.auto_train, s.baseline, \
+             s.created_at, s.last_ts, s.readings_count, s.anomalies_count, CAST(NULL AS TEXT) AS snapshot \
+             FROM streams s WHERE s.name > $1 ORDER BY s.name LIMIT $2";
+        // Stream names are never empty (`api::wire::stream_name`): every one sorts after "".
+        let rows = sqlx::query(sql).bind(after.unwrap_or("")).bind(limit).fetch_all(&self.pool).await?;
+        rows.iter().map(Self::stream_from_row).collect()
+    }
+
+    /// All streams, by name, with their scoring states.
     pub async fn streams(&self) -> Result<Vec<StreamRecord>, StorageError> {
         let sql = format!("{} ORDER BY s.name", Self::STREAM_SELECT);
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;

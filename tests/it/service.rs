@@ -165,6 +165,28 @@ async fn the_whole_api_works(app: TestApp) {
         list["streams"].as_array().expect("streams").iter().filter_map(|s| s["name"].as_str()).collect();
     assert_eq!(names, ["a", "b", "pump-1"]);
     assert_eq!(list["streams"][1]["channels"], 2);
+    assert_eq!(list["next_cursor"], Value::Null, "{list}");
+    // The list in pages by name: the cursor is the last name of a full page.
+    let (status, first) = app.get("/v1/streams?limit=2").await;
+    let names = |page: &Value| -> Vec<String> {
+        page["streams"]
+            .as_array()
+            .expect("streams")
+            .iter()
+            .filter_map(|s| s["name"].as_str().map(String::from))
+            .collect()
+    };
+    assert_eq!((status, names(&first), &first["next_cursor"]), (200, vec!["a".into(), "b".into()], &json!("b")));
+    let (status, second) = app.get("/v1/streams?limit=2&cursor=b").await;
+    assert_eq!((status, names(&second), &second["next_cursor"]), (200, vec!["pump-1".into()], &Value::Null));
+    let (status, exact) = app.get("/v1/streams?limit=3").await;
+    assert_eq!((status, names(&exact).len(), &exact["next_cursor"]), (200, 3, &json!("pump-1")));
+    let (status, past) = app.get("/v1/streams?cursor=pump-1").await;
+    assert_eq!((status, names(&past).len(), &past["next_cursor"]), (200, 0, &Value::Null));
+    for bad in ["limit=0", "limit=10001", "limit=x", "cursor=a%20b", "page=2"] {
+        let (status, body) = app.get(&format!("/v1/streams?{bad}")).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
 
     // Health, readiness, metrics.
     assert_eq!(app.get("/healthz").await.0, 200);
