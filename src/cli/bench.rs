@@ -12,6 +12,8 @@
 //!   and requests of the measured shape one at a time (every 10 ms).
 //! - `tsad bench training`: sequences per second of tsad's training loop, and of the same
 //!   work in PyTorch (`scripts/bench-training.py`) when `--python` is given, as a ratio.
+//! - `tsad bench reads`: pages of stored readings read back over HTTP from a database a
+//!   long `bench http --keep-database` run filled, cold (page cache dropped) and again.
 //!
 //! Results print as a table and, with `--json FILE`, are written as JSON.
 use std::fmt::Write as _;
@@ -27,6 +29,8 @@ use crate::app::Application;
 use crate::config::{default_models_dir, Settings};
 use crate::model::train::fit;
 use crate::model::{Architecture, CancelToken, Dataset, Network, NetworkConfig, Targets, TrainConfig};
+
+mod reads;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -146,6 +150,34 @@ enum BenchKind {
         /// is) [default: a scratch SQLite file].
         #[arg(long)]
         database_url: Option<String>,
+        /// Keep the scratch database (SQLite file or PostgreSQL database) and print its URL,
+        /// for `tsad bench reads`.
+        #[arg(long)]
+        keep_database: bool,
+        /// Write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Pages of stored readings read back over HTTP, one at a time, from a random point of
+    /// a random stream's history: from a database `bench http --keep-database` filled.
+    Reads {
+        /// The database to read: `sqlite://FILE` or `postgres://…/DATABASE`. Nothing is
+        /// written to it but what a server's start writes (none on an up-to-date schema).
+        #[arg(long)]
+        database_url: String,
+        /// Pages read in each pass.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        queries: u64,
+        /// Readings a page (the API's `limit`).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        limit: u64,
+        /// Empty the kernel's page cache before the first pass (Linux, root), so that it
+        /// reads from the disk.
+        #[arg(long)]
+        drop_caches: bool,
+        /// Seed of the pages' choice.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
         /// Write the results as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -215,6 +247,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
             report_every,
             inference_threads,
             database_url,
+            keep_database,
             json,
         } => {
             if batch == 0 || clients == 0 || streams.contains(&0) || inference_threads == Some(0) {
@@ -235,7 +268,16 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
                 .build()
                 .map_err(|e| CliError::Runtime(e.into()))?;
             let load = Load { batch, per_stream, clients, seconds, latency: !throughput_only, report_every };
-            runtime.block_on(http(&streams, &load, inference_threads, database_url, json))
+            runtime.block_on(http(&streams, &load, inference_threads, database_url, keep_database, json))
+        }
+        BenchKind::Reads { database_url, queries, limit, drop_caches, seed, json } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| CliError::Runtime(e.into()))?;
+            let work =
+                reads::ReadsWork { database_url, queries: queries as usize, limit: limit as usize, drop_caches, seed };
+            runtime.block_on(reads::reads(work, json))
         }
     };
     result.map_err(CliError::Runtime)
@@ -1156,6 +1198,7 @@ async fn http(
     load: &Load,
     inference_threads: Option<usize>,
     database_url: Option<String>,
+    keep_database: bool,
     json_out: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let (batch, clients) = (load.batch, load.clients);
@@ -1278,7 +1321,11 @@ async fn http(
         }
         let _ = stop.send(());
         server.await??;
-        scratch.remove().await;
+        if keep_database {
+            println!("{:>10} {:<14} {}", "", "kept", scratch.keep());
+        } else {
+            scratch.remove().await;
+        }
     }
     write_json(json_out, json!({ "benchmark": "http", "results": rows }))
 }
@@ -1291,7 +1338,7 @@ struct Scratch {
     url: String,
     /// The server's URL and the database created on it.
     postgres: Option<(String, String)>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Scratch {
@@ -1301,10 +1348,10 @@ impl Scratch {
         let server = match database_url {
             None => {
                 let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-                return Ok(Scratch { url, postgres: None, _dir: dir });
+                return Ok(Scratch { url, postgres: None, dir });
             }
             Some(url) if url.starts_with("sqlite:") => {
-                return Ok(Scratch { url: url.to_string(), postgres: None, _dir: dir })
+                return Ok(Scratch { url: url.to_string(), postgres: None, dir })
             }
             Some(server) => server,
         };
@@ -1319,7 +1366,14 @@ impl Scratch {
             .with_context(|| format!("creating the scratch database {name}"))?;
         conn.close().await?;
         url.set_path(&format!("/{name}"));
-        Ok(Scratch { url: url.to_string(), postgres: Some((server.to_string(), name)), _dir: dir })
+        Ok(Scratch { url: url.to_string(), postgres: Some((server.to_string(), name)), dir })
+    }
+
+    /// Leaves the database where it is (a SQLite file's temporary directory too) and
+    /// returns its URL.
+    fn keep(self) -> String {
+        let _ = self.dir.keep();
+        self.url
     }
 
     /// Drops the PostgreSQL scratch database; says so when it cannot.
