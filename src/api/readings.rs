@@ -6,18 +6,19 @@ use std::collections::HashMap;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::openapi::{
     BadRequest, Conflict, Forbidden, PayloadTooLarge, TooManyRequests, Unauthorized, Unavailable, Unprocessable,
     UnsupportedMediaType,
 };
 use super::wire::{
-    self, content_type, read_body, reading_verdict_json, stream_name, Path, Query, StreamName, Timestamp,
-    VerdictSchema, MAX_CHANNELS,
+    self, content_type, read_body, stream_name, Path, Query, StreamName, Timestamp, VerdictJson, VerdictSchema,
+    MAX_CHANNELS,
 };
 use super::{ApiError, AppState};
 use crate::streams::{IngestOutcome, Reading};
@@ -459,13 +460,30 @@ fn group(
     Ok(groups)
 }
 
-fn outcome_json(o: &IngestOutcome, all: bool) -> Value {
-    let anomalies: Vec<Value> = o.verdicts.iter().filter(|v| v.verdict.anomaly).map(reading_verdict_json).collect();
-    let mut out = json!({ "stream": o.stream, "accepted": o.accepted, "anomalies": anomalies });
-    if all {
-        out["verdicts"] = Value::Array(o.verdicts.iter().map(reading_verdict_json).collect());
+/// The answer for one stream's readings (`IngestReplySchema`), keys in alphabetical order.
+#[derive(serde::Serialize)]
+struct OutcomeJson<'a> {
+    accepted: usize,
+    anomalies: Vec<VerdictJson<'a>>,
+    stream: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verdicts: Option<Vec<VerdictJson<'a>>>,
+}
+
+/// The answer for many streams' readings.
+#[derive(serde::Serialize)]
+struct ManyOutcomesJson<'a> {
+    accepted: usize,
+    streams: Vec<OutcomeJson<'a>>,
+}
+
+fn outcome_json(o: &IngestOutcome, all: bool) -> OutcomeJson<'_> {
+    OutcomeJson {
+        accepted: o.accepted,
+        anomalies: o.verdicts.iter().filter(|v| v.verdict.anomaly).map(VerdictJson::of).collect(),
+        stream: &o.stream,
+        verdicts: all.then(|| o.verdicts.iter().map(VerdictJson::of).collect()),
     }
-    out
 }
 
 /// Ingest readings of one stream
@@ -504,14 +522,14 @@ async fn post_stream_readings(
     Query(query): Query<IngestQuery>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     stream_name(&stream)?;
     let all = query.all()?;
     let bytes = read_body(&headers, body, state.max_body_bytes).await?;
     let groups = parse_body(&headers, &bytes, state.max_readings, Some(&stream))?;
     let outcomes = state.streams.ingest(groups).await?;
     let outcome = outcomes.first().ok_or_else(|| ApiError::Internal("ingest returned no outcome".into()))?;
-    Ok(Json(outcome_json(outcome, all)))
+    Ok(Json(outcome_json(outcome, all)).into_response())
 }
 
 /// Ingest readings of many streams
@@ -547,14 +565,14 @@ async fn post_readings(
     Query(query): Query<IngestQuery>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let all = query.all()?;
     let bytes = read_body(&headers, body, state.max_body_bytes).await?;
     let groups = parse_body(&headers, &bytes, state.max_readings, None)?;
     let outcomes = state.streams.ingest(groups).await?;
     let accepted: usize = outcomes.iter().map(|o| o.accepted).sum();
-    let streams: Vec<Value> = outcomes.iter().map(|o| outcome_json(o, all)).collect();
-    Ok(Json(json!({ "accepted": accepted, "streams": streams })))
+    let streams = outcomes.iter().map(|o| outcome_json(o, all)).collect();
+    Ok(Json(ManyOutcomesJson { accepted, streams }).into_response())
 }
 
 #[cfg(test)]

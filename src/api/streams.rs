@@ -2,6 +2,7 @@
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -12,10 +13,11 @@ use super::openapi::{
     UnsupportedMediaType,
 };
 use super::wire::{
-    self, format_ts, json_body, query_timestamp, stream_name, Path, Query, StreamName, VerdictSchema, MAX_CHANNELS,
+    format_ts, json_body, query_timestamp, stream_name, Path, Query, StreamName, VerdictJson, VerdictSchema,
+    MAX_CHANNELS,
 };
 use super::{ApiError, AppState};
-use crate::scoring::{Baseline, Verdict};
+use crate::scoring::Baseline;
 use crate::storage::{ReadingRow, StreamConfig};
 use crate::streams::StreamStatus;
 
@@ -365,32 +367,35 @@ struct ReadingsQuery {
 /// Default and largest page of readings.
 const READINGS_PAGE: (i64, i64) = (1000, 10_000);
 
-fn row_json(r: &ReadingRow) -> Value {
-    let (values, verdict) = match &r.channels {
-        Some(c) => (
-            c.values.clone(),
-            Verdict {
-                expected: c.expected.as_slice().into(),
-                lower: c.lower.as_slice().into(),
-                upper: c.upper.as_slice().into(),
-                score: r.score,
-                anomaly: r.anomaly,
-                surprise: 0.0,
-            },
-        ),
-        None => (
-            vec![r.value],
-            Verdict {
-                expected: smallvec::smallvec![r.expected],
-                lower: smallvec::smallvec![r.lower],
-                upper: smallvec::smallvec![r.upper],
-                score: r.score,
-                anomaly: r.anomaly,
-                surprise: 0.0,
-            },
-        ),
-    };
-    wire::verdict_json(r.ts, &values, &verdict)
+/// A stored reading's verdict as the API shows it.
+fn row_json(r: &ReadingRow) -> VerdictJson<'_> {
+    match &r.channels {
+        Some(c) => VerdictJson {
+            ts: r.ts,
+            values: &c.values,
+            expected: &c.expected,
+            lower: &c.lower,
+            upper: &c.upper,
+            score: r.score,
+            anomaly: r.anomaly,
+        },
+        None => VerdictJson {
+            ts: r.ts,
+            values: std::slice::from_ref(&r.value),
+            expected: std::slice::from_ref(&r.expected),
+            lower: std::slice::from_ref(&r.lower),
+            upper: std::slice::from_ref(&r.upper),
+            score: r.score,
+            anomaly: r.anomaly,
+        },
+    }
+}
+
+/// A page of stored readings (`ReadingsPageSchema`), keys in alphabetical order.
+#[derive(serde::Serialize)]
+struct ReadingsPageJson<'a> {
+    next_cursor: Option<String>,
+    readings: Vec<VerdictJson<'a>>,
 }
 
 /// Stored readings of a stream
@@ -417,7 +422,7 @@ async fn get_readings(
     State(state): State<AppState>,
     Path(stream): Path<String>,
     Query(q): Query<ReadingsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     stream_name(&stream)?;
     let record = state
         .streams
@@ -438,5 +443,5 @@ async fn get_readings(
         .transpose()?;
     let rows = state.streams.storage().readings(record.id, from, to, after, limit).await?;
     let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.ts.to_string())).flatten();
-    Ok(Json(json!({ "readings": rows.iter().map(row_json).collect::<Vec<_>>(), "next_cursor": next_cursor })))
+    Ok(Json(ReadingsPageJson { next_cursor, readings: rows.iter().map(row_json).collect() }).into_response())
 }

@@ -4,7 +4,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use utoipa::openapi::schema::{ArrayBuilder, KnownFormat, ObjectBuilder, OneOfBuilder, Schema, SchemaFormat, Type};
@@ -77,22 +77,88 @@ pub fn channels_value(values: &[f64]) -> Value {
     }
 }
 
-/// A verdict as the API shows it.
-pub fn verdict_json(ts: i64, values: &[f64], v: &Verdict) -> Value {
-    let mut out = Map::new();
-    out.insert("ts".into(), json!(format_ts(ts)));
-    out.insert(if values.len() == 1 { "value" } else { "values" }.into(), channels_value(values));
-    out.insert("expected".into(), channels_value(&v.expected));
-    out.insert("lower".into(), channels_value(&v.lower));
-    out.insert("upper".into(), channels_value(&v.upper));
-    out.insert("score".into(), json!(v.score));
-    out.insert("anomaly".into(), json!(v.anomaly));
-    Value::Object(out)
+/// A verdict as the API shows it: `{"anomaly", "expected", "lower", "score", "ts", "upper",
+/// "value" | "values"}`, keys in that order, each channel field one number or, on a
+/// multichannel stream, an array ([`channels_value`]). Written straight from the values it
+/// borrows: a page of 1,000 readings built a map of seven entries a reading before
+/// (docs/PERFORMANCE.md, "Pages of readings").
+#[derive(Debug, Clone, Copy)]
+pub struct VerdictJson<'a> {
+    pub ts: i64,
+    pub values: &'a [f64],
+    pub expected: &'a [f64],
+    pub lower: &'a [f64],
+    pub upper: &'a [f64],
+    pub score: f64,
+    pub anomaly: bool,
 }
 
-/// A reading's verdict as the API shows it.
-pub fn reading_verdict_json(r: &ReadingVerdict) -> Value {
-    verdict_json(r.ts, &r.values, &r.verdict)
+impl<'a> VerdictJson<'a> {
+    pub fn new(ts: i64, values: &'a [f64], v: &'a Verdict) -> VerdictJson<'a> {
+        VerdictJson {
+            ts,
+            values,
+            expected: &v.expected,
+            lower: &v.lower,
+            upper: &v.upper,
+            score: v.score,
+            anomaly: v.anomaly,
+        }
+    }
+
+    /// A judged reading's verdict.
+    pub fn of(r: &'a ReadingVerdict) -> VerdictJson<'a> {
+        VerdictJson::new(r.ts, &r.values, &r.verdict)
+    }
+}
+
+impl serde::Serialize for VerdictJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(7))?;
+        map.serialize_entry("anomaly", &self.anomaly)?;
+        map.serialize_entry("expected", &ChannelsJson(self.expected))?;
+        map.serialize_entry("lower", &ChannelsJson(self.lower))?;
+        map.serialize_entry("score", &self.score)?;
+        map.serialize_entry("ts", &TsJson(self.ts))?;
+        map.serialize_entry("upper", &ChannelsJson(self.upper))?;
+        map.serialize_entry(if self.values.len() == 1 { "value" } else { "values" }, &ChannelsJson(self.values))?;
+        map.end()
+    }
+}
+
+/// [`channels_value`] without the `Value`.
+struct ChannelsJson<'a>(&'a [f64]);
+
+impl serde::Serialize for ChannelsJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            [one] => s.serialize_f64(*one),
+            many => s.collect_seq(many),
+        }
+    }
+}
+
+/// [`format_ts`] without the `String`.
+struct TsJson(i64);
+
+impl serde::Serialize for TsJson {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // "9999-12-31T23:59:59.999Z" at the longest (milliseconds).
+        let mut buf = [0u8; 40];
+        let mut out = &mut buf[..];
+        let formatted = OffsetDateTime::from_unix_timestamp_nanos(self.0 as i128 * 1_000_000)
+            .ok()
+            .and_then(|t| t.format_into(&mut out, &Rfc3339).ok());
+        // What was written is what the slice advanced past: the count `format_into` returns
+        // fell 3 bytes short of it with milliseconds (the test below caught it).
+        let left = out.len();
+        let written = formatted.map(|_| buf.len() - left);
+        match written.and_then(|n| std::str::from_utf8(&buf[..n]).ok()) {
+            Some(text) => s.serialize_str(text),
+            None => s.serialize_str(&self.0.to_string()),
+        }
+    }
 }
 
 /// A stream (or model) name: what [`stream_name`] accepts.
@@ -168,7 +234,7 @@ impl utoipa::PartialSchema for Channels {
 
 impl utoipa::ToSchema for Channels {}
 
-// The JSON `verdict_json` writes, described for the OpenAPI document: keep the two in step.
+// The JSON `VerdictJson` writes, described for the OpenAPI document: keep the two in step.
 /// A reading's verdict. Exactly one of `value` and `values` is present.
 #[derive(utoipa::ToSchema)]
 #[schema(as = Verdict)]
@@ -284,7 +350,46 @@ pub fn content_type(headers: &HeaderMap) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Map;
+
     use super::*;
+
+    /// How verdicts were written before [`VerdictJson`]: a map a reading.
+    fn verdict_value(ts: i64, values: &[f64], v: &Verdict) -> Value {
+        let mut out = Map::new();
+        out.insert("ts".into(), json!(format_ts(ts)));
+        out.insert(if values.len() == 1 { "value" } else { "values" }.into(), channels_value(values));
+        out.insert("expected".into(), channels_value(&v.expected));
+        out.insert("lower".into(), channels_value(&v.lower));
+        out.insert("upper".into(), channels_value(&v.upper));
+        out.insert("score".into(), json!(v.score));
+        out.insert("anomaly".into(), json!(v.anomaly));
+        Value::Object(out)
+    }
+
+    #[test]
+    fn verdicts_are_written_byte_for_byte_as_the_maps_were() {
+        let verdict = |channels: &[f64], score: f64, anomaly: bool| Verdict {
+            expected: channels.iter().map(|c| c * 0.5).collect(),
+            lower: channels.iter().map(|c| c - 1.25e-7).collect(),
+            upper: channels.iter().map(|c| c + 3.0e12).collect(),
+            score,
+            anomaly,
+            surprise: 0.0,
+        };
+        let cases: [(i64, Vec<f64>, Verdict); 5] = [
+            (1_700_000_000_123, vec![41.5], verdict(&[41.5], 1.0, true)),
+            (0, vec![-0.0], verdict(&[-0.0], 0.0, false)),
+            (MAX_TS, vec![1.0, 2.0, 3.5], verdict(&[1.0, 2.0, 3.5], 0.123456789, false)),
+            (1_767_225_600_000, vec![f64::MIN_POSITIVE], verdict(&[f64::NAN], f64::NAN, false)),
+            (MAX_TS + 1, vec![f64::MAX, -1e-300], verdict(&[f64::INFINITY, 7.0], 0.5, true)),
+        ];
+        for (ts, values, v) in &cases {
+            let typed = serde_json::to_string(&VerdictJson::new(*ts, values, v)).expect("serialises");
+            let mapped = serde_json::to_string(&verdict_value(*ts, values, v)).expect("serialises");
+            assert_eq!(typed, mapped);
+        }
+    }
 
     #[test]
     fn timestamps_parse_from_both_forms_and_round_trip() {
