@@ -1369,10 +1369,13 @@ impl Scratch {
         Ok(Scratch { url: url.to_string(), postgres: Some((server.to_string(), name)), dir })
     }
 
-    /// Leaves the database where it is (a SQLite file's temporary directory too) and
-    /// returns its URL.
+    /// Leaves the database where it is and returns its URL. The temporary directory is kept
+    /// only when it holds the database (a scratch SQLite file).
     fn keep(self) -> String {
-        let _ = self.dir.keep();
+        let file = std::path::Path::new(self.url.trim_start_matches("sqlite://"));
+        if file.starts_with(self.dir.path()) {
+            let _ = self.dir.keep();
+        }
         self.url
     }
 

@@ -704,3 +704,57 @@ async fn bench_http_on_postgres_measures_in_a_scratch_database_it_drops() {
     assert!(report["results"][0]["readings_per_s"].as_f64().is_some_and(|r| r > 0.0), "{report}");
     assert_eq!(scratch().await, before, "the scratch database dropped, the named one untouched: {stderr}");
 }
+
+/// `bench http --keep-database` leaves its scratch SQLite file and names it; `bench reads`
+/// reads pages of it back, twice, each page at most `--limit` readings of one stream. A
+/// database without streams long enough is an error that says so; no queries, a usage
+/// error.
+#[test]
+fn bench_reads_reads_back_pages_of_the_database_bench_http_kept() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let args = ["bench", "http", "--streams", "4", "--batch", "20", "--per-stream", "10", "--clients", "2"];
+    let fill = tsad(&[&args[..], &["--seconds", "0.5", "--throughput-only", "--keep-database"]].concat());
+    let stdout = String::from_utf8_lossy(&fill.stdout);
+    assert!(fill.status.success(), "{stdout}{}", String::from_utf8_lossy(&fill.stderr));
+    let url = stdout
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("kept").map(|rest| rest.trim().to_string()))
+        .expect("the kept database named");
+    let file = std::path::PathBuf::from(url.strip_prefix("sqlite://").expect("a SQLite URL"));
+    assert!(file.is_file(), "{url}");
+    let _kept = KeptDir(file.parent().expect("its directory").to_path_buf());
+
+    let json = dir.path().join("reads.json");
+    let read = ["bench", "reads", "--database-url", &url, "--queries", "20", "--limit", "5"];
+    let run = tsad(&[&read[..], &["--json", json.to_str().expect("utf-8")]].concat());
+    let (stdout, stderr) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+    assert!(run.status.success(), "{stdout}{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("json");
+    assert_eq!(report["pages"], 20, "{report}");
+    let rows = report["results"].as_array().expect("rows");
+    let passes: Vec<&str> = rows.iter().filter_map(|r| r["pass"].as_str()).collect();
+    assert_eq!(passes, ["first", "again"], "{report}");
+    for row in rows {
+        assert_eq!(row["requests"], 20, "{report}");
+        assert!(row["readings_per_page"].as_f64().is_some_and(|n| n > 0.0 && n <= 5.0), "{report}");
+        assert!(row["p50_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{report}");
+        assert!(row["server_mean_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{report}");
+    }
+
+    let empty = format!("sqlite://{}", dir.path().join("empty.db").display());
+    let none = tsad(&["bench", "reads", "--database-url", &empty, "--queries", "5"]);
+    let stderr = String::from_utf8_lossy(&none.stderr);
+    assert_eq!(none.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no stream with more than 1000 readings"), "{stderr}");
+    let zero = tsad(&["bench", "reads", "--database-url", &url, "--queries", "0"]);
+    assert_eq!(zero.status.code(), Some(2), "{}", String::from_utf8_lossy(&zero.stderr));
+}
+
+/// Removes a directory `--keep-database` left when the test ends, passed or failed.
+struct KeptDir(std::path::PathBuf);
+
+impl Drop for KeptDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
