@@ -80,8 +80,9 @@ pub fn channels_value(values: &[f64]) -> Value {
 /// A verdict as the API shows it: `{"anomaly", "expected", "lower", "score", "ts", "upper",
 /// "value" | "values"}`, keys in that order, each channel field one number or, on a
 /// multichannel stream, an array ([`channels_value`]). Written straight from the values it
-/// borrows: a page of 1,000 readings built a map of seven entries a reading before
-/// (docs/PERFORMANCE.md, "Pages of readings").
+/// borrows: a page of 1,000 readings built a map of seven entries a reading before, a third
+/// of the server's time a page (docs/PERFORMANCE.md, "Long runs on both databases, reads
+/// from a database past memory, the stream list in pages").
 #[derive(Debug, Clone, Copy)]
 pub struct VerdictJson<'a> {
     pub ts: i64,
@@ -151,7 +152,8 @@ impl serde::Serialize for TsJson {
             .ok()
             .and_then(|t| t.format_into(&mut out, &Rfc3339).ok());
         // What was written is what the slice advanced past: the count `format_into` returns
-        // fell 3 bytes short of it with milliseconds (the test below caught it).
+        // (time 0.3.55) is 3 bytes short of it with milliseconds (21 for 24; the test below
+        // caught it).
         let left = out.len();
         let written = formatted.map(|_| buf.len() - left);
         match written.and_then(|n| std::str::from_utf8(&buf[..n]).ok()) {

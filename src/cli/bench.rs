@@ -161,8 +161,9 @@ enum BenchKind {
     /// Pages of stored readings read back over HTTP, one at a time, from a random point of
     /// a random stream's history: from a database `bench http --keep-database` filled.
     Reads {
-        /// The database to read: `sqlite://FILE` or `postgres://…/DATABASE`. Nothing is
-        /// written to it but what a server's start writes (none on an up-to-date schema).
+        /// The database to read: `sqlite://FILE` or `postgres://…/DATABASE`. A server runs
+        /// on it as `tsad serve` would (its start migrates an older schema); the benchmark
+        /// itself only reads.
         #[arg(long)]
         database_url: String,
         /// Pages read in each pass.
