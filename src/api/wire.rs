@@ -60,12 +60,26 @@ fn parse_rfc3339(s: &str) -> Result<i64, String> {
     Ok((t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
-/// Formats Unix milliseconds as RFC 3339 (UTC).
+/// Formats Unix milliseconds as RFC 3339 (UTC), or as the number where that cannot be
+/// (past year 9999).
 pub fn format_ts(ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+    rfc3339(ms, &mut [0; RFC3339_BYTES]).map_or_else(|| ms.to_string(), str::to_owned)
+}
+
+/// Longest RFC 3339 timestamp [`rfc3339`] writes: "9999-12-31T23:59:59.999Z" and then some.
+const RFC3339_BYTES: usize = 40;
+
+/// Writes Unix milliseconds as RFC 3339 (UTC) into `buf`; `None` past year 9999.
+fn rfc3339(ms: i64, buf: &mut [u8; RFC3339_BYTES]) -> Option<&str> {
+    let mut out = &mut buf[..];
+    let formatted = OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| ms.to_string())
+        .and_then(|t| t.format_into(&mut out, &Rfc3339).ok());
+    // What was written is what the slice advanced past: the count `format_into` returns (time
+    // 0.3.55) is 3 bytes short of it with milliseconds (21 for 24; a test below caught it).
+    let left = out.len();
+    formatted?;
+    std::str::from_utf8(&buf[..RFC3339_BYTES - left]).ok()
 }
 
 /// One number or, for multichannel streams, an array.
@@ -145,18 +159,7 @@ struct TsJson(i64);
 
 impl serde::Serialize for TsJson {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        // "9999-12-31T23:59:59.999Z" at the longest (milliseconds).
-        let mut buf = [0u8; 40];
-        let mut out = &mut buf[..];
-        let formatted = OffsetDateTime::from_unix_timestamp_nanos(self.0 as i128 * 1_000_000)
-            .ok()
-            .and_then(|t| t.format_into(&mut out, &Rfc3339).ok());
-        // What was written is what the slice advanced past: the count `format_into` returns
-        // (time 0.3.55) is 3 bytes short of it with milliseconds (21 for 24; the test below
-        // caught it).
-        let left = out.len();
-        let written = formatted.map(|_| buf.len() - left);
-        match written.and_then(|n| std::str::from_utf8(&buf[..n]).ok()) {
+        match rfc3339(self.0, &mut [0; RFC3339_BYTES]) {
             Some(text) => s.serialize_str(text),
             None => s.serialize_str(&self.0.to_string()),
         }

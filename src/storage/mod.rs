@@ -168,6 +168,15 @@ pub struct Storage {
     url: String,
 }
 
+/// The columns of a stream row [`Storage::stream_from_row`] reads (but its state), of
+/// `streams s`: a macro, so that queries can `concat!` it.
+macro_rules! stream_row {
+    () => {
+        "s.id, s.name, s.channels, s.model, s.sensitivity, s.warmup, s.auto_train, s.baseline, s.created_at, \
+         s.last_ts, s.readings_count, s.anomalies_count"
+    };
+}
+
 /// The columns a stream row is written with, in the order of [`stream_params`].
 pub(crate) const STREAM_COLUMNS: &str =
     "(name, channels, model, sensitivity, warmup, auto_train, baseline, created_at)";
@@ -313,9 +322,11 @@ impl Storage {
     }
 
     /// The stream row with its scoring state (kept in a table of its own: migration 0004).
-    const STREAM_SELECT: &'static str = "SELECT s.id, s.name, s.channels, s.model, s.sensitivity, s.warmup, \
-         s.auto_train, s.baseline, s.created_at, s.last_ts, s.readings_count, s.anomalies_count, ss.snapshot \
-         FROM streams s LEFT JOIN stream_snapshots ss ON ss.stream_id = s.id";
+    const STREAM_SELECT: &'static str = concat!(
+        "SELECT ",
+        stream_row!(),
+        ", ss.snapshot FROM streams s LEFT JOIN stream_snapshots ss ON ss.stream_id = s.id"
+    );
 
     fn stream_from_row(row: &AnyRow) -> Result<StreamRecord, StorageError> {
         Ok(StreamRecord {
@@ -368,9 +379,11 @@ impl Storage {
     /// Up to `limit` streams by name, those after `after` (exclusive), without their scoring
     /// states: a list of a million streams reads the rows alone, a page at a time.
     pub async fn streams_page(&self, after: Option<&str>, limit: i64) -> Result<Vec<StreamRecord>, StorageError> {
-        let sql = "SELECT s.id, s.name, s.channels, s.model, s.sensitivity, s.warmup, s.auto_train, s.baseline, \
-             s.created_at, s.last_ts, s.readings_count, s.anomalies_count, CAST(NULL AS TEXT) AS snapshot \
-             FROM streams s WHERE s.name > $1 ORDER BY s.name LIMIT $2";
+        let sql = concat!(
+            "SELECT ",
+            stream_row!(),
+            ", CAST(NULL AS TEXT) AS snapshot FROM streams s WHERE s.name > $1 ORDER BY s.name LIMIT $2"
+        );
         // Stream names are never empty (`api::wire::stream_name`): every one sorts after "".
         let rows = sqlx::query(sql).bind(after.unwrap_or("")).bind(limit).fetch_all(&self.pool).await?;
         rows.iter().map(Self::stream_from_row).collect()

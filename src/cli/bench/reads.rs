@@ -96,16 +96,18 @@ async fn measure(
         streams.len()
     );
     let mut rng = rand::rngs::StdRng::seed_from_u64(work.seed);
-    let mut first = std::collections::HashMap::new();
+    let mut oldest_ts = std::collections::HashMap::new();
     let mut pages = Vec::with_capacity(work.queries);
     for _ in 0..work.queries {
         let (name, last) = &streams[rng.random_range(0..streams.len())];
-        let oldest = match first.get(name) {
+        let oldest = match oldest_ts.get(name) {
             Some(&ts) => ts,
             None => {
                 let page = read_page(client, addr, name, None, 1).await?;
-                let ts = page.first().copied().ok_or_else(|| anyhow!("stream {name} returned no reading"))?;
-                first.insert(name.clone(), ts);
+                let first = page.first().ok_or_else(|| anyhow!("stream {name} returned no reading"))?;
+                let ts =
+                    crate::api::wire::query_timestamp(&first.ts).map_err(|e| anyhow!("a reading's `ts`: {e:?}"))?;
+                oldest_ts.insert(name.clone(), ts);
                 ts
             }
         };
@@ -146,14 +148,14 @@ async fn measure(
     Ok((pages.len(), rows))
 }
 
-/// One page of a stream's readings from `from` on: their timestamps.
+/// One page of a stream's readings from `from` on: their timestamps, as the API wrote them.
 async fn read_page(
     client: &reqwest::Client,
     addr: std::net::SocketAddr,
     stream: &str,
     from: Option<i64>,
     limit: usize,
-) -> anyhow::Result<Vec<i64>> {
+) -> anyhow::Result<Vec<ReadingTs>> {
     let mut url = format!("http://{addr}/v1/streams/{stream}/readings?limit={limit}");
     if let Some(from) = from {
         url.push_str(&format!("&from={from}"));
@@ -163,12 +165,10 @@ async fn read_page(
     if !status.is_success() {
         bail!("GET {url}: {status} {}", response.text().await.unwrap_or_default());
     }
-    // Only the timestamps are decoded; serde skips the rest of each reading.
+    // Only the timestamps are decoded, and none parsed: the client's work is timed with
+    // each page.
     let body: ReadingsPage = response.json().await.with_context(|| format!("GET {url}: the answer"))?;
-    body.readings
-        .iter()
-        .map(|r| crate::api::wire::query_timestamp(&r.ts).map_err(|e| anyhow!("a reading's `ts`: {e:?}")))
-        .collect()
+    Ok(body.readings)
 }
 
 /// The server's own time on pages of readings so far: the sum of its request durations
