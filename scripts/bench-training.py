@@ -9,7 +9,9 @@ noisy sine, plus N/10 for validation. Prints one JSON line: sequences per second
 timed epochs (the first epoch is a warm-up and is not timed).
 
 Run with the virtualenv scripts/libtorch.sh installs (.tsad/venv/bin/python), the thread
-count given (default 1, as tsad's side).
+count given (default 1, as tsad's side): PyTorch's intra-op threads (torch.set_num_threads),
+the way a PyTorch training loop uses a machine's cores. tsad's side splits each batch over
+its threads instead, each running its share with one libtorch thread.
 """
 import argparse
 import json

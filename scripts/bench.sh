@@ -5,7 +5,8 @@
 #      p50/p99/p99.9 latency at the maximum rate, at half of it, and for single readings,
 #      with requests of 1,000 readings and (SQLite) of 100 and 10;
 #   3. resident memory per stream at 10k, 100k and 1M streams;
-#   4. training: sequences/s in tsad and in PyTorch on the same work, as a ratio.
+#   4. training: sequences/s in tsad and in PyTorch on the same work, as a ratio, on two
+#      threads and on one.
 # Results go to docs/bench/*.json (or $TSAD_BENCH_OUT) and print as tables.
 #
 # Environment:
@@ -63,4 +64,7 @@ python3 scripts/stream-memory.py --binary "$tsad" --streams "$memory" --database
   | tee "$out/memory.jsonl"
 
 echo "== 4. training, tsad and PyTorch"
-$tsad bench training --threads 1 --python .tsad/venv/bin/python --json "$out/training.json"
+# On the machine's two cores (tsad splits each batch over its threads, PyTorch runs its
+# intra-op threads), and on one core each (the same oneDNN kernels on both sides).
+$tsad bench training --threads 2 --python .tsad/venv/bin/python --json "$out/training.json"
+$tsad bench training --threads 1 --python .tsad/venv/bin/python --json "$out/training-1-thread.json"

@@ -60,7 +60,8 @@ impl Core {
             },
             StreamDefaults { model: "default".into(), warmup: settings.warmup, sensitivity: settings.sensitivity },
         );
-        let jobs = crate::training::Jobs::start(streams.clone(), settings.training_jobs).await?;
+        let jobs =
+            crate::training::Jobs::start(streams.clone(), settings.training_jobs, settings.training_threads).await?;
         jobs.start_auto_fit(
             settings.auto_train_jobs,
             crate::training::TrainRequest::auto_fit(settings.auto_train_epochs),

@@ -112,6 +112,10 @@ pub struct ServeArgs {
     /// Training jobs run at once; more wait queued [default: 1].
     #[arg(long, env = "TSAD_TRAINING_JOBS", value_name = "N")]
     pub training_jobs: Option<usize>,
+    /// Threads a training job splits each batch over, each running its share of the
+    /// windows with one libtorch thread (data parallel) [default: CPU cores].
+    #[arg(long, env = "TSAD_TRAINING_THREADS", value_name = "N")]
+    pub training_threads: Option<usize>,
     /// Streams fitted a model of their own at once after warm-up (auto_train); 0 turns
     /// automatic fitting off [default: 1].
     #[arg(long, env = "TSAD_AUTO_TRAIN_JOBS", value_name = "N")]
@@ -145,6 +149,7 @@ struct FileSettings {
     writer_queue: Option<usize>,
     max_ingest_requests: Option<usize>,
     training_jobs: Option<usize>,
+    training_threads: Option<usize>,
     auto_train_jobs: Option<usize>,
     auto_train_epochs: Option<usize>,
 }
@@ -172,6 +177,7 @@ pub struct Settings {
     pub writer_queue: usize,
     pub max_ingest_requests: usize,
     pub training_jobs: usize,
+    pub training_threads: usize,
     pub auto_train_jobs: usize,
     pub auto_train_epochs: usize,
 }
@@ -274,6 +280,7 @@ impl ServeArgs {
         let writer_queue = pick!(writer_queue, 4096);
         let max_ingest_requests = pick!(max_ingest_requests, 64);
         let training_jobs = pick!(training_jobs, 1);
+        let training_threads = pick!(training_threads, cores);
         let auto_train_jobs = pick!(auto_train_jobs, 1);
         let auto_train_epochs = pick!(auto_train_epochs, 30);
         let in_range = |name: &str, v: usize, lo: usize, hi: usize| {
@@ -292,6 +299,7 @@ impl ServeArgs {
         in_range("writer_queue", writer_queue, 1, 1 << 24)?;
         in_range("max_ingest_requests", max_ingest_requests, 1, 1 << 20)?;
         in_range("training_jobs", training_jobs, 1, 64)?;
+        in_range("training_threads", training_threads, 1, 256)?;
         in_range("auto_train_jobs", auto_train_jobs, 0, 64)?;
         in_range("auto_train_epochs", auto_train_epochs, 1, 10_000)?;
         if batch_wait_us > 1_000_000 {
@@ -336,6 +344,7 @@ impl ServeArgs {
             writer_queue,
             max_ingest_requests,
             training_jobs,
+            training_threads,
             auto_train_jobs,
             auto_train_epochs,
         })
@@ -352,6 +361,7 @@ mod tests {
         assert!(s.listen.ip().is_loopback());
         assert_eq!(s.database_url, "sqlite://tsad.db");
         assert!(s.api_keys.is_empty());
+        assert_eq!(s.training_threads, std::thread::available_parallelism().map_or(1, |n| n.get()));
     }
 
     #[test]
@@ -371,6 +381,7 @@ mod tests {
             (ServeArgs { api_keys: Some("read:short".into()), ..Default::default() }, "16"),
             (ServeArgs { api_keys: Some("readonly".into()), ..Default::default() }, "scope:key"),
             (ServeArgs { max_batch: Some(0), ..Default::default() }, "max_batch"),
+            (ServeArgs { training_threads: Some(0), ..Default::default() }, "training_threads"),
             (ServeArgs { sensitivity: Some(1.5), ..Default::default() }, "sensitivity"),
             (ServeArgs { request_timeout_s: Some(f64::NAN), ..Default::default() }, "request_timeout_s"),
             (ServeArgs { commit_timeout_s: Some(0.0), ..Default::default() }, "commit_timeout_s"),

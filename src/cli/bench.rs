@@ -90,7 +90,8 @@ enum BenchKind {
         /// Timed epochs (after one untimed warm-up epoch).
         #[arg(long, default_value_t = 4)]
         epochs: usize,
-        /// libtorch threads (both sides).
+        /// Threads on both sides: tsad's training splits each batch over them (one libtorch
+        /// thread each, `TrainConfig::threads`); PyTorch runs `torch.set_num_threads`.
         #[arg(long, default_value_t = 1)]
         threads: usize,
         /// A Python with torch installed: also run scripts/bench-training.py with it.
@@ -698,6 +699,7 @@ fn tsad_training(work: &TrainingWork, train: &Dataset, val: &Dataset) -> anyhow:
         learning_rate: 5e-3,
         patience: work.epochs + 1,
         lr_decay: 1.0,
+        threads: work.threads,
         ..TrainConfig::default()
     };
     let mut first_epoch = Duration::ZERO;

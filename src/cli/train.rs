@@ -99,10 +99,11 @@ pub struct TrainArgs {
     /// Bit-for-bit reproducibility holds on the CPU.
     #[arg(long, value_name = "auto|cpu|cuda", default_value = "auto")]
     device: DeviceChoice,
-    /// libtorch's intra-op threads (default: libtorch's choice). Pin it (to 1) for
-    /// bit-for-bit reproducible weights on the CPU.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=1024))]
-    threads: Option<i32>,
+    /// Threads each batch is split over, each running its share of the windows with one
+    /// libtorch thread (data parallel) [default: CPU cores]. On the CPU the same seed and
+    /// thread count give bit-for-bit the same weights.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
 }
 
 /// The `--device` choices.
@@ -137,6 +138,7 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
         patience: args.patience,
         seed: args.seed,
         max_duration,
+        threads: args.threads.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), usize::from),
         ..TrainConfig::default()
     };
     train_config.validate().map_err(usage)?;
@@ -172,9 +174,6 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
             TrainingData::Synthetic(corpus.into_iter().map(Series::univariate).collect())
         }
     };
-    if let Some(threads) = args.threads {
-        tch::set_num_threads(threads);
-    }
     // The command as a user types it, whatever path the binary was run from.
     let command: String =
         std::iter::once("tsad".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
@@ -190,7 +189,7 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
         args.hidden,
         args.layers,
         args.window,
-        tch::get_num_threads()
+        train_config.threads
     );
     let progress = |p: &EpochProgress| {
         println!(

@@ -7,8 +7,9 @@
 //! first. The weights of the epoch with the lowest validation loss are kept, and training
 //! stops early once that loss has not improved for `patience` epochs.
 //!
-//! On the CPU a fixed seed gives bit-identical weights: initialisation and shuffling use
-//! our own seeded generator, never libtorch's global one.
+//! On the CPU a fixed seed and thread count give bit-identical weights: initialisation and
+//! shuffling use our own seeded generator, never libtorch's global one, and the threads
+//! split each batch the same way every time (`TrainConfig::threads`).
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use tch::{nn, nn::OptimizerConfig, Kind, Reduction, Tensor};
+use tch::{nn, nn::OptimizerConfig, Device, Kind, Reduction, Tensor};
 
 use super::checkpoint::EpochLoss;
 use super::config::{ClassifierMode, HeadConfig};
@@ -44,6 +45,17 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Wall-clock budget; training stops after the epoch that exceeds it.
     pub max_duration: Option<Duration>,
+    /// Threads a run takes on the CPU. Each batch is split over them (data parallel): each
+    /// runs its share of the windows forward and backward on its own copy of the network
+    /// with one libtorch thread, and the gradients are summed before the step, the whole
+    /// batch's gradient up to rounding. The same seed and thread count give bit-identical
+    /// weights. Ignored on a GPU.
+    #[serde(default = "one")]
+    pub threads: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Default for TrainConfig {
@@ -57,6 +69,7 @@ impl Default for TrainConfig {
             lr_decay: 0.5,
             seed: 0,
             max_duration: None,
+            threads: 1,
         }
     }
 }
@@ -82,6 +95,9 @@ impl TrainConfig {
         }
         if !(self.lr_decay > 0.0 && self.lr_decay <= 1.0) {
             return bad("lr_decay must be in (0, 1]");
+        }
+        if self.threads == 0 || self.threads > 1024 {
+            return bad("threads must be in 1..=1024");
         }
         Ok(())
     }
@@ -265,6 +281,10 @@ pub fn fit(
     let mut losses = Vec::new();
     let mut learning_rate = config.learning_rate;
     let mut last_change = 0usize; // epoch of the last improvement or learning-rate decay
+    let threads = config.threads.min(config.batch_size);
+    // Declared first, dropped last: after the helpers have stopped.
+    let _one_thread = (device == Device::Cpu).then(OneLibtorchThread::new);
+    let shards = if threads > 1 && device == Device::Cpu { Some(Shards::start(network, threads)?) } else { None };
     for epoch in 1..=config.epochs {
         order.shuffle(&mut rng);
         let (mut loss_sum, mut norm_sum, mut batches) = (0.0, 0.0, 0usize);
@@ -274,12 +294,17 @@ pub fn fit(
             }
             let idx = Tensor::from_slice(chunk).to_device(device);
             let (xs, ys) = train.select(&idx);
-            let (out, _) = network.seq_train(&xs, None)?;
-            let batch_loss = loss(&out, &ys)?;
             optimizer.zero_grad();
-            batch_loss.backward();
+            let value = match &shards {
+                Some(shards) => shards.backward(network, &xs, &ys)?,
+                None => {
+                    let (out, _) = network.seq_train(&xs, None)?;
+                    let batch_loss = loss(&out, &ys)?;
+                    batch_loss.backward();
+                    batch_loss.double_value(&[])
+                }
+            };
             let norm = clip_grad_norm(&params, config.clip_norm);
-            let value = batch_loss.double_value(&[]);
             if !value.is_finite() || !norm.is_finite() {
                 return Err(ModelError::Diverged { epoch });
             }
@@ -337,6 +362,160 @@ pub fn fit(
     })
 }
 
+/// The helper threads of data-parallel training ([`TrainConfig::threads`]). The calling
+/// thread runs the first share of each batch on the network itself; every helper runs one
+/// other share on its own copy, whose weights it copies from the network before each share.
+/// Each share's loss is weighted by its share of the windows, so the summed gradients are
+/// those of the whole batch's mean loss. Every helper runs libtorch on one thread.
+struct Shards {
+    helpers: Vec<Helper>,
+    /// The network's variables by name, paired with each helper's (see [`Helper::params`]).
+    params: Vec<Tensor>,
+}
+
+/// libtorch on one thread on the calling thread while it lives (a training run's thread
+/// count is [`TrainConfig::threads`], split by [`Shards`]); the setting before is restored on
+/// drop.
+struct OneLibtorchThread(i32);
+
+impl OneLibtorchThread {
+    fn new() -> OneLibtorchThread {
+        let before = tch::get_num_threads();
+        tch::set_num_threads(1);
+        OneLibtorchThread(before)
+    }
+}
+
+impl Drop for OneLibtorchThread {
+    fn drop(&mut self) {
+        tch::set_num_threads(self.0);
+    }
+}
+
+struct Helper {
+    jobs: Option<std::sync::mpsc::Sender<ShardJob>>,
+    done: std::sync::mpsc::Receiver<Result<f64, ModelError>>,
+    /// The copy's variables (shallow clones), in the order of [`Shards::params`]: their
+    /// gradients are read after the helper answers, before its next share.
+    params: Vec<Tensor>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// One share of a batch: windows, targets, and the share's weight in the batch's loss.
+struct ShardJob {
+    xs: Tensor,
+    ys: Tensor,
+    weight: f64,
+}
+
+/// `network`'s variables, sorted by name (two networks of one configuration pair up).
+fn named_params(network: &Network) -> Vec<Tensor> {
+    let mut vars: Vec<(String, Tensor)> = network.var_store().variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars.into_iter().map(|(_, t)| t).collect()
+}
+
+impl Shards {
+    fn start(network: &Network, threads: usize) -> Result<Shards, ModelError> {
+        let params = named_params(network);
+        let mut helpers = Vec::with_capacity(threads - 1);
+        for i in 1..threads {
+            let copy = Network::new(network.config().clone(), network.device(), 0)?;
+            let copy_params = named_params(&copy);
+            let theirs: Vec<Tensor> = copy_params.iter().map(Tensor::shallow_clone).collect();
+            let source: Vec<Tensor> = params.iter().map(Tensor::shallow_clone).collect();
+            let (jobs, job_rx) = std::sync::mpsc::channel::<ShardJob>();
+            let (done_tx, done) = std::sync::mpsc::channel();
+            let thread = std::thread::Builder::new()
+                .name(format!("tsad-train-{i}"))
+                .spawn(move || {
+                    tch::set_num_threads(1);
+                    for job in job_rx {
+                        let result = share(&copy, &copy_params, &source, &job);
+                        if done_tx.send(result).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .map_err(|e| ModelError::Data(format!("cannot start a training thread: {e}")))?;
+            helpers.push(Helper { jobs: Some(jobs), done, params: theirs, thread: Some(thread) });
+        }
+        Ok(Shards { helpers, params })
+    }
+
+    /// Runs `xs`/`ys` forward and backward, split over the threads, leaving the batch's
+    /// gradient in `network`'s (zeroed) gradients. Returns the batch's mean loss.
+    fn backward(&self, network: &Network, xs: &Tensor, ys: &Tensor) -> Result<f64, ModelError> {
+        let n = xs.size()[0];
+        let parts = (self.helpers.len() as i64 + 1).min(n);
+        let share_of = |k: i64| (k * n / parts, (k + 1) * n / parts - k * n / parts);
+        let mut sent = Vec::with_capacity(parts as usize - 1);
+        for (k, helper) in (1..parts).zip(&self.helpers) {
+            let (start, len) = share_of(k);
+            let job =
+                ShardJob { xs: xs.narrow(0, start, len), ys: ys.narrow(0, start, len), weight: len as f64 / n as f64 };
+            helper.jobs.as_ref().expect("helper running").send(job).map_err(|_| helper_failed())?;
+            sent.push(helper);
+        }
+        let (start, len) = share_of(0);
+        let own = network.seq_train(&xs.narrow(0, start, len), None).and_then(|(out, _)| {
+            let l = loss(&out, &ys.narrow(0, start, len))? * (len as f64 / n as f64);
+            l.backward();
+            Ok(l.double_value(&[]))
+        });
+        // Every helper answers before anything returns: none may still be running a share.
+        let answers: Vec<Result<f64, ModelError>> =
+            sent.iter().map(|h| h.done.recv().unwrap_or_else(|_| Err(helper_failed()))).collect();
+        let mut total = own?;
+        for answer in answers {
+            total += answer?;
+        }
+        tch::no_grad(|| {
+            for helper in &sent {
+                for (mine, theirs) in self.params.iter().zip(&helper.params) {
+                    let (mut g, other) = (mine.grad(), theirs.grad());
+                    if g.defined() && other.defined() {
+                        let _ = g.g_add_(&other);
+                    }
+                }
+            }
+        });
+        Ok(total)
+    }
+}
+
+impl Drop for Shards {
+    fn drop(&mut self) {
+        for helper in &mut self.helpers {
+            helper.jobs = None; // the helper's loop ends
+            if let Some(thread) = helper.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+fn helper_failed() -> ModelError {
+    ModelError::Data("a training thread stopped".into())
+}
+
+/// A helper's share: the network's current weights into the copy, then forward and backward.
+fn share(copy: &Network, copy_params: &[Tensor], source: &[Tensor], job: &ShardJob) -> Result<f64, ModelError> {
+    tch::no_grad(|| {
+        for (mine, theirs) in copy_params.iter().zip(source) {
+            mine.shallow_clone().copy_(theirs);
+            let mut g = mine.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+    });
+    let (out, _) = copy.seq_train(&job.xs, None)?;
+    let l = loss(&out, &job.ys)? * job.weight;
+    l.backward();
+    Ok(l.double_value(&[]))
+}
+
 /// Scales the gradients of `params` so their global L2 norm is at most `max`; returns the
 /// norm before scaling.
 fn clip_grad_norm(params: &[Tensor], max: f64) -> f64 {
@@ -356,4 +535,70 @@ fn clip_grad_norm(params: &[Tensor], max: f64) -> f64 {
         }
         norm
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::{Architecture, ClassifierMode, NetworkConfig};
+
+    fn zero_grads(network: &Network) {
+        for p in named_params(network) {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+    }
+
+    fn grads(network: &Network) -> Vec<Tensor> {
+        named_params(network).iter().map(|p| p.grad().copy()).collect()
+    }
+
+    /// Deterministic windows: `[n, time, 1]` of shifted sines, and their next steps.
+    fn windows(n: i64, time: i64) -> (Tensor, Tensor) {
+        let t = Tensor::arange(time + 1, (Kind::Float, Device::Cpu)).unsqueeze(0);
+        let phase = Tensor::arange(n, (Kind::Float, Device::Cpu)).unsqueeze(1) * 0.7;
+        let all = ((&t * 0.3 + phase).sin() + (&t * 1.3).cos() * 0.1).unsqueeze(2);
+        (all.narrow(1, 0, time).contiguous(), all.narrow(1, 1, time).contiguous())
+    }
+
+    #[test]
+    fn a_batch_split_over_threads_gives_the_gradient_and_loss_of_the_whole_batch() {
+        let classifier = NetworkConfig {
+            head: HeadConfig::Classifier { classes: 3, mode: ClassifierMode::ManyToOne },
+            ..NetworkConfig::forecaster(Architecture::Gru, 12, 1)
+        };
+        let cases = [
+            (NetworkConfig::forecaster(Architecture::Lstm, 16, 1), 2, 64),
+            (NetworkConfig::forecaster(Architecture::Gru, 16, 2), 3, 10),
+            (NetworkConfig::forecaster(Architecture::Lstm, 8, 1), 4, 3), // fewer windows than threads
+            (classifier, 2, 9),
+        ];
+        for (config, threads, n) in cases {
+            let network = Network::new(config.clone(), Device::Cpu, 7).expect("network");
+            let (xs, forecast_targets) = windows(n, 20);
+            let ys = match config.head {
+                HeadConfig::Gaussian { .. } => forecast_targets,
+                HeadConfig::Classifier { .. } => Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(3),
+            };
+            let (out, _) = network.seq_train(&xs, None).expect("forward");
+            let whole = loss(&out, &ys).expect("loss");
+            whole.backward();
+            let (whole, expected) = (whole.double_value(&[]), grads(&network));
+            zero_grads(&network);
+            let shards = Shards::start(&network, threads).expect("threads");
+            let split = shards.backward(&network, &xs, &ys).expect("split");
+            let got = grads(&network);
+            drop(shards);
+            let what = format!("{:?}, {threads} threads, {n} windows", config.architecture);
+            assert!((split - whole).abs() <= 1e-5 * whole.abs().max(1.0), "{what}: loss {split} against {whole}");
+            assert!(expected.iter().any(|g| g.abs().max().double_value(&[]) > 1e-4), "{what}: a gradient at all");
+            for (e, g) in expected.iter().zip(&got) {
+                let gap = (e - g).abs().max().double_value(&[]);
+                let scale = e.abs().max().double_value(&[]).max(1e-3);
+                assert!(gap <= 1e-4 * scale, "{what}: gradient off by {gap} (scale {scale})");
+            }
+        }
+    }
 }

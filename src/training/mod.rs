@@ -97,6 +97,8 @@ struct Inner {
     /// Set by [`Jobs::shutdown`]: a job cancelled from now on was interrupted, not cancelled.
     stopping: std::sync::atomic::AtomicBool,
     permits: Semaphore,
+    /// Threads each job splits its batches over ([`TrainConfig::threads`]).
+    threads: usize,
     live: Mutex<HashMap<i64, Live>>,
     /// Every job's task, so shutdown can wait for them.
     tasks: tokio_util::task::TaskTracker,
@@ -109,9 +111,9 @@ pub struct Jobs {
 }
 
 impl Jobs {
-    /// A manager running at most `concurrency` jobs at once. Jobs a previous process left
-    /// queued or running are marked failed ("interrupted").
-    pub async fn start(streams: Streams, concurrency: usize) -> Result<Jobs, StorageError> {
+    /// A manager running at most `concurrency` jobs at once, each on `threads` threads. Jobs
+    /// a previous process left queued or running are marked failed ("interrupted").
+    pub async fn start(streams: Streams, concurrency: usize, threads: usize) -> Result<Jobs, StorageError> {
         let interrupted = streams.storage().fail_interrupted_jobs(now_ms()).await?;
         if interrupted > 0 {
             warn!(interrupted, "jobs of a previous run marked failed");
@@ -121,6 +123,7 @@ impl Jobs {
                 streams,
                 stopping: std::sync::atomic::AtomicBool::new(false),
                 permits: Semaphore::new(concurrency.max(1)),
+                threads: threads.max(1),
                 live: Mutex::new(HashMap::new()),
                 tasks: tokio_util::task::TaskTracker::new(),
             }),
@@ -270,14 +273,19 @@ impl Jobs {
         let command =
             format!("POST /admin/v1/models/{model}/train {}", serde_json::to_string(&request).unwrap_or_default());
         let source = format!("streams {:?} ({} series, {rows} rows)", request.streams, corpus.len());
+        let threads = self.inner.threads;
         let trained = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let mut epoch_started = Instant::now();
             let mut config = NetworkConfig::forecaster(request.architecture, request.hidden, request.layers);
             config.residual = request.residual;
             let data = ForecastData::new(request.window);
-            let train =
-                TrainConfig { epochs: request.epochs, learning_rate: request.learning_rate, ..TrainConfig::default() };
+            let train = TrainConfig {
+                epochs: request.epochs,
+                learning_rate: request.learning_rate,
+                threads,
+                ..TrainConfig::default()
+            };
             let trained = train_forecaster_on_corpus(
                 config,
                 &corpus,

@@ -95,6 +95,35 @@ fn the_same_seed_gives_the_same_weights_on_the_cpu() {
 }
 
 #[test]
+fn training_split_over_threads_is_deterministic_and_learns_what_one_thread_does() {
+    let one = TrainConfig { epochs: 3, seed: 5, ..TrainConfig::default() };
+    let two = TrainConfig { threads: 2, ..one.clone() };
+    let a = train(Architecture::Lstm, 16, &two, 2_000);
+    let b = train(Architecture::Lstm, 16, &two, 2_000);
+    let c = train(Architecture::Lstm, 16, &one, 2_000);
+    let (va, vb, vc) =
+        (a.network.var_store().variables(), b.network.var_store().variables(), c.network.var_store().variables());
+    for (name, t) in &va {
+        assert!(t.equal(&vb[name]), "{name} differs between two runs with one seed and thread count");
+        // The same gradients up to rounding, so the same weights up to rounding carried
+        // through three epochs of Adam.
+        let gap = (t - &vc[name]).abs().max().double_value(&[]);
+        assert!(gap < 1e-4, "{name}: {gap} away from the one-thread run's weights");
+    }
+    let losses = |t: &TrainedForecaster| t.card.training.as_ref().expect("summary").losses.clone();
+    for (two, one) in losses(&a).iter().zip(losses(&c).iter()) {
+        let gap = (two.val_loss - one.val_loss).abs();
+        assert!(
+            gap <= 1e-4 * one.val_loss.abs().max(1.0),
+            "epoch {}: {} against {}",
+            one.epoch,
+            two.val_loss,
+            one.val_loss
+        );
+    }
+}
+
+#[test]
 fn cancellation_stops_training_at_the_next_batch() {
     let cancel = CancelToken::new();
     let series = Series::univariate(noisy_sine(2_000, 3));
