@@ -242,19 +242,31 @@ pub fn loss(output: &Output, targets: &Tensor) -> Result<Tensor, ModelError> {
 
 /// Mean loss of `network` over `data`, without gradients, in chunks.
 pub fn evaluate(network: &Network, data: &Dataset, chunk: usize) -> Result<f64, ModelError> {
-    data.check_for(network)?;
     tch::no_grad(|| {
-        let n = data.len();
-        let mut total = 0.0;
-        for start in (0..n).step_by(chunk.max(1)) {
-            let len = chunk.min(n - start);
-            let idx = Tensor::arange_start(start as i64, (start + len) as i64, (Kind::Int64, network.device()));
-            let (xs, ys) = data.select(&idx);
-            let (out, _) = network.seq(&xs, None)?;
-            total += loss(&out, &ys)?.double_value(&[]) * len as f64;
-        }
-        Ok(total / n as f64)
+        mean_over_chunks(network, data, chunk, |xs, ys| {
+            let (out, _) = network.seq(xs, None)?;
+            Ok(loss(&out, ys)?.double_value(&[]))
+        })
     })
+}
+
+/// The mean over `data` of `mean_loss`, called on chunks of `chunk` windows.
+fn mean_over_chunks(
+    network: &Network,
+    data: &Dataset,
+    chunk: usize,
+    mut mean_loss: impl FnMut(&Tensor, &Tensor) -> Result<f64, ModelError>,
+) -> Result<f64, ModelError> {
+    data.check_for(network)?;
+    let n = data.len();
+    let mut total = 0.0;
+    for start in (0..n).step_by(chunk.max(1)) {
+        let len = chunk.min(n - start);
+        let idx = Tensor::arange_start(start as i64, (start + len) as i64, (Kind::Int64, network.device()));
+        let (xs, ys) = data.select(&idx);
+        total += mean_loss(&xs, &ys)? * len as f64;
+    }
+    Ok(total / n as f64)
 }
 
 /// Trains `network` on `train`, early-stopping on `val`, calling `on_epoch` after every
@@ -313,7 +325,10 @@ pub fn fit(
             norm_sum += norm;
             batches += 1;
         }
-        let val_loss = evaluate(network, val, 1024)?;
+        let val_loss = match &shards {
+            Some(shards) => shards.evaluate(network, val, 1024)?,
+            None => evaluate(network, val, 1024)?,
+        };
         if !val_loss.is_finite() {
             return Err(ModelError::Diverged { epoch });
         }
@@ -401,11 +416,30 @@ struct Helper {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// One share of a batch: windows, targets, and the share's weight in the batch's loss.
+/// One share of a batch: windows, targets, the share's weight in the batch's loss, and
+/// whether it is trained (forward and backward) or only evaluated.
 struct ShardJob {
     xs: Tensor,
     ys: Tensor,
     weight: f64,
+    train: bool,
+}
+
+impl ShardJob {
+    /// The share's weighted loss on `network`, its gradient added to the network's when
+    /// training.
+    fn run(&self, network: &Network) -> Result<f64, ModelError> {
+        if !self.train {
+            return tch::no_grad(|| {
+                let (out, _) = network.seq(&self.xs, None)?;
+                Ok(loss(&out, &self.ys)?.double_value(&[]) * self.weight)
+            });
+        }
+        let (out, _) = network.seq_train(&self.xs, None)?;
+        let l = loss(&out, &self.ys)? * self.weight;
+        l.backward();
+        Ok(l.double_value(&[]))
+    }
 }
 
 /// `network`'s variables, sorted by name (two networks of one configuration pair up).
@@ -446,32 +480,9 @@ impl Shards {
     /// Runs `xs`/`ys` forward and backward, split over the threads, leaving the batch's
     /// gradient in `network`'s (zeroed) gradients. Returns the batch's mean loss.
     fn backward(&self, network: &Network, xs: &Tensor, ys: &Tensor) -> Result<f64, ModelError> {
-        let n = xs.size()[0];
-        let parts = (self.helpers.len() as i64 + 1).min(n);
-        let share_of = |k: i64| (k * n / parts, (k + 1) * n / parts - k * n / parts);
-        let mut sent = Vec::with_capacity(parts as usize - 1);
-        for (k, helper) in (1..parts).zip(&self.helpers) {
-            let (start, len) = share_of(k);
-            let job =
-                ShardJob { xs: xs.narrow(0, start, len), ys: ys.narrow(0, start, len), weight: len as f64 / n as f64 };
-            helper.jobs.as_ref().expect("helper running").send(job).map_err(|_| helper_failed())?;
-            sent.push(helper);
-        }
-        let (start, len) = share_of(0);
-        let own = network.seq_train(&xs.narrow(0, start, len), None).and_then(|(out, _)| {
-            let l = loss(&out, &ys.narrow(0, start, len))? * (len as f64 / n as f64);
-            l.backward();
-            Ok(l.double_value(&[]))
-        });
-        // Every helper answers before anything returns: none may still be running a share.
-        let answers: Vec<Result<f64, ModelError>> =
-            sent.iter().map(|h| h.done.recv().unwrap_or_else(|_| Err(helper_failed()))).collect();
-        let mut total = own?;
-        for answer in answers {
-            total += answer?;
-        }
+        let (mean, sent) = self.split(network, xs, ys, true)?;
         tch::no_grad(|| {
-            for helper in &sent {
+            for helper in &self.helpers[..sent] {
                 for (mine, theirs) in self.params.iter().zip(&helper.params) {
                     let (mut g, other) = (mine.grad(), theirs.grad());
                     if g.defined() && other.defined() {
@@ -480,7 +491,44 @@ impl Shards {
                 }
             }
         });
-        Ok(total)
+        Ok(mean)
+    }
+
+    /// [`evaluate`] split over the threads: each chunk's windows shared out as a batch's are.
+    fn evaluate(&self, network: &Network, data: &Dataset, chunk: usize) -> Result<f64, ModelError> {
+        mean_over_chunks(network, data, chunk, |xs, ys| Ok(self.split(network, xs, ys, false)?.0))
+    }
+
+    /// The mean loss of `xs`/`ys`, its windows shared out over the threads, with the backward
+    /// pass when `train`; also how many helpers took a share (the first ones).
+    fn split(&self, network: &Network, xs: &Tensor, ys: &Tensor, train: bool) -> Result<(f64, usize), ModelError> {
+        let n = xs.size()[0];
+        let parts = (self.helpers.len() as i64 + 1).min(n);
+        let share_of = |k: i64| (k * n / parts, (k + 1) * n / parts - k * n / parts);
+        let mut sent = 0;
+        for (k, helper) in (1..parts).zip(&self.helpers) {
+            let (start, len) = share_of(k);
+            let (xs, ys) = (xs.narrow(0, start, len), ys.narrow(0, start, len));
+            let job = ShardJob { xs, ys, weight: len as f64 / n as f64, train };
+            helper.jobs.as_ref().expect("helper running").send(job).map_err(|_| helper_failed())?;
+            sent += 1;
+        }
+        let (start, len) = share_of(0);
+        let own = ShardJob {
+            xs: xs.narrow(0, start, len),
+            ys: ys.narrow(0, start, len),
+            weight: len as f64 / n as f64,
+            train,
+        };
+        let own = own.run(network);
+        // Every helper answers before anything returns: none may still be running a share.
+        let answers: Vec<Result<f64, ModelError>> =
+            self.helpers[..sent].iter().map(|h| h.done.recv().unwrap_or_else(|_| Err(helper_failed()))).collect();
+        let mut mean = own?;
+        for answer in answers {
+            mean += answer?;
+        }
+        Ok((mean, sent))
     }
 }
 
@@ -499,21 +547,19 @@ fn helper_failed() -> ModelError {
     ModelError::Data("a training thread stopped".into())
 }
 
-/// A helper's share: the network's current weights into the copy, then forward and backward.
+/// A helper's share: the network's current weights into the copy (and its gradients
+/// zeroed, when training), then the share.
 fn share(copy: &Network, copy_params: &[Tensor], source: &[Tensor], job: &ShardJob) -> Result<f64, ModelError> {
     tch::no_grad(|| {
         for (mine, theirs) in copy_params.iter().zip(source) {
             mine.shallow_clone().copy_(theirs);
             let mut g = mine.grad();
-            if g.defined() {
+            if job.train && g.defined() {
                 let _ = g.zero_();
             }
         }
     });
-    let (out, _) = copy.seq_train(&job.xs, None)?;
-    let l = loss(&out, &job.ys)? * job.weight;
-    l.backward();
-    Ok(l.double_value(&[]))
+    job.run(copy)
 }
 
 /// Scales the gradients of `params` so their global L2 norm is at most `max`; returns the
@@ -564,7 +610,7 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_split_over_threads_gives_the_gradient_and_loss_of_the_whole_batch() {
+    fn a_batch_split_over_threads_gives_the_gradient_and_loss_of_the_whole_batch_and_evaluates_alike() {
         let classifier = NetworkConfig {
             head: HeadConfig::Classifier { classes: 3, mode: ClassifierMode::ManyToOne },
             ..NetworkConfig::forecaster(Architecture::Gru, 12, 1)
@@ -590,8 +636,25 @@ mod tests {
             let shards = Shards::start(&network, threads).expect("threads");
             let split = shards.backward(&network, &xs, &ys).expect("split");
             let got = grads(&network);
-            drop(shards);
             let what = format!("{:?}, {threads} threads, {n} windows", config.architecture);
+            let targets = match config.head {
+                HeadConfig::Gaussian { .. } => Targets::Forecast(ys.shallow_clone()),
+                HeadConfig::Classifier { .. } => Targets::Classes(ys.shallow_clone()),
+            };
+            let data = Dataset { inputs: xs.shallow_clone(), targets };
+            for chunk in [4, 1024] {
+                let (alone, shared) = (evaluate(&network, &data, chunk), shards.evaluate(&network, &data, chunk));
+                let (alone, shared) = (alone.expect("evaluated"), shared.expect("evaluated"));
+                assert!(
+                    (alone - whole).abs() <= 1e-5 * whole.abs().max(1.0),
+                    "{what}: evaluated {alone} against {whole}"
+                );
+                assert!(
+                    (shared - alone).abs() <= 1e-5 * alone.abs().max(1.0),
+                    "{what}, chunks of {chunk}: {shared} against {alone}"
+                );
+            }
+            drop(shards);
             assert!((split - whole).abs() <= 1e-5 * whole.abs().max(1.0), "{what}: loss {split} against {whole}");
             assert!(expected.iter().any(|g| g.abs().max().double_value(&[]) > 1e-4), "{what}: a gradient at all");
             for (e, g) in expected.iter().zip(&got) {
