@@ -112,8 +112,9 @@ pub struct ServeArgs {
     /// Training jobs run at once; more wait queued [default: 1].
     #[arg(long, env = "TSAD_TRAINING_JOBS", value_name = "N")]
     pub training_jobs: Option<usize>,
-    /// Threads a training job splits each batch over, each running its share of the
-    /// windows with one libtorch thread (data parallel) [default: CPU cores].
+    /// Threads an operator's training job splits each batch over, each running its share of
+    /// the windows with one libtorch thread (data parallel); automatic fits take one
+    /// [default: CPU cores].
     #[arg(long, env = "TSAD_TRAINING_THREADS", value_name = "N")]
     pub training_threads: Option<usize>,
     /// Streams fitted a model of their own at once after warm-up (auto_train); 0 turns

@@ -97,7 +97,8 @@ struct Inner {
     /// Set by [`Jobs::shutdown`]: a job cancelled from now on was interrupted, not cancelled.
     stopping: std::sync::atomic::AtomicBool,
     permits: Semaphore,
-    /// Threads each job splits its batches over ([`TrainConfig::threads`]).
+    /// Threads each operator's job splits its batches over ([`TrainConfig::threads`]);
+    /// automatic fits take one.
     threads: usize,
     live: Mutex<HashMap<i64, Live>>,
     /// Every job's task, so shutdown can wait for them.
@@ -111,8 +112,9 @@ pub struct Jobs {
 }
 
 impl Jobs {
-    /// A manager running at most `concurrency` jobs at once, each on `threads` threads. Jobs
-    /// a previous process left queued or running are marked failed ("interrupted").
+    /// A manager running at most `concurrency` jobs at once, each on `threads` threads (an
+    /// automatic fit on one). Jobs a previous process left queued or running are marked
+    /// failed ("interrupted").
     pub async fn start(streams: Streams, concurrency: usize, threads: usize) -> Result<Jobs, StorageError> {
         let interrupted = streams.storage().fail_interrupted_jobs(now_ms()).await?;
         if interrupted > 0 {
@@ -273,7 +275,9 @@ impl Jobs {
         let command =
             format!("POST /admin/v1/models/{model}/train {}", serde_json::to_string(&request).unwrap_or_default());
         let source = format!("streams {:?} ({} series, {rows} rows)", request.streams, corpus.len());
-        let threads = self.inner.threads;
+        // An automatic fit is background work beside the streams it serves: one thread. An
+        // operator's job takes the configured threads.
+        let threads = if model.starts_with(crate::streams::AUTO_MODEL_PREFIX) { 1 } else { self.inner.threads };
         let trained = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let mut epoch_started = Instant::now();
