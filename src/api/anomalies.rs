@@ -139,8 +139,8 @@ async fn query(state: &AppState, stream: Option<&str>, q: ListQuery) -> Result<J
     let stream_id = match stream {
         Some(name) => {
             stream_name(name)?;
-            let record = state.streams.storage().stream(name).await?;
-            Some(record.ok_or_else(|| ApiError::NotFound(format!("stream {name} does not exist")))?.id)
+            let id = state.streams.storage().stream_id(name).await?;
+            Some(id.ok_or_else(|| ApiError::NotFound(format!("stream {name} does not exist")))?)
         }
         None => None,
     };

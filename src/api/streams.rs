@@ -424,10 +424,10 @@ async fn get_readings(
     Query(q): Query<ReadingsQuery>,
 ) -> Result<Response, ApiError> {
     stream_name(&stream)?;
-    let record = state
+    let id = state
         .streams
         .storage()
-        .stream(&stream)
+        .stream_id(&stream)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("stream {stream} does not exist")))?;
     let from = q.from.as_deref().map(query_timestamp).transpose()?;
@@ -441,7 +441,7 @@ async fn get_readings(
         .as_deref()
         .map(|c| c.parse::<i64>().map_err(|_| ApiError::BadRequest("invalid cursor".into())))
         .transpose()?;
-    let rows = state.streams.storage().readings(record.id, from, to, after, limit).await?;
+    let rows = state.streams.storage().readings(id, from, to, after, limit).await?;
     let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.ts.to_string())).flatten();
     Ok(Json(ReadingsPageJson { next_cursor, readings: rows.iter().map(row_json).collect() }).into_response())
 }

@@ -359,6 +359,13 @@ impl Storage {
         row.as_ref().map(Self::stream_from_row).transpose()
     }
 
+    /// A stream's id by name, without its row or scoring state: all a page of its readings
+    /// or anomalies needs.
+    pub async fn stream_id(&self, name: &str) -> Result<Option<i64>, StorageError> {
+        let row = sqlx::query("SELECT id FROM streams WHERE name = $1").bind(name).fetch_optional(&self.pool).await?;
+        Ok(row.map(|r| r.try_get::<i64, _>("id")).transpose()?)
+    }
+
     /// The streams of `names` that exist, in one query per [`NAMES_PER_QUERY`] names.
     pub async fn streams_named(&self, names: &[&str]) -> Result<Vec<StreamRecord>, StorageError> {
         let mut out = Vec::new();
