@@ -196,6 +196,11 @@ impl Settings {
     }
 }
 
+/// The CPU cores this process may use (1 when unknown): the default of every thread count.
+pub fn cpu_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// The repository's `models/` when run from a checkout (`cargo run`, target/…/tsad), else
 /// `models` in the working directory.
 pub fn default_models_dir() -> PathBuf {
@@ -258,7 +263,7 @@ impl ServeArgs {
         }
         let models_dir = pick!(models_dir, default_models_dir());
         let api_keys = parse_api_keys(&pick!(api_keys, String::new()))?;
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = cpu_cores();
         let inference_threads = pick!(inference_threads, cores);
         let inference_device = match pick!(inference_device, "auto".to_string()).as_str() {
             "auto" => crate::model::default_device(),
@@ -362,7 +367,7 @@ mod tests {
         assert!(s.listen.ip().is_loopback());
         assert_eq!(s.database_url, "sqlite://tsad.db");
         assert!(s.api_keys.is_empty());
-        assert_eq!(s.training_threads, std::thread::available_parallelism().map_or(1, |n| n.get()));
+        assert_eq!((s.inference_threads, s.training_threads), (cpu_cores(), cpu_cores()));
     }
 
     #[test]

@@ -138,7 +138,7 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
         patience: args.patience,
         seed: args.seed,
         max_duration,
-        threads: args.threads.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), usize::from),
+        threads: args.threads.map_or_else(crate::config::cpu_cores, usize::from),
         ..TrainConfig::default()
     };
     train_config.validate().map_err(usage)?;

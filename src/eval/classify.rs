@@ -422,7 +422,7 @@ impl ClassifyRun {
                 patience: 4,
                 seed,
                 max_duration: Some(self.max_training / seeds as u32),
-                threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                threads: crate::config::cpu_cores(),
                 ..TrainConfig::default()
             };
             let fitted = crate::model::train::fit(
