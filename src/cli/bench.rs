@@ -625,7 +625,6 @@ fn training(
     rounds: usize,
     json_out: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    tch::set_num_threads(work.threads as i32);
     let train = sine_windows(work.sequences, work.steps, 1);
     let val = sine_windows((work.sequences / 10).max(1), work.steps, 2);
     println!(

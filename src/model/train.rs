@@ -242,12 +242,22 @@ pub fn loss(output: &Output, targets: &Tensor) -> Result<Tensor, ModelError> {
 
 /// Mean loss of `network` over `data`, without gradients, in chunks.
 pub fn evaluate(network: &Network, data: &Dataset, chunk: usize) -> Result<f64, ModelError> {
-    tch::no_grad(|| {
-        mean_over_chunks(network, data, chunk, |xs, ys| {
+    mean_over_chunks(network, data, chunk, |xs, ys| weighted_loss(network, xs, ys, 1.0, false))
+}
+
+/// The loss of `network` on `xs`/`ys` times `weight`; when `train`, its gradient is added to
+/// the network's, else no graph is recorded.
+fn weighted_loss(network: &Network, xs: &Tensor, ys: &Tensor, weight: f64, train: bool) -> Result<f64, ModelError> {
+    if !train {
+        return tch::no_grad(|| {
             let (out, _) = network.seq(xs, None)?;
-            Ok(loss(&out, ys)?.double_value(&[]))
-        })
-    })
+            Ok(loss(&out, ys)?.double_value(&[]) * weight)
+        });
+    }
+    let (out, _) = network.seq_train(xs, None)?;
+    let l = loss(&out, ys)? * weight;
+    l.backward();
+    Ok(l.double_value(&[]))
 }
 
 /// The mean over `data` of `mean_loss`, called on chunks of `chunk` windows.
@@ -309,12 +319,7 @@ pub fn fit(
             optimizer.zero_grad();
             let value = match &shards {
                 Some(shards) => shards.backward(network, &xs, &ys)?,
-                None => {
-                    let (out, _) = network.seq_train(&xs, None)?;
-                    let batch_loss = loss(&out, &ys)?;
-                    batch_loss.backward();
-                    batch_loss.double_value(&[])
-                }
+                None => weighted_loss(network, &xs, &ys, 1.0, true)?,
             };
             let norm = clip_grad_norm(&params, config.clip_norm);
             if !value.is_finite() || !norm.is_finite() {
@@ -426,19 +431,9 @@ struct ShardJob {
 }
 
 impl ShardJob {
-    /// The share's weighted loss on `network`, its gradient added to the network's when
-    /// training.
+    /// The share's weighted loss on `network` ([`weighted_loss`]).
     fn run(&self, network: &Network) -> Result<f64, ModelError> {
-        if !self.train {
-            return tch::no_grad(|| {
-                let (out, _) = network.seq(&self.xs, None)?;
-                Ok(loss(&out, &self.ys)?.double_value(&[]) * self.weight)
-            });
-        }
-        let (out, _) = network.seq_train(&self.xs, None)?;
-        let l = loss(&out, &self.ys)? * self.weight;
-        l.backward();
-        Ok(l.double_value(&[]))
+        weighted_loss(network, &self.xs, &self.ys, self.weight, self.train)
     }
 }
 
