@@ -416,36 +416,27 @@ impl Streams {
             sent.push(self.enqueue(name, channels(readings), &ingest(readings)).await);
         }
         drop(guard);
-        let judged = futures::future::join_all(sent.into_iter().zip(&groups).map(|(sent, (name, readings))| {
-            async move {
-                let (answer, generation) = sent?;
-                match answer.await {
-                    Ok(result) => result,
-                    // The actor stopped before judging (its state reloads from storage):
-                    // ask its successor. Only a failed commit or a shutdown does this.
-                    Err(_) => {
-                        self.forget(name, generation);
-                        // Boxed: this rare path's future would otherwise make each of a
-                        // request's per-stream futures several times larger to move.
-                        Box::pin(self.ask(name, channels(readings), ingest(readings))).await.and_then(|r| r)
-                    }
+        // The answers in order, one at a time: each actor judges as soon as its message
+        // arrives, whatever is awaited here, so awaiting them in turn costs no time, and
+        // spares a request of 1,000 streams the 1,000 tasks of a `join_all` (its
+        // `FuturesUnordered` was 3 % of the runtime's time at that shape).
+        let mut prepared: Vec<Prepared> = Vec::with_capacity(sent.len());
+        for (sent, (name, readings)) in sent.into_iter().zip(&groups) {
+            let (answer, generation) = sent?;
+            let judged = match answer.await {
+                Ok(result) => result,
+                // The actor stopped before judging (its state reloads from storage): ask
+                // its successor. Only a failed commit or a shutdown does this.
+                Err(_) => {
+                    self.forget(name, generation);
+                    // Boxed: this rare path's future would otherwise make the request's
+                    // future larger to move.
+                    Box::pin(self.ask(name, channels(readings), ingest(readings))).await.and_then(|r| r)
                 }
-            }
-        }))
-        .await;
-        let mut prepared: Vec<Prepared> = Vec::with_capacity(judged.len());
-        let mut first_error = None;
-        for result in judged {
-            match result {
-                Ok(p) => prepared.push(p),
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        if let Some(e) = first_error {
-            // Dropping the prepared ingests discards them.
-            return Err(e);
+            };
+            // On an error the prepared ingests are dropped, which discards them, and so
+            // are the answers still to come (their actors discard theirs).
+            prepared.push(judged?);
         }
         // Commit in a task of its own: a client that disconnects must not leave rows
         // committed but streams not told.
