@@ -164,6 +164,11 @@ pub const NAMES_PER_QUERY: usize = 500;
 #[derive(Debug, Clone)]
 pub struct Storage {
     pool: AnyPool,
+    /// On PostgreSQL, a pool of the driver's own for pages of readings, opened on first use:
+    /// through `Any` every row is first copied into an `AnyRow`, which took a fifth of the
+    /// process's time reading pages of 1,000 (docs/PERFORMANCE.md, "Pages of readings on
+    /// PostgreSQL without `Any`").
+    pg_reads: Option<sqlx::PgPool>,
     backend: Backend,
     /// Where it points, for [`Storage::own_connection`].
     url: String,
@@ -287,7 +292,17 @@ impl Storage {
                 })
             });
         let pool = options.connect(&url).await?;
-        Ok(Storage { pool, backend, url })
+        // Not for a handle of one connection (the writer's), which reads no pages.
+        let pg_reads = match (backend, connections) {
+            (Backend::Postgres, None) => Some(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(std::time::Duration::from_secs(5))
+                    .connect_lazy(&url)?,
+            ),
+            _ => None,
+        };
+        Ok(Storage { pool, pg_reads, backend, url })
     }
 
     pub fn backend(&self) -> Backend {
@@ -464,7 +479,7 @@ impl Storage {
             ),
         };
         if self.backend != Backend::Sqlite {
-            return fetch_readings(&mut *self.pool.acquire().await?, &sql, &params).await;
+            return self.fetch_readings_elsewhere(&sql, &params).await;
         }
         // Both reads in one snapshot: a commit between them could show a block but not the
         // rows logged before it, and a page of readings would skip those.
@@ -482,6 +497,19 @@ impl Storage {
         let packed = fetch_blocks(&mut tx, blocks, limit, in_range).await?;
         tx.commit().await?;
         Ok(merge(rows, packed.into_iter().flatten().collect(), limit, End::First))
+    }
+
+    /// The readings `sql` selects on PostgreSQL: through the driver's own pool where this
+    /// handle has one.
+    async fn fetch_readings_elsewhere(&self, sql: &str, params: &[i64]) -> Result<Vec<ReadingRow>, StorageError> {
+        let Some(pg) = &self.pg_reads else {
+            return fetch_readings(&mut *self.pool.acquire().await?, sql, params).await;
+        };
+        let mut query = sqlx::query(sql);
+        for &p in params {
+            query = query.bind(p);
+        }
+        query.fetch_all(pg).await?.iter().map(reading_from_row).collect()
     }
 
     /// The most recent `limit` readings of a stream, oldest first (for re-warming state).
@@ -505,7 +533,7 @@ impl Storage {
             ),
         };
         if self.backend != Backend::Sqlite {
-            let rows = fetch_readings(&mut *self.pool.acquire().await?, &sql, &params).await?;
+            let rows = self.fetch_readings_elsewhere(&sql, &params).await?;
             return Ok(rows.into_iter().rev().collect());
         }
         // One snapshot, as in [`Storage::readings`].
@@ -653,7 +681,15 @@ fn merge(a: Vec<ReadingRow>, b: Vec<ReadingRow>, limit: i64, end: End) -> Vec<Re
     all
 }
 
-fn reading_from_row(row: &AnyRow) -> Result<ReadingRow, StorageError> {
+/// A reading of a row of `READING_COLUMNS`, of either driver's rows.
+fn reading_from_row<'r, R>(row: &'r R) -> Result<ReadingRow, StorageError>
+where
+    R: Row,
+    &'static str: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    f64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
     let channels: Option<String> = row.try_get("channels_json")?;
     Ok(ReadingRow {
         ts: row.try_get("ts")?,
