@@ -479,7 +479,7 @@ impl Storage {
             ),
         };
         if self.backend != Backend::Sqlite {
-            return self.fetch_readings_elsewhere(&sql, &params).await;
+            return self.fetch_readings_postgres(&sql, &params).await;
         }
         // Both reads in one snapshot: a commit between them could show a block but not the
         // rows logged before it, and a page of readings would skip those.
@@ -501,7 +501,7 @@ impl Storage {
 
     /// The readings `sql` selects on PostgreSQL: through the driver's own pool where this
     /// handle has one.
-    async fn fetch_readings_elsewhere(&self, sql: &str, params: &[i64]) -> Result<Vec<ReadingRow>, StorageError> {
+    async fn fetch_readings_postgres(&self, sql: &str, params: &[i64]) -> Result<Vec<ReadingRow>, StorageError> {
         let Some(pg) = &self.pg_reads else {
             return fetch_readings(&mut *self.pool.acquire().await?, sql, params).await;
         };
@@ -533,7 +533,7 @@ impl Storage {
             ),
         };
         if self.backend != Backend::Sqlite {
-            let rows = self.fetch_readings_elsewhere(&sql, &params).await?;
+            let rows = self.fetch_readings_postgres(&sql, &params).await?;
             return Ok(rows.into_iter().rev().collect());
         }
         // One snapshot, as in [`Storage::readings`].

@@ -59,11 +59,17 @@ fn tid() -> libc::id_t {
 /// The calling thread's nice value.
 #[cfg(target_os = "linux")]
 pub(crate) fn nice() -> io::Result<i32> {
+    nice_of(tid())
+}
+
+/// The nice value of the thread `tid`.
+#[cfg(target_os = "linux")]
+fn nice_of(tid: libc::id_t) -> io::Result<i32> {
     // -1 is a valid nice value as well as the error return: errno tells them apart.
     // SAFETY: errno is thread-local; getpriority only reads the scheduler's value.
     let value = unsafe {
         *libc::__errno_location() = 0;
-        libc::getpriority(libc::PRIO_PROCESS, tid())
+        libc::getpriority(libc::PRIO_PROCESS, tid)
     };
     match io::Error::last_os_error() {
         e if value == -1 && e.raw_os_error().is_some_and(|code| code != 0) => Err(e),
@@ -89,11 +95,13 @@ mod tests {
     /// at its own after; where it may not, nothing changes and the refusal is an error.
     #[test]
     fn a_raised_priority_holds_for_the_guards_life_and_only_on_its_thread() {
-        std::thread::spawn(|| {
+        let (here, here_before) = (tid(), nice().expect("reads the nice value"));
+        std::thread::spawn(move || {
             let before = nice().expect("reads the nice value");
             match Raised::raise(5) {
                 Ok(raised) => {
                     assert_eq!(raised.previous(), before);
+                    assert_eq!(nice_of(here).expect("reads"), here_before, "the thread that started it is as it was");
                     assert_eq!(nice().expect("reads"), (before - 5).max(-20), "raised");
                     let other = std::thread::spawn(|| nice().expect("reads"));
                     assert_eq!(other.join().expect("joins"), (before - 5).max(-20), "a thread started now inherits it");
