@@ -58,10 +58,44 @@ pub async fn fresh_database(backend: Backend) -> Option<(String, Option<std::syn
             let server = postgres_server()?;
             use sqlx::Connection;
             let mut conn = sqlx::PgConnection::connect(&server).await.expect("PostgreSQL reachable");
+            // Only a server on this machine: process ids are this machine's.
+            let local = reqwest::Url::parse(&server)
+                .is_ok_and(|u| matches!(u.host_str(), None | Some("127.0.0.1" | "localhost" | "[::1]")));
+            if local {
+                drop_stale_databases(&mut conn).await;
+            }
             let name = format!("tsad_test_{}", std::process::id()) + &format!("_{}", rand::random::<u64>());
             sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
             let base = server.rsplit_once('/').map_or(server.as_str(), |(base, _)| base).to_string();
             Some((format!("{base}/{name}"), None))
+        }
+    }
+}
+
+/// Drops, once a test process, the databases of earlier test processes no longer running on
+/// this machine (`tsad_test_<pid>_…`, and `tsad_unit_<pid>_…` of the unit tests): a test leaves its
+/// database behind (it cannot know it is the process's last), and each run of the suite
+/// made some twenty on the machine's server, none ever dropped.
+async fn drop_stale_databases(conn: &mut sqlx::PgConnection) {
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if DONE.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT datname FROM pg_database WHERE datname LIKE 'tsad\\_test\\_%' OR datname LIKE 'tsad\\_unit\\_%'",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .expect("lists databases");
+    for name in names {
+        let pid = name.split('_').nth(2).and_then(|p| p.parse::<u32>().ok());
+        let running = pid.is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if pid.is_some() && !running {
+            if let Err(e) =
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut *conn).await
+            {
+                eprintln!("NOTE: a stale test database {name} was not dropped: {e}");
+            }
         }
     }
 }
