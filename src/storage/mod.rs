@@ -292,15 +292,15 @@ impl Storage {
                 })
             });
         let pool = options.connect(&url).await?;
-        // Not for a handle of one connection (the writer's), which reads no pages.
-        let pg_reads = match (backend, connections) {
-            (Backend::Postgres, None) => Some(
+        // Opened on first use: a handle that reads no pages (the writer's) opens none.
+        let pg_reads = match backend {
+            Backend::Postgres => Some(
                 sqlx::postgres::PgPoolOptions::new()
                     .max_connections(8)
                     .acquire_timeout(std::time::Duration::from_secs(5))
                     .connect_lazy(&url)?,
             ),
-            _ => None,
+            Backend::Sqlite => None,
         };
         Ok(Storage { pool, pg_reads, backend, url })
     }
@@ -499,8 +499,7 @@ impl Storage {
         Ok(merge(rows, packed.into_iter().flatten().collect(), limit, End::First))
     }
 
-    /// The readings `sql` selects on PostgreSQL: through the driver's own pool where this
-    /// handle has one.
+    /// The readings `sql` selects on PostgreSQL, through the driver's own pool.
     async fn fetch_readings_postgres(&self, sql: &str, params: &[i64]) -> Result<Vec<ReadingRow>, StorageError> {
         let Some(pg) = &self.pg_reads else {
             return fetch_readings(&mut *self.pool.acquire().await?, sql, params).await;

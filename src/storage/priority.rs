@@ -58,7 +58,7 @@ fn tid() -> libc::id_t {
 
 /// The calling thread's nice value.
 #[cfg(target_os = "linux")]
-pub(crate) fn nice() -> io::Result<i32> {
+fn nice() -> io::Result<i32> {
     nice_of(tid())
 }
 

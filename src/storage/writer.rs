@@ -97,7 +97,7 @@ impl Writer {
             // at the service's priority.
             let _raised = match Raised::raise(WRITER_PRIORITY) {
                 Ok(raised) => {
-                    debug!(nice = ?super::priority::nice().ok(), "the storage writer's priority raised");
+                    debug!(by = WRITER_PRIORITY, "the storage writer's priority raised");
                     Some(raised)
                 }
                 Err(e) => {
