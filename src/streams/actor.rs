@@ -65,8 +65,31 @@ pub struct IngestCommand {
 pub struct Prepared {
     pub batch: WriteBatch,
     pub verdicts: Vec<ReadingVerdict>,
-    /// Send the stream's id once `batch` is committed, `None` (or drop) to discard.
-    pub decide: oneshot::Sender<Option<i64>>,
+    /// A lone reading's network step, left for after the commit (see [`Actor::prepare`]):
+    /// the request takes the steps of all its streams in one inference call.
+    pub step: Option<PendingStep>,
+    /// Send what was committed once `batch` is, `None` when its outcome is unknown; drop it
+    /// to discard (nothing was sent to the database).
+    pub decide: oneshot::Sender<Option<Committed>>,
+}
+
+/// A network step a stream left for after its commit: one step of `rows` sequences.
+pub struct PendingStep {
+    pub model: Arc<ModelInfo>,
+    pub rows: usize,
+    /// `[rows][input_size]`.
+    pub inputs: Vec<f32>,
+    /// `[rows][state_len]`: the recurrent state before the step.
+    pub state: Vec<f32>,
+}
+
+/// What an actor is told of a committed ingest.
+pub struct Committed {
+    /// The stream's id (new streams get theirs with their first commit).
+    pub id: i64,
+    /// The step the ingest left for after the commit, taken with those of the request's
+    /// other streams: its result and the first of its rows there. `None` if it left none.
+    pub step: Option<Result<(Arc<InferenceResult>, usize), InferenceError>>,
 }
 
 /// The scoring state of a stream, written with some of its commits (see [`SNAPSHOT_INTERVAL`]).
@@ -413,7 +436,7 @@ impl Actor {
             (Vec::new(), &readings[..])
         };
         let prepared = if fresh.is_empty() { self.unchanged() } else { self.prepare(fresh, false).await };
-        let (state, batch, fresh_verdicts, deferred) = match prepared {
+        let (mut state, batch, fresh_verdicts, deferred) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 let _ = reply.send(Err(e));
@@ -429,14 +452,23 @@ impl Actor {
         let persisted = batch.update.snapshot.is_some();
         // The state written lacks these readings when their step was left for after the commit.
         let unwritten = if deferred.is_some() { added as u64 } else { 0 };
+        // The step's state is the judged state's own (unchanged by judging): moved out, and
+        // put back from the step's result.
+        let step = deferred.map(|inputs| PendingStep {
+            model: self.model.clone(),
+            rows: rows(self.record.config.channels, &self.model),
+            inputs,
+            state: std::mem::take(&mut state.recurrent),
+        });
+        let stepped = step.is_some();
         let (decide, decision) = oneshot::channel();
-        if reply.send(Ok(Prepared { batch, verdicts, decide })).is_err() {
+        if reply.send(Ok(Prepared { batch, verdicts, step, decide })).is_err() {
             return Flow::Continue; // the request is gone; nothing was stored
         }
         // No timer here: the request's commit task answers every decision, with `None`
         // should the writer not answer within `commit_timeout` (`super::StreamLimits`).
         match decision.await {
-            Ok(Some(id)) => {
+            Ok(Some(Committed { id, step })) => {
                 self.record.id = id;
                 self.record.readings_count += added;
                 self.record.last_ts = state.last_ts;
@@ -447,10 +479,14 @@ impl Actor {
                 } else {
                     self.unsaved += added as u64;
                 }
-                if let Some(inputs) = deferred {
-                    if !self.step_after_commit(inputs).await {
+                match step {
+                    Some(Ok((result, row))) => apply_row(&mut self.state, &self.model, &result, row),
+                    Some(Err(e)) => {
+                        warn!(stream = %self.name, error = %e, "step after commit failed; the stream reloads from storage");
                         return Flow::Reload;
                     }
+                    None if stepped => return Flow::Reload, // not taken: the state lacks it
+                    None => {}
                 }
                 self.maybe_request_fit();
             }
@@ -513,8 +549,9 @@ impl Actor {
     ///
     /// A reading is judged against the forecast made at the step before it, so a lone
     /// reading's verdict needs no inference: unless it is a new stream's first, its step
-    /// (which only forecasts the next reading) is left to [`Actor::step_after_commit`], and
-    /// the reply does not wait for it.
+    /// (which only forecasts the next reading) is left for after the commit, which takes the
+    /// steps of all the request's streams in one inference call ([`PendingStep`]), and the
+    /// reply does not wait for it.
     async fn prepare(&self, readings: &[Reading], replay: bool) -> Result<Judged, IngestError> {
         let channels = self.record.config.channels;
         let (first, last) = match (readings.first(), readings.last()) {
@@ -662,23 +699,6 @@ impl Actor {
         let rows = rows(self.record.config.channels, &self.model);
         self.shared.inference.run(self.model.clone(), rows, steps, inputs, self.state.recurrent.clone()).await
     }
-
-    /// Takes the step [`Actor::prepare`] left for after the commit (`inputs` of the lone
-    /// reading just applied): the recurrent state and the forecast of the next reading.
-    /// False if inference failed: the state then lacks a step and must be reloaded.
-    async fn step_after_commit(&mut self, inputs: Vec<f32>) -> bool {
-        match self.infer(1, inputs).await {
-            Ok(result) => {
-                let model = self.model.clone();
-                apply_step(&mut self.state, &model, 1, result);
-                true
-            }
-            Err(e) => {
-                warn!(stream = %self.name, error = %e, "step after commit failed; the stream reloads from storage");
-                false
-            }
-        }
-    }
 }
 
 /// Judged readings: the new state, the rows to store, the verdicts, and the inputs of a
@@ -693,6 +713,24 @@ fn apply_step(state: &mut Snapshot, model: &ModelInfo, steps: usize, result: Inf
     state.forecast_mean = Some(last(&result.mean));
     state.forecast_log_var = Some(last(&result.log_var));
     state.recurrent = result.state;
+}
+
+/// Puts the rows from `row` of a single step taken for several streams at once into
+/// `state` (the recurrent state and the forecast of the next reading), in place.
+fn apply_row(state: &mut Snapshot, model: &ModelInfo, result: &InferenceResult, row: usize) {
+    let channels = state.normaliser.channels();
+    // One step: a row's forecasts are its `input_size` channels, in order.
+    let forecast = row * model.input_size..row * model.input_size + channels;
+    let fill = |slot: &mut Option<Vec<f64>>, from: &[f32]| {
+        let values = slot.get_or_insert_with(Vec::new);
+        values.clear();
+        values.extend(from.iter().map(|&v| f64::from(v)));
+    };
+    fill(&mut state.forecast_mean, &result.mean[forecast.clone()]);
+    fill(&mut state.forecast_log_var, &result.log_var[forecast]);
+    let recurrent = row * model.state_len..(row + rows(channels, model)) * model.state_len;
+    state.recurrent.clear();
+    state.recurrent.extend_from_slice(&result.state[recurrent]);
 }
 
 /// A stored reading's verdict, as it was answered when the reading was first ingested.

@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
-use crate::inference::{InferenceError, InferencePool, ModelCatalog, ModelInfo};
+use crate::inference::{InferenceError, InferencePool, InferenceResult, ModelCatalog, ModelInfo};
 use crate::metrics::Metrics;
 use crate::scoring::{Baseline, Verdict};
 use crate::storage::{now_ms, Storage, StorageError, StreamConfig, StreamRecord, Writer};
-use actor::{Actor, Command, IngestCommand, Prepared};
+use actor::{Actor, Command, Committed, IngestCommand, PendingStep, Prepared};
 
 /// Models fitted to one stream by automatic training are named this plus the stream's id.
 pub const AUTO_MODEL_PREFIX: &str = "auto-";
@@ -97,8 +97,9 @@ struct Handle {
     /// front, ~700 bytes more per idle actor (docs/PERFORMANCE.md, memory).
     tx: flume::Sender<Command>,
     generation: u64,
-    /// The model the stream is bound to, to find the streams a model swap concerns.
-    model: String,
+    /// The model the stream is bound to, to find the streams a model swap concerns (shared:
+    /// a handle is cloned for every message sent).
+    model: Arc<str>,
 }
 
 /// State shared by the registry and every actor.
@@ -168,6 +169,39 @@ fn ingest_command(
     arrived: Instant,
 ) -> impl Fn(oneshot::Sender<Result<Prepared, IngestError>>) -> Command + '_ {
     move |reply| Command::Ingest(Box::new(IngestCommand { readings: readings.clone(), arrived, reply }))
+}
+
+/// Takes the single steps the streams of a committed request left for after their commit
+/// (`(index in the request, step)`), one inference call a model: a request of one reading
+/// of each of 1,000 streams makes one call of 1,000 rows instead of 1,000 calls, each
+/// with its channel, reply and wake-up (docs/PERFORMANCE.md). Returns each step's result
+/// and its first row there, by index.
+async fn take_steps(
+    inference: &InferencePool,
+    steps: Vec<(usize, PendingStep)>,
+) -> HashMap<usize, Result<(Arc<InferenceResult>, usize), InferenceError>> {
+    let mut taken = HashMap::with_capacity(steps.len());
+    let mut rest = steps;
+    while let Some((_, first)) = rest.first() {
+        let model = first.model.clone();
+        let (same, other): (Vec<_>, Vec<_>) =
+            rest.into_iter().partition(|(_, s)| s.model.name == model.name && s.model.version == model.version);
+        rest = other;
+        let rows: usize = same.iter().map(|(_, s)| s.rows).sum();
+        let mut inputs = Vec::with_capacity(rows * model.input_size);
+        let mut state = Vec::with_capacity(rows * model.state_len);
+        for (_, s) in &same {
+            inputs.extend_from_slice(&s.inputs);
+            state.extend_from_slice(&s.state);
+        }
+        let result = inference.run(model, rows, 1, inputs, state).await.map(Arc::new);
+        let mut row = 0;
+        for (i, s) in same {
+            taken.insert(i, result.clone().map(|r| (r, row)));
+            row += s.rows;
+        }
+    }
+    taken
 }
 
 /// Defaults for streams created by their first reading.
@@ -338,7 +372,7 @@ impl Streams {
         }
         let (tx, rx) = flume::bounded(self.shared.mailbox);
         let generation = self.shared.generation.fetch_add(1, Ordering::Relaxed);
-        let handle = Handle { tx, generation, model: actor.model_name().to_string() };
+        let handle = Handle { tx, generation, model: actor.model_name().into() };
         actors.insert(name.to_string(), handle.clone());
         self.shared.metrics.active_streams.inc();
         self.shared.tracker.spawn(actor.run(rx, generation));
@@ -441,17 +475,21 @@ impl Streams {
         // Commit in a task of its own: a client that disconnects must not leave rows
         // committed but streams not told.
         let writer = self.shared.writer.clone();
+        let inference = self.shared.inference.clone();
         let metrics = self.shared.metrics.clone();
         let commit_timeout = self.shared.commit_timeout;
         let names: Vec<String> = groups.into_iter().map(|(name, _)| name).collect();
-        let task = self.shared.tracker.spawn(async move {
+        let (answer, answered) = oneshot::channel();
+        self.shared.tracker.spawn(async move {
             // The batches go to the writer (moved, not copied); what is needed after the
             // commit stays here.
             let mut batches = Vec::with_capacity(prepared.len());
             let mut after = Vec::with_capacity(prepared.len());
-            for Prepared { batch, verdicts, decide } in prepared {
+            let mut steps = Vec::new();
+            for (i, Prepared { batch, verdicts, step, decide }) in prepared.into_iter().enumerate() {
                 after.push((verdicts, decide, batch.readings.len(), batch.update.anomalies_added));
                 batches.push(batch);
+                steps.extend(step.map(|step| (i, step)));
             }
             let committed = match tokio::time::timeout(commit_timeout, writer.commit(batches)).await {
                 Ok(committed) => committed,
@@ -466,11 +504,10 @@ impl Streams {
             // failure may have happened after the COMMIT did (its outcome is unknown).
             let never_sent = matches!(committed, Err(StorageError::WriterFull));
             let mut outcomes = Vec::with_capacity(after.len());
+            let mut decisions = Vec::with_capacity(after.len());
             for (i, ((verdicts, decide, rows, events), name)) in after.into_iter().zip(names).enumerate() {
                 let id = ids.get(i).copied();
-                if !never_sent {
-                    let _ = decide.send(id); // dropped unsent: "not committed"
-                }
+                decisions.push((decide, id));
                 if id.is_some() {
                     let flagged = verdicts.iter().filter(|v| v.verdict.anomaly).count();
                     metrics.readings.inc_by(rows as u64);
@@ -479,14 +516,22 @@ impl Streams {
                     outcomes.push(IngestOutcome { stream: name, accepted: verdicts.len(), verdicts });
                 }
             }
-            committed.map(|_| outcomes)
+            // The request is answered before the streams take their steps.
+            let _ = answer.send(committed.map(|_| outcomes));
+            if never_sent {
+                return; // the decisions dropped unsent: "not committed"
+            }
+            let mut taken = if ids.is_empty() { HashMap::new() } else { take_steps(&inference, steps).await };
+            for (i, (decide, id)) in decisions.into_iter().enumerate() {
+                let _ = decide.send(id.map(|id| Committed { id, step: taken.remove(&i) }));
+            }
         });
-        match task.await {
+        match answered.await {
             Ok(result) => result.map_err(|e| match e {
                 StorageError::WriterFull => IngestError::Overloaded("storage writer queue full"),
                 other => IngestError::Storage(other),
             }),
-            Err(e) => Err(IngestError::Internal(e.to_string())),
+            Err(_) => Err(IngestError::Internal("the commit task ended without an answer".into())),
         }
     }
 
@@ -559,7 +604,7 @@ impl Streams {
             .lock()
             .expect("actor registry lock")
             .iter()
-            .filter(|(_, h)| h.model == model)
+            .filter(|(_, h)| *h.model == *model)
             .map(|(name, _)| name.clone())
             .collect();
         futures::stream::iter(bound)

@@ -505,6 +505,28 @@ async fn a_graceful_stop_writes_every_streams_state() {
     }
 }
 
+/// A reading's numbers (one channel's or several) as a list.
+fn numbers(v: &Value) -> Vec<f64> {
+    match v.as_array() {
+        Some(values) => values.iter().map(|x| x.as_f64().expect("number")).collect(),
+        None => vec![v.as_f64().expect("number")],
+    }
+}
+
+/// Asserts two stored readings have the same timestamp and verdict up to what kernels that
+/// run the same network differently change: ulps in the forecast, and a score whose tail
+/// histogram may put such values in neighbouring bins.
+fn assert_judged_alike(a: &Value, b: &Value, what: &str) {
+    assert_eq!(a["ts"], b["ts"], "{what}");
+    for (field, tolerance) in [("expected", 1e-4), ("lower", 1e-4), ("upper", 1e-4), ("score", 1e-2)] {
+        let (x, y) = (numbers(&a[field]), numbers(&b[field]));
+        assert_eq!(x.len(), y.len(), "{what}: {field}");
+        for (x, y) in x.iter().zip(&y) {
+            assert!((x - y).abs() <= tolerance * (1.0 + y.abs()), "{what}: {field} {x}, {y}");
+        }
+    }
+}
+
 /// A lone reading is judged against the forecast made at the step before it, and its own
 /// step (the forecast of the next reading) is taken after its commit: a stream fed one
 /// reading a request stores the same verdicts as one fed 40 a request, across a restart
@@ -525,21 +547,64 @@ async fn lone_readings_are_judged_as_readings_in_batches_are() {
         assert_eq!((alone.len(), batched.len()), (240, 240), "{backend:?}");
         let mut forecasts_moved = false;
         for (i, (a, b)) in alone.iter().zip(batched).enumerate() {
-            assert_eq!(a["ts"], b["ts"], "{backend:?} reading {i}");
-            // One step at a time and a whole window run through different kernels (ulps
-            // apart); the score's tail histogram may put such values in neighbouring bins.
-            for (field, tolerance) in [("expected", 1e-4), ("lower", 1e-4), ("upper", 1e-4), ("score", 1e-2)] {
-                let (x, y) = (a[field].as_f64().expect("number"), b[field].as_f64().expect("number"));
-                assert!(
-                    (x - y).abs() <= tolerance * (1.0 + y.abs()),
-                    "{backend:?} reading {i} {field}: {x} alone, {y} batched"
-                );
-            }
+            // One step at a time and a whole window run through different kernels.
+            assert_judged_alike(a, b, &format!("{backend:?} reading {i} alone, batched"));
             forecasts_moved |= i > 0 && a["expected"] != alone[i - 1]["expected"];
         }
         assert!(forecasts_moved, "{backend:?}: the forecast follows the readings");
         app.stop().await;
     }
+}
+
+/// The streams of a request take their lone readings' steps in one inference call after the
+/// commit, each stream's rows among the others': every stream gets its own back and stores
+/// the verdicts it stores when fed alone (a two-channel stream between two of one channel).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_sharing_requests_are_judged_as_streams_fed_alone() {
+    let app = spawn_app(Backend::Sqlite).await.expect("sqlite");
+    for name in ["together-b", "alone-b"] {
+        let (status, reply) = app.put(&format!("/v1/streams/{name}"), &json!({"channels": 2})).await;
+        assert_eq!(status, 201, "{reply}");
+    }
+    const N: usize = 120;
+    let (a, b, c, d) = (seasonal(N, 21), seasonal(N, 22), seasonal(N, 23), seasonal(N, 24));
+    let reading = |stream: &str, i: usize| match stream {
+        "a" => json!({"ts": ts(i), "value": a[i]}),
+        "b" => json!({"ts": ts(i), "values": [b[i], c[i] * 2.0]}),
+        _ => json!({"ts": ts(i), "value": d[i] - 5.0}),
+    };
+    for i in 0..N {
+        let together: Vec<Value> = ["a", "b", "c"]
+            .into_iter()
+            .map(|stream| {
+                let mut r = reading(stream, i);
+                r["stream"] = json!(format!("together-{stream}"));
+                r
+            })
+            .collect();
+        let (status, reply) = app.post("/v1/readings", &json!({ "readings": together })).await;
+        assert_eq!(status, 200, "{reply}");
+        for stream in ["a", "b", "c"] {
+            let path = format!("/v1/streams/alone-{stream}/readings");
+            let (status, reply) = app.post(&path, &json!({ "readings": [reading(stream, i)] })).await;
+            assert_eq!(status, 200, "{reply}");
+        }
+    }
+    for stream in ["a", "b", "c"] {
+        let (_, together) = app.get(&format!("/v1/streams/together-{stream}/readings?limit=1000")).await;
+        let (_, alone) = app.get(&format!("/v1/streams/alone-{stream}/readings?limit=1000")).await;
+        let (together, alone) =
+            (together["readings"].as_array().expect("readings"), alone["readings"].as_array().expect("readings"));
+        assert_eq!((together.len(), alone.len()), (N, N), "{stream}");
+        let mut forecasts_moved = false;
+        for (i, (t, l)) in together.iter().zip(alone).enumerate() {
+            // Steps batched with other streams' and alone run the cell on other batch sizes.
+            assert_judged_alike(t, l, &format!("{stream} reading {i} together, alone"));
+            forecasts_moved |= i > 0 && t["expected"] != together[i - 1]["expected"];
+        }
+        assert!(forecasts_moved, "{stream}: the forecast follows the readings");
+    }
+    app.stop().await;
 }
 
 /// The history baseline through the service: a reading outside everything seen is flagged
