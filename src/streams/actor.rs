@@ -124,6 +124,21 @@ impl Snapshot {
         }
     }
 
+    /// A copy of everything but the normaliser (the judged state gets a new one).
+    fn clone_but_normaliser(&self) -> Snapshot {
+        Snapshot {
+            model: self.model.clone(),
+            model_version: self.model_version.clone(),
+            normaliser: RunningNormaliser::new(0),
+            scorer: self.scorer.clone(),
+            events: self.events.clone(),
+            recurrent: self.recurrent.clone(),
+            forecast_mean: self.forecast_mean.clone(),
+            forecast_log_var: self.forecast_log_var.clone(),
+            last_ts: self.last_ts,
+        }
+    }
+
     fn forecast(&self) -> Option<Forecast> {
         match (&self.forecast_mean, &self.forecast_log_var) {
             (Some(mean), Some(log_var)) => Some(Forecast { mean: mean.clone(), log_var: log_var.clone() }),
@@ -420,38 +435,58 @@ impl Actor {
         arrived: Instant,
         reply: oneshot::Sender<Result<Prepared, IngestError>>,
     ) -> Flow {
-        // A client retrying after a timeout sends readings that may already be stored. Only
-        // then are they looked up, in a future boxed apart: its query's state, inline, would
-        // make every ingest's future (allocated and moved for each message) 1.5 KB larger.
-        let retried = self.state.last_ts.is_some_and(|last| readings.first().is_some_and(|r| r.ts <= last));
-        let (mut verdicts, fresh) = if retried {
-            match Box::pin(self.replayed(&readings)).await {
-                Ok(split) => split,
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                    return Flow::Continue;
-                }
-            }
-        } else {
-            (Vec::new(), &readings[..])
-        };
-        let prepared = if fresh.is_empty() { self.unchanged() } else { self.prepare(fresh, false).await };
-        let (mut state, batch, fresh_verdicts, deferred) = match prepared {
-            Ok(p) => p,
+        // Each part of an ingest lives in a function of its own, and only what awaits its
+        // commit's decision is held here: the future is allocated and moved for every
+        // message, and a local of this function, moved or not, would take room in it.
+        let judged = match self.judged(&readings).await {
+            Ok(judged) => judged,
             Err(e) => {
                 let _ = reply.send(Err(e));
                 return Flow::Continue;
             }
         };
+        let Some(handed) = self.hand_over(judged, arrived, reply) else {
+            return Flow::Continue; // the request is gone; nothing was stored
+        };
+        // No timer here: the request's commit task answers every decision, with `None`
+        // should the writer not answer within `commit_timeout` (`super::StreamLimits`).
+        let decision = handed.decision.await;
+        self.decided(handed.state, handed.effect, decision)
+    }
+
+    /// Judges the readings of an ingest: the verdicts of those already stored (a client
+    /// retrying after a timeout) and the readings that are new.
+    async fn judged(&self, readings: &[Reading]) -> Result<(Vec<ReadingVerdict>, Judged), IngestError> {
+        // Readings that may already be stored are looked up only then, in a future boxed
+        // apart: its query's state, inline, would make every ingest's future 1.5 KB larger.
+        let retried = self.state.last_ts.is_some_and(|last| readings.first().is_some_and(|r| r.ts <= last));
+        let (verdicts, fresh) = if retried { Box::pin(self.replayed(readings)).await? } else { (Vec::new(), readings) };
+        let judged = if fresh.is_empty() { self.unchanged()? } else { self.prepare(fresh, false).await? };
+        Ok((verdicts, judged))
+    }
+
+    /// Answers the request with a judged ingest's rows, verdicts and pending step; returns
+    /// what to keep while its commit is decided, or `None` if the request is gone.
+    fn hand_over(
+        &self,
+        (mut verdicts, judged): (Vec<ReadingVerdict>, Judged),
+        arrived: Instant,
+        reply: oneshot::Sender<Result<Prepared, IngestError>>,
+    ) -> Option<Handed> {
+        let (mut state, batch, fresh_verdicts, deferred) = judged;
         let latency = arrived.elapsed().as_secs_f64();
         for _ in 0..fresh_verdicts.len() {
             self.shared.metrics.verdict_latency.observe(latency);
         }
         verdicts.extend(fresh_verdicts);
         let added = batch.readings.len() as i64;
-        let persisted = batch.update.snapshot.is_some();
-        // The state written lacks these readings when their step was left for after the commit.
-        let unwritten = if deferred.is_some() { added as u64 } else { 0 };
+        let effect = Effect {
+            added,
+            persisted: batch.update.snapshot.is_some(),
+            // The state written lacks these readings when their step was left for after the commit.
+            unwritten: if deferred.is_some() { added as u64 } else { 0 },
+            stepped: deferred.is_some(),
+        };
         // The step's state is the judged state's own (unchanged by judging): moved out, and
         // put back from the step's result.
         let step = deferred.map(|inputs| PendingStep {
@@ -460,24 +495,29 @@ impl Actor {
             inputs,
             state: std::mem::take(&mut state.recurrent),
         });
-        let stepped = step.is_some();
         let (decide, decision) = oneshot::channel();
-        if reply.send(Ok(Prepared { batch, verdicts, step, decide })).is_err() {
-            return Flow::Continue; // the request is gone; nothing was stored
-        }
-        // No timer here: the request's commit task answers every decision, with `None`
-        // should the writer not answer within `commit_timeout` (`super::StreamLimits`).
-        match decision.await {
+        reply.send(Ok(Prepared { batch, verdicts, step, decide })).ok()?;
+        Some(Handed { state, effect, decision })
+    }
+
+    /// Applies a judged ingest's state if its commit went through.
+    fn decided(
+        &mut self,
+        state: Snapshot,
+        effect: Effect,
+        decision: Result<Option<Committed>, oneshot::error::RecvError>,
+    ) -> Flow {
+        match decision {
             Ok(Some(Committed { id, step })) => {
                 self.record.id = id;
-                self.record.readings_count += added;
+                self.record.readings_count += effect.added;
                 self.record.last_ts = state.last_ts;
                 self.state = state;
-                if persisted {
+                if effect.persisted {
                     self.snapshot_due = next_snapshot();
-                    self.unsaved = unwritten;
+                    self.unsaved = effect.unwritten;
                 } else {
-                    self.unsaved += added as u64;
+                    self.unsaved += effect.added as u64;
                 }
                 match step {
                     Some(Ok((result, row))) => apply_row(&mut self.state, &self.model, &result, row),
@@ -485,7 +525,7 @@ impl Actor {
                         warn!(stream = %self.name, error = %e, "step after commit failed; the stream reloads from storage");
                         return Flow::Reload;
                     }
-                    None if stepped => return Flow::Reload, // not taken: the state lacks it
+                    None if effect.stepped => return Flow::Reload, // not taken: the state lacks it
                     None => {}
                 }
                 self.maybe_request_fit();
@@ -553,11 +593,21 @@ impl Actor {
     /// steps of all the request's streams in one inference call ([`PendingStep`]), and the
     /// reply does not wait for it.
     async fn prepare(&self, readings: &[Reading], replay: bool) -> Result<Judged, IngestError> {
+        self.check(readings)?;
+        let (normaliser, inputs) = self.normalised(readings);
+        // A new stream's first state is written with its first step taken.
+        let deferrable = readings.len() == 1 && !replay && self.record.id != UNSTORED;
+        let (result, deferred) =
+            if deferrable { (None, Some(inputs)) } else { (Some(self.infer(readings.len(), inputs).await?), None) };
+        // Judging is not async: the future of an ingest (allocated for every message an actor
+        // handles) holds nothing of it across an await.
+        self.judge(readings, replay, normaliser, result, deferred)
+    }
+
+    /// Checks `readings` fit the stream: some, of its channel count, after its last one.
+    fn check(&self, readings: &[Reading]) -> Result<(), IngestError> {
         let channels = self.record.config.channels;
-        let (first, last) = match (readings.first(), readings.last()) {
-            (Some(f), Some(l)) => (f, l),
-            _ => return Err(IngestError::Invalid("no readings".into())),
-        };
+        let Some(first) = readings.first() else { return Err(IngestError::Invalid("no readings".into())) };
         if let Some(bad) = readings.iter().find(|r| r.values.len() != channels) {
             return Err(IngestError::Invalid(format!(
                 "stream has {channels} channel(s); a reading has {}",
@@ -567,22 +617,40 @@ impl Actor {
         if let Some(prev) = self.state.last_ts.filter(|prev| first.ts <= *prev) {
             return Err(IngestError::OutOfOrder { ts: first.ts, last: prev });
         }
-        let model = &self.model;
-        let steps = readings.len();
-        let mut next = self.state.clone();
-        // Normalise sequentially (the judging below folds the readings into a normaliser of
-        // its own again, to have the one each forecast was made under without a copy a
-        // reading).
+        Ok(())
+    }
+
+    /// The stream's normaliser after `readings`, and the network's inputs for them
+    /// (`[rows][steps][input_size]`, each normalised as it arrives).
+    fn normalised(&self, readings: &[Reading]) -> (RunningNormaliser, Vec<f32>) {
+        let (channels, model, steps) = (self.record.config.channels, &self.model, readings.len());
+        let mut normaliser = self.state.normaliser.clone();
         let mut inputs = vec![0f32; rows(channels, model) * steps * model.input_size];
         for (t, r) in readings.iter().enumerate() {
-            next.normaliser.update(&r.values);
+            normaliser.update(&r.values);
             for (c, v) in r.values.iter().enumerate() {
-                inputs[index(model, steps, t, c)] =
-                    next.normaliser.normalise(c, *v).clamp(-INPUT_CLAMP, INPUT_CLAMP) as f32;
+                inputs[index(model, steps, t, c)] = normaliser.normalise(c, *v).clamp(-INPUT_CLAMP, INPUT_CLAMP) as f32;
             }
         }
-        let deferrable = steps == 1 && !replay;
-        let result = if deferrable { None } else { Some(self.infer(steps, std::mem::take(&mut inputs)).await?) };
+        (normaliser, inputs)
+    }
+
+    /// Judges checked `readings` against the forecasts the stream made (`result`: the
+    /// network's steps over them, or `None` with the inputs of a lone reading's step
+    /// `deferred`); see [`Actor::prepare`].
+    fn judge(
+        &self,
+        readings: &[Reading],
+        replay: bool,
+        normaliser: RunningNormaliser,
+        result: Option<InferenceResult>,
+        deferred: Option<Vec<f32>>,
+    ) -> Result<Judged, IngestError> {
+        let channels = self.record.config.channels;
+        let last = readings.last().ok_or_else(|| IngestError::Invalid("no readings".into()))?;
+        let model = &self.model;
+        let steps = readings.len();
+        let mut next = Snapshot { normaliser, ..self.state.clone_but_normaliser() };
         let scorer_config = ScorerConfig {
             warmup: self.record.config.warmup,
             sensitivity: self.record.config.sensitivity,
@@ -595,7 +663,8 @@ impl Actor {
         let mut events: BTreeMap<i64, EventRow> = BTreeMap::new();
         let mut opened = 0;
         let mut forecast = self.state.forecast();
-        let mut forecast_norm = self.state.normaliser.clone();
+        // The normaliser each forecast was made under: the stream's own for a lone reading.
+        let mut forecast_norm = std::borrow::Cow::Borrowed(&self.state.normaliser);
         for (t, r) in readings.iter().enumerate() {
             let verdict = next.scorer.judge(&scorer_config, &r.values, forecast.as_ref(), &forecast_norm);
             if let Some(update) = next.events.observe(&event_config, r.ts, &r.values, &verdict) {
@@ -648,7 +717,7 @@ impl Actor {
                     f.mean[c] = result.mean[index(model, steps, t, c)] as f64;
                     f.log_var[c] = result.log_var[index(model, steps, t, c)] as f64;
                 }
-                forecast_norm.update(&r.values);
+                forecast_norm.to_mut().update(&r.values);
             }
         }
         next.last_ts = Some(last.ts);
@@ -657,18 +726,9 @@ impl Actor {
                 || !events.is_empty()
                 || Instant::now() >= self.snapshot_due
                 || self.unsaved + steps as u64 >= SNAPSHOT_EVERY_READINGS);
-        let deferred = match result {
-            Some(result) => {
-                apply_step(&mut next, model, steps, result);
-                None
-            }
-            // A new stream's first state is written with its first step taken.
-            None if self.record.id == UNSTORED => {
-                apply_step(&mut next, model, steps, self.infer(steps, inputs).await?);
-                None
-            }
-            None => Some(inputs),
-        };
+        if let Some(result) = result {
+            apply_step(&mut next, model, steps, result);
+        }
         // With a lone reading's step left for after the commit, the state this commit writes
         // is the one before the reading, which a restart brings up to date by judging the
         // reading again ([`Actor::catch_up`]). Taking the step here instead, for the few
@@ -699,6 +759,26 @@ impl Actor {
         let rows = rows(self.record.config.channels, &self.model);
         self.shared.inference.run(self.model.clone(), rows, steps, inputs, self.state.recurrent.clone()).await
     }
+}
+
+/// A judged ingest whose commit is being decided: the state to apply, what the commit
+/// changes, and where the decision comes.
+struct Handed {
+    state: Snapshot,
+    effect: Effect,
+    decision: oneshot::Receiver<Option<Committed>>,
+}
+
+/// What a judged ingest's commit changes beside the state.
+struct Effect {
+    /// Readings stored.
+    added: i64,
+    /// Whether the commit writes the scoring state.
+    persisted: bool,
+    /// Readings the written state lacks (their step left for after the commit).
+    unwritten: u64,
+    /// Whether a step was left for after the commit.
+    stepped: bool,
 }
 
 /// Judged readings: the new state, the rows to store, the verdicts, and the inputs of a
