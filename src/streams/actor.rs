@@ -478,7 +478,13 @@ impl Actor {
         for _ in 0..fresh_verdicts.len() {
             self.shared.metrics.verdict_latency.observe(latency);
         }
-        verdicts.extend(fresh_verdicts);
+        // Most ingests retry nothing: their verdicts are the fresh ones, not a copy.
+        let verdicts = if verdicts.is_empty() {
+            fresh_verdicts
+        } else {
+            verdicts.extend(fresh_verdicts);
+            verdicts
+        };
         let added = batch.readings.len() as i64;
         let effect = Effect {
             added,
@@ -512,7 +518,11 @@ impl Actor {
                 self.record.id = id;
                 self.record.readings_count += effect.added;
                 self.record.last_ts = state.last_ts;
-                self.state = state;
+                let old = std::mem::replace(&mut self.state, state);
+                if effect.stepped && self.state.recurrent.is_empty() {
+                    // The step's rows are copied into the old state's buffer, not a new one.
+                    self.state.recurrent = old.recurrent;
+                }
                 if effect.persisted {
                     self.snapshot_due = next_snapshot();
                     self.unsaved = effect.unwritten;
