@@ -2,8 +2,9 @@
 //! demand, evicted when idle, restored from storage when they come back.
 //!
 //! [`Streams::ingest`] is the ingest path: it asks every stream in a request to judge its
-//! readings, commits all their rows in one transaction through the writer, then tells each
-//! stream to apply its new state. Nothing here knows about HTTP.
+//! readings, commits all their rows in one transaction through the writer, answers, takes
+//! the network steps the streams' lone readings left for after the commit in one call, then
+//! tells each stream to apply its new state. Nothing here knows about HTTP.
 pub mod actor;
 
 use std::collections::HashMap;
@@ -426,7 +427,7 @@ impl Streams {
 
     /// Ingests readings for one or more streams, all or nothing: every stream judges its
     /// readings, all rows are committed in one transaction, then every stream applies its
-    /// new state. Streams are created on first use with `channels` of their first reading.
+    /// new state (with the step its lone reading left for after the commit, if any). Streams are created on first use with `channels` of their first reading.
     pub async fn ingest(&self, groups: Vec<(String, Vec<Reading>)>) -> Result<Vec<IngestOutcome>, IngestError> {
         let arrived = Instant::now();
         // Each stream's readings are shared with its actor, not copied: the request keeps
