@@ -197,6 +197,7 @@ pub struct InferenceResult {
 #[derive(Clone)]
 pub struct InferencePool {
     tx: Sender<InferenceRequest>,
+    max_batch: usize,
 }
 
 impl std::fmt::Debug for InferencePool {
@@ -224,7 +225,12 @@ impl InferencePool {
                 .expect("the OS can start an inference thread");
         }
         info!(threads, max_batch, ?device, "inference threads started");
-        InferencePool { tx }
+        InferencePool { tx, max_batch }
+    }
+
+    /// Most single-step rows the threads run in one call (`--max-batch`).
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
     }
 
     /// Runs `inputs` from `state` through the model and waits for the result.

@@ -173,31 +173,49 @@ fn ingest_command(
 }
 
 /// Takes the single steps the streams of a committed request left for after their commit
-/// (`(index in the request, step)`), one inference call a model: a request of one reading
-/// of each of 1,000 streams makes one call of 1,000 rows instead of 1,000 calls, each
-/// with its channel, reply and wake-up (docs/PERFORMANCE.md). Returns each step's result
-/// and its first row there, by index.
+/// (`(index in the request, step)`), one inference call a model and at most `--max-batch`
+/// rows, the calls at once: a request of one reading of each of 1,000 streams makes one
+/// call of 1,000 rows instead of 1,000 calls, each with its channel, reply and wake-up
+/// (docs/PERFORMANCE.md). Returns each step's result and its first row there, by index.
 async fn take_steps(
     inference: &InferencePool,
     steps: Vec<(usize, PendingStep)>,
 ) -> HashMap<usize, Result<(Arc<InferenceResult>, usize), InferenceError>> {
-    let mut taken = HashMap::with_capacity(steps.len());
+    // Calls of one model each, cut between streams once they reach the batch size.
+    let mut calls: Vec<Vec<(usize, PendingStep)>> = Vec::new();
     let mut rest = steps;
     while let Some((_, first)) = rest.first() {
         let model = first.model.clone();
         let (same, other): (Vec<_>, Vec<_>) =
             rest.into_iter().partition(|(_, s)| s.model.name == model.name && s.model.version == model.version);
         rest = other;
-        let rows: usize = same.iter().map(|(_, s)| s.rows).sum();
+        let mut rows = 0;
+        for step in same {
+            if rows == 0 || rows + step.1.rows > inference.max_batch() {
+                calls.push(Vec::new());
+                rows = 0;
+            }
+            rows += step.1.rows;
+            calls.last_mut().expect("pushed above").push(step);
+        }
+    }
+    let results = futures::future::join_all(calls.iter().map(|call| {
+        let rows: usize = call.iter().map(|(_, s)| s.rows).sum();
+        let model = call[0].1.model.clone();
         let mut inputs = Vec::with_capacity(rows * model.input_size);
         let mut state = Vec::with_capacity(rows * model.state_len);
-        for (_, s) in &same {
+        for (_, s) in call {
             inputs.extend_from_slice(&s.inputs);
             state.extend_from_slice(&s.state);
         }
-        let result = inference.run(model, rows, 1, inputs, state).await.map(Arc::new);
+        inference.run(model, rows, 1, inputs, state)
+    }))
+    .await;
+    let mut taken = HashMap::new();
+    for (call, result) in calls.into_iter().zip(results) {
+        let result = result.map(Arc::new);
         let mut row = 0;
-        for (i, s) in same {
+        for (i, s) in call {
             taken.insert(i, result.clone().map(|r| (r, row)));
             row += s.rows;
         }

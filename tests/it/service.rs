@@ -559,9 +559,18 @@ async fn lone_readings_are_judged_as_readings_in_batches_are() {
 /// The streams of a request take their lone readings' steps in one inference call after the
 /// commit, each stream's rows among the others': every stream gets its own back and stores
 /// the verdicts it stores when fed alone (a two-channel stream between two of one channel).
+/// With at most 3 rows a call, the first two streams share one and the third has its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_sharing_requests_are_judged_as_streams_fed_alone() {
-    let app = spawn_app(Backend::Sqlite).await.expect("sqlite");
+    for max_batch in [None, Some(3)] {
+        let app = spawn_app_with(Backend::Sqlite, None, |s| s.max_batch = max_batch.unwrap_or(s.max_batch))
+            .await
+            .expect("sqlite");
+        judged_alike_together_and_alone(app, max_batch).await;
+    }
+}
+
+async fn judged_alike_together_and_alone(app: TestApp, max_batch: Option<usize>) {
     for name in ["together-b", "alone-b"] {
         let (status, reply) = app.put(&format!("/v1/streams/{name}"), &json!({"channels": 2})).await;
         assert_eq!(status, 201, "{reply}");
@@ -595,11 +604,11 @@ async fn streams_sharing_requests_are_judged_as_streams_fed_alone() {
         let (_, alone) = app.get(&format!("/v1/streams/alone-{stream}/readings?limit=1000")).await;
         let (together, alone) =
             (together["readings"].as_array().expect("readings"), alone["readings"].as_array().expect("readings"));
-        assert_eq!((together.len(), alone.len()), (N, N), "{stream}");
+        assert_eq!((together.len(), alone.len()), (N, N), "{stream}, at most {max_batch:?} rows a call");
         let mut forecasts_moved = false;
         for (i, (t, l)) in together.iter().zip(alone).enumerate() {
             // Steps batched with other streams' and alone run the cell on other batch sizes.
-            assert_judged_alike(t, l, &format!("{stream} reading {i} together, alone"));
+            assert_judged_alike(t, l, &format!("{stream} reading {i} together, alone; {max_batch:?} rows a call"));
             forecasts_moved |= i > 0 && t["expected"] != together[i - 1]["expected"];
         }
         assert!(forecasts_moved, "{stream}: the forecast follows the readings");
