@@ -848,3 +848,45 @@ fn stored_verdict(row: &ReadingRow) -> ReadingVerdict {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot's JSON, which restarts restore streams from: the model's name and version
+    /// as strings, the per-channel values as arrays, and a state reads back as it was written.
+    #[test]
+    fn a_snapshot_is_written_and_read_as_plain_json() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default/1");
+        let model = ModelInfo::load("default", "1", &dir).expect("the shipped model loads");
+        let record = StreamRecord {
+            id: 7,
+            name: "s".into(),
+            config: crate::storage::StreamConfig {
+                channels: 2,
+                model: "default".into(),
+                sensitivity: 0.5,
+                warmup: 10,
+                auto_train: false,
+                baseline: crate::scoring::Baseline::default(),
+            },
+            created_at: 0,
+            last_ts: Some(5),
+            readings_count: 0,
+            anomalies_count: 0,
+            snapshot: None,
+        };
+        let mut state = Snapshot::fresh(&record, &model);
+        state.normaliser.update(&[1.5, -2.0]);
+        state.forecast_mean = Some(vec![0.25, 0.5]);
+        state.forecast_log_var = Some(vec![-1.0, -2.0]);
+        let json = serde_json::to_value(&state).expect("serialises");
+        assert_eq!((json["model"].as_str(), json["model_version"].as_str()), (Some("default"), Some("1")));
+        assert_eq!(json["forecast_mean"], serde_json::json!([0.25, 0.5]));
+        assert_eq!(json["normaliser"]["mean"], serde_json::json!([1.5, -2.0]));
+        let back: Snapshot = serde_json::from_value(json.clone()).expect("reads back");
+        assert_eq!(serde_json::to_value(&back).expect("serialises"), json);
+        assert_eq!(back.normaliser, state.normaliser);
+        assert_eq!((&*back.model, back.last_ts), ("default", Some(5)));
+    }
+}
