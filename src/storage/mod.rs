@@ -164,9 +164,9 @@ pub const NAMES_PER_QUERY: usize = 500;
 #[derive(Debug, Clone)]
 pub struct Storage {
     pool: AnyPool,
-    /// On PostgreSQL, a pool of the driver's own for pages of readings, opened on first use:
-    /// through `Any` every row is first copied into an `AnyRow`, which took a fifth of the
-    /// process's time reading pages of 1,000 (docs/PERFORMANCE.md, "Pages of readings on
+    /// On PostgreSQL (and only there), a pool of the driver's own for pages of readings,
+    /// opened on first use: through `Any` every row is first copied into an `AnyRow`, which
+    /// took a fifth of the process's time reading pages of 1,000 (docs/PERFORMANCE.md, "Pages of readings on
     /// PostgreSQL without `Any`").
     pg_reads: Option<sqlx::PgPool>,
     backend: Backend,
@@ -478,8 +478,8 @@ impl Storage {
                 vec![stream_id, lower, upper, limit],
             ),
         };
-        if self.backend != Backend::Sqlite {
-            return self.fetch_readings_postgres(&sql, &params).await;
+        if let Some(pg) = &self.pg_reads {
+            return fetch_readings_postgres(pg, &sql, &params).await;
         }
         // Both reads in one snapshot: a commit between them could show a block but not the
         // rows logged before it, and a page of readings would skip those.
@@ -497,18 +497,6 @@ impl Storage {
         let packed = fetch_blocks(&mut tx, blocks, limit, in_range).await?;
         tx.commit().await?;
         Ok(merge(rows, packed.into_iter().flatten().collect(), limit, End::First))
-    }
-
-    /// The readings `sql` selects on PostgreSQL, through the driver's own pool.
-    async fn fetch_readings_postgres(&self, sql: &str, params: &[i64]) -> Result<Vec<ReadingRow>, StorageError> {
-        let Some(pg) = &self.pg_reads else {
-            return fetch_readings(&mut *self.pool.acquire().await?, sql, params).await;
-        };
-        let mut query = sqlx::query(sql);
-        for &p in params {
-            query = query.bind(p);
-        }
-        query.fetch_all(pg).await?.iter().map(reading_from_row).collect()
     }
 
     /// The most recent `limit` readings of a stream, oldest first (for re-warming state).
@@ -531,8 +519,8 @@ impl Storage {
                 vec![stream_id, limit],
             ),
         };
-        if self.backend != Backend::Sqlite {
-            let rows = self.fetch_readings_postgres(&sql, &params).await?;
+        if let Some(pg) = &self.pg_reads {
+            let rows = fetch_readings_postgres(pg, &sql, &params).await?;
             return Ok(rows.into_iter().rev().collect());
         }
         // One snapshot, as in [`Storage::readings`].
@@ -678,6 +666,19 @@ fn merge(a: Vec<ReadingRow>, b: Vec<ReadingRow>, limit: i64, end: End) -> Vec<Re
         }
     }
     all
+}
+
+/// The readings `sql` selects on PostgreSQL, through the driver's own pool.
+async fn fetch_readings_postgres(
+    pg: &sqlx::PgPool,
+    sql: &str,
+    params: &[i64],
+) -> Result<Vec<ReadingRow>, StorageError> {
+    let mut query = sqlx::query(sql);
+    for &p in params {
+        query = query.bind(p);
+    }
+    query.fetch_all(pg).await?.iter().map(reading_from_row).collect()
 }
 
 /// A reading of a row of `READING_COLUMNS`, of either driver's rows.

@@ -124,12 +124,12 @@ impl Snapshot {
         }
     }
 
-    /// A copy of everything but the normaliser (the judged state gets a new one).
-    fn clone_but_normaliser(&self) -> Snapshot {
+    /// A copy with another normaliser (the judged state's).
+    fn with_normaliser(&self, normaliser: RunningNormaliser) -> Snapshot {
         Snapshot {
             model: self.model.clone(),
             model_version: self.model_version.clone(),
-            normaliser: RunningNormaliser::new(0),
+            normaliser,
             scorer: self.scorer.clone(),
             events: self.events.clone(),
             recurrent: self.recurrent.clone(),
@@ -486,13 +486,7 @@ impl Actor {
             verdicts
         };
         let added = batch.readings.len() as i64;
-        let effect = Effect {
-            added,
-            persisted: batch.update.snapshot.is_some(),
-            // The state written lacks these readings when their step was left for after the commit.
-            unwritten: if deferred.is_some() { added as u64 } else { 0 },
-            stepped: deferred.is_some(),
-        };
+        let effect = Effect { added, persisted: batch.update.snapshot.is_some(), stepped: deferred.is_some() };
         // The step's state is the judged state's own (unchanged by judging): moved out, and
         // put back from the step's result.
         let step = deferred.map(|inputs| PendingStep {
@@ -525,7 +519,8 @@ impl Actor {
                 }
                 if effect.persisted {
                     self.snapshot_due = next_snapshot();
-                    self.unsaved = effect.unwritten;
+                    // The state written lacks the readings whose step waited for the commit.
+                    self.unsaved = if effect.stepped { effect.added as u64 } else { 0 };
                 } else {
                     self.unsaved += effect.added as u64;
                 }
@@ -660,7 +655,7 @@ impl Actor {
         let last = readings.last().ok_or_else(|| IngestError::Invalid("no readings".into()))?;
         let model = &self.model;
         let steps = readings.len();
-        let mut next = Snapshot { normaliser, ..self.state.clone_but_normaliser() };
+        let mut next = self.state.with_normaliser(normaliser);
         let scorer_config = ScorerConfig {
             warmup: self.record.config.warmup,
             sensitivity: self.record.config.sensitivity,
@@ -785,8 +780,6 @@ struct Effect {
     added: i64,
     /// Whether the commit writes the scoring state.
     persisted: bool,
-    /// Readings the written state lacks (their step left for after the commit).
-    unwritten: u64,
     /// Whether a step was left for after the commit.
     stepped: bool,
 }

@@ -176,11 +176,13 @@ fn ingest_command(
 /// (`(index in the request, step)`), one inference call a model and at most `--max-batch`
 /// rows, the calls at once: a request of one reading of each of 1,000 streams makes one
 /// call of 1,000 rows instead of 1,000 calls, each with its channel, reply and wake-up
-/// (docs/PERFORMANCE.md). Returns each step's result and its first row there, by index.
+/// (docs/PERFORMANCE.md). Returns, for each of the request's `streams`, its step's result and
+/// its first row there (`None` for a stream that left no step).
 async fn take_steps(
     inference: &InferencePool,
+    streams: usize,
     steps: Vec<(usize, PendingStep)>,
-) -> HashMap<usize, Result<(Arc<InferenceResult>, usize), InferenceError>> {
+) -> Vec<Option<Result<(Arc<InferenceResult>, usize), InferenceError>>> {
     // Calls of one model each, cut between streams once they reach the batch size.
     let mut calls: Vec<Vec<(usize, PendingStep)>> = Vec::new();
     let mut rest = steps;
@@ -211,12 +213,12 @@ async fn take_steps(
         inference.run(model, rows, 1, inputs, state)
     }))
     .await;
-    let mut taken = HashMap::new();
+    let mut taken: Vec<_> = (0..streams).map(|_| None).collect();
     for (call, result) in calls.into_iter().zip(results) {
         let result = result.map(Arc::new);
         let mut row = 0;
         for (i, s) in call {
-            taken.insert(i, result.clone().map(|r| (r, row)));
+            taken[i] = Some(result.clone().map(|r| (r, row)));
             row += s.rows;
         }
     }
@@ -541,9 +543,11 @@ impl Streams {
             if never_sent {
                 return; // the decisions dropped unsent: "not committed"
             }
-            let mut taken = if ids.is_empty() { HashMap::new() } else { take_steps(&inference, steps).await };
-            for (i, (decide, id)) in decisions.into_iter().enumerate() {
-                let _ = decide.send(id.map(|id| Committed { id, step: taken.remove(&i) }));
+            let taken = if ids.is_empty() { Vec::new() } else { take_steps(&inference, decisions.len(), steps).await };
+            let mut taken = taken.into_iter();
+            for (decide, id) in decisions {
+                let step = taken.next().flatten();
+                let _ = decide.send(id.map(|id| Committed { id, step }));
             }
         });
         match answered.await {
