@@ -1550,6 +1550,24 @@ mod tests {
         (dir, storage, id)
     }
 
+    /// The bundled SQLite is built with the repository's flags (`.cargo/config.toml`,
+    /// `LIBSQLITE3_FLAGS`): no global memory statistics, and `fdatasync` for its syncs. The
+    /// second leaves no trace in `compile_options`; both come in the one variable, so a
+    /// build that missed it (another `LIBSQLITE3_FLAGS` in the environment, a build outside
+    /// the repository's cargo configuration) fails here.
+    #[tokio::test]
+    async fn the_bundled_sqlite_carries_the_repository_flags() {
+        let (_dir, storage, _) = sqlite().await;
+        let options: Vec<String> = sqlx::query_scalar::<Any, String>("PRAGMA compile_options")
+            .fetch_all(storage.pool())
+            .await
+            .expect("compile options");
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "built without the repository's flags: {options:?}"
+        );
+    }
+
     /// What `Tx::run` relies on in sqlx's SQLite driver (several statements in one query
     /// string being deprecated there): each statement's count of rows affected, reported
     /// in order, its anonymous parameters bound in turn across statements; and a failing
