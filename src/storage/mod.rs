@@ -166,8 +166,8 @@ pub struct Storage {
     pool: AnyPool,
     /// On PostgreSQL (and only there), a pool of the driver's own for pages of readings,
     /// opened on first use: through `Any` every row is first copied into an `AnyRow`, which
-    /// took a fifth of the process's time reading pages of 1,000 (docs/PERFORMANCE.md, "Pages of readings on
-    /// PostgreSQL without `Any`").
+    /// took a fifth of the process's time reading pages of 1,000 (docs/PERFORMANCE.md,
+    /// "Pages of readings on PostgreSQL without `Any`").
     pg_reads: Option<sqlx::PgPool>,
     backend: Backend,
     /// Where it points, for [`Storage::own_connection`].
