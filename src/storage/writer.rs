@@ -583,11 +583,12 @@ impl Held {
                     None => {
                         let mut conn = self.storage.pool().acquire().await?.detach();
                         if self.backend() == Backend::Sqlite {
-                            // One call to sqlx's SQLite thread: the pragmas, then the check.
+                            // One call to sqlx's SQLite thread: the pragmas, the check, the log's view.
                             let setup = format!(
                                 "PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES};
                                  PRAGMA cache_size = -{WRITER_CACHE_KIB};
-                                 {STREAMS_CHECK}"
+                                 {STREAMS_CHECK};
+                                 {LOG_COMMIT}"
                             );
                             sqlx::raw_sql(&setup).execute(&mut conn).await?;
                         }
@@ -823,10 +824,18 @@ async fn write_on(
     backend: Backend,
     batches: &[&WriteBatch],
 ) -> Result<(Vec<i64>, usize), StorageError> {
-    if let Conn::Postgres(pg) = conn {
-        if let Some(ids) = write_in_one_statement(pg, batches).await? {
-            return Ok((ids, 0));
+    match conn {
+        Conn::Postgres(pg) => {
+            if let Some(ids) = write_in_one_statement(pg, batches).await? {
+                return Ok((ids, 0));
+            }
         }
+        Conn::Any(any) if backend == Backend::Sqlite => {
+            if let Some((ids, logged)) = log_in_one_statement(any, batches).await? {
+                return Ok((ids, logged));
+            }
+        }
+        Conn::Any(_) => {}
     }
     let mut tx = Tx::begin(conn, backend).await?;
     // New streams, many a statement (a request that creates 1,000 streams made 2,000
@@ -925,6 +934,93 @@ const STREAMS_CHECK: &str = "PRAGMA temp_store = MEMORY;
 
 /// The words of [`STREAMS_CHECK`]'s refusal, as its error reports them.
 const STREAMS_MISSING: &str = "a stream of the commit does not exist";
+
+/// SQLite: the writer's connection's own view and trigger (temporary, as [`STREAMS_CHECK`]'s
+/// table is) through which a small commit that only logs readings is one statement in
+/// autocommit ([`log_in_one_statement`]). A row inserted into the view is a reading of a
+/// stream and, on the stream's last reading of the commit, the stream row's update (`last_ts`
+/// and the counts; `NULL` on its other readings). The trigger refuses a stream that does not
+/// exist with [`STREAMS_MISSING`]'s words, which fails the statement and leaves nothing of it
+/// (the statement is its own transaction), logs the reading and updates the stream row with
+/// [`update_streams_sql`]'s guard: a stopping actor's final write does not overwrite a newer
+/// state. It follows [`STREAMS_CHECK`] in the connection's setup, after its `temp_store`.
+const LOG_COMMIT: &str = "CREATE TEMP VIEW IF NOT EXISTS log_commit
+        (stream_id, ts, value, expected, lower, upper, score, anomaly, channels_json,
+         last_ts, readings_added, anomalies_added)
+        AS SELECT 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, NULL, 0, 0, 0 WHERE 0;
+    CREATE TEMP TRIGGER IF NOT EXISTS log_commit_row INSTEAD OF INSERT ON log_commit BEGIN
+        SELECT RAISE(ABORT, 'tsad: a stream of the commit does not exist')
+            WHERE NOT EXISTS (SELECT 1 FROM streams WHERE id = NEW.stream_id);
+        INSERT INTO readings_log (stream_id, ts, value, expected, lower, upper, score, anomaly, channels_json)
+            VALUES (NEW.stream_id, NEW.ts, NEW.value, NEW.expected, NEW.lower, NEW.upper, NEW.score,
+                    NEW.anomaly, NEW.channels_json);
+        UPDATE streams SET
+            last_ts = CASE WHEN last_ts IS NULL OR last_ts <= NEW.last_ts THEN NEW.last_ts ELSE last_ts END,
+            readings_count = readings_count
+                + CASE WHEN last_ts IS NULL OR last_ts <= NEW.last_ts THEN NEW.readings_added ELSE 0 END,
+            anomalies_count = anomalies_count
+                + CASE WHEN last_ts IS NULL OR last_ts <= NEW.last_ts THEN NEW.anomalies_added ELSE 0 END
+            WHERE NEW.last_ts IS NOT NULL AND id = NEW.stream_id;
+    END";
+
+/// Readings at most in a commit through [`LOG_COMMIT`]'s view (12 parameters each). Commits of
+/// one reading of each of 1,000 streams gained nothing that way (nearly all carry a scoring
+/// state due, which leaves them to the script; docs/PERFORMANCE.md).
+const LOG_COMMIT_ROWS: usize = 64;
+
+/// SQLite: a small commit that only logs readings of streams that exist (a lone reading, a
+/// few streams' short runs) as one `INSERT` into [`LOG_COMMIT`]'s view in autocommit, which
+/// sqlx's SQLite thread answers once. The script it replaces (`BEGIN`, the log's rows, the
+/// stream rows, the streams check, `COMMIT`) was one call, but the thread answers each of its
+/// statements' results apart, a wake-up of the writer each (docs/PERFORMANCE.md, "A lone
+/// reading's commit in one statement"). `None` when the commit does not qualify: a new
+/// stream, events, a scoring state due, a run too long for the log, a stream twice, or more
+/// than [`LOG_COMMIT_ROWS`] readings. Returns the streams' ids and the readings logged.
+async fn log_in_one_statement(
+    conn: &mut AnyConnection,
+    batches: &[&WriteBatch],
+) -> Result<Option<(Vec<i64>, usize)>, StorageError> {
+    let readings: usize = batches.iter().map(|b| b.readings.len()).sum();
+    let qualifies = |b: &&WriteBatch| {
+        b.create.is_none()
+            && b.events.is_empty()
+            && b.update.snapshot.is_none()
+            && to_log(Backend::Sqlite, b.readings.len())
+    };
+    if readings > LOG_COMMIT_ROWS || !batches.iter().all(qualifies) {
+        return Ok(None);
+    }
+    let ids: Vec<i64> = batches.iter().map(|b| b.stream_id).collect();
+    let mut distinct = ids.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() != ids.len() {
+        return Ok(None);
+    }
+    let sql = format!(
+        "INSERT INTO log_commit (stream_id, ts, value, expected, lower, upper, score, anomaly, channels_json, \
+         last_ts, readings_added, anomalies_added) VALUES {}",
+        values_sql(Backend::Sqlite, readings, 12)
+    );
+    let mut q = query::<Any>(&sql);
+    for batch in batches {
+        let last = batch.readings.len() - 1;
+        for (i, r) in batch.readings.iter().enumerate() {
+            let update = &batch.update;
+            q = bind_readings(q, &[(batch.stream_id, r)])
+                .bind((i == last).then_some(update.last_ts))
+                .bind((i == last).then_some(update.readings_added))
+                .bind((i == last).then_some(update.anomalies_added));
+        }
+    }
+    match q.execute(&mut *conn).await {
+        Ok(_) => Ok(Some((ids, readings))),
+        Err(sqlx::Error::Database(e)) if e.message().contains(STREAMS_MISSING) => {
+            Err(missing_streams(if ids.len() == 1 { "1" } else { "some" }, ids.len()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
 
 /// Adds a commit's events, stream rows and scoring states to `script`.
 /// The statements of a commit after its readings: events, the stream rows, the states due.
@@ -1449,6 +1545,21 @@ mod tests {
             .collect()
     }
 
+    /// An open event from `start_ts` to `end_ts`, its peak at the end.
+    fn open_event(start_ts: i64, end_ts: i64) -> EventRow {
+        EventRow {
+            start_ts,
+            end_ts,
+            peak_ts: end_ts,
+            peak_score: 0.9,
+            actual: vec![1.0],
+            expected: vec![0.0],
+            model: "default".into(),
+            model_version: "1".into(),
+            open: true,
+        }
+    }
+
     fn config() -> StreamConfig {
         let model = "default".into();
         StreamConfig {
@@ -1507,17 +1618,7 @@ mod tests {
         let other = storage.put_stream("o", &config(), 0).await.expect("stream").id;
         let mut held = Held::new(storage.clone(), Some(own.clone()));
         let mut lone = batch(other, 5);
-        lone.events.push(EventRow {
-            start_ts: 3,
-            end_ts: 4,
-            peak_ts: 4,
-            peak_score: 0.9,
-            actual: vec![1.0],
-            expected: vec![0.0],
-            model: "default".into(),
-            model_version: "1".into(),
-            open: true,
-        });
+        lone.events.push(open_event(3, 4));
         lone.update.anomalies_added = 1;
         lone.update.snapshot = Some(r#"{"s":1}"#.into());
         write(&mut held, &[&lone]).await.expect("own: one statement");
@@ -1633,6 +1734,76 @@ mod tests {
         assert_eq!(storage.readings(id, None, None, None, 100).await.expect("reads").len(), 40);
         let stream = storage.stream("s").await.expect("reads").expect("exists");
         assert_eq!((stream.readings_count, stream.last_ts), (40, Some(40)));
+    }
+
+    /// A small commit that only logs readings is one statement through the connection's view
+    /// (`log_in_one_statement`): its readings are logged in order, each stream row takes its
+    /// batch's update once, and a stream whose row is newer keeps it (the `last_ts` guard).
+    /// It still works after a log move has run on the connection, and what does not
+    /// qualify (an event, a run for a block, a stream twice) is left to the script.
+    #[tokio::test]
+    async fn sqlite_logs_a_small_commit_in_one_statement() {
+        let (_dir, storage, ids) = sqlite_streams(3).await;
+        let mut held = Held::new(storage.clone(), None);
+        let (ids_written, logged) = write(&mut held, &[&batch(ids[0], 1), &batch(ids[1], 3)]).await.expect("stored");
+        assert_eq!((ids_written, logged), (vec![ids[0], ids[1]], 4));
+        let Some(Conn::Any(conn)) = held.conn.as_mut() else { panic!("the writer holds its SQLite connection") };
+        let mut step = LogMove::begin(conn).await.expect("begins").expect("a log to move");
+        while !step.step(conn).await.expect("moves") {}
+        // Stream s2 has moved on (a successor's newer state): its row keeps it.
+        sqlx::query("UPDATE streams SET last_ts = 100, readings_count = 7 WHERE id = ?")
+            .bind(ids[2])
+            .execute(storage.pool())
+            .await
+            .expect("updates");
+        let mut later = batch(ids[1], 2);
+        later.readings.iter_mut().for_each(|r| r.ts += 3);
+        later.update = StreamUpdate { last_ts: 5, readings_added: 2, anomalies_added: 1, snapshot: None };
+        later.readings[1].anomaly = true;
+        let channels = super::super::ChannelValues {
+            values: vec![0.5, 1.5],
+            expected: vec![0.4, 1.4],
+            lower: vec![0.0, 1.0],
+            upper: vec![1.0, 2.0],
+        };
+        later.readings[1].channels = Some(channels.clone());
+        let stale = batch(ids[2], 1);
+        let Some(Conn::Any(conn)) = held.conn.as_mut() else { unreachable!() };
+        let done = log_in_one_statement(conn, &[&later, &stale]).await.expect("runs");
+        assert_eq!(done, Some((vec![ids[1], ids[2]], 3)), "the commit qualifies");
+        let s1 = storage.stream("s1").await.expect("reads").expect("exists");
+        assert_eq!((s1.readings_count, s1.anomalies_count, s1.last_ts), (5, 1, Some(5)));
+        let s2 = storage.stream("s2").await.expect("reads").expect("exists");
+        assert_eq!((s2.readings_count, s2.last_ts), (7, Some(100)), "the newer row is kept");
+        let stored = storage.readings(ids[1], None, None, None, 10).await.expect("reads");
+        assert_eq!(stored.iter().map(|r| r.ts).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+        assert!(stored[4].anomaly && !stored[3].anomaly);
+        assert_eq!(stored[4].channels, Some(channels));
+        assert_eq!(storage.readings(ids[0], None, None, None, 10).await.expect("reads").len(), 1);
+        let mut with_event = batch(ids[0], 1);
+        with_event.events.push(open_event(1, 1));
+        for refused in [vec![&with_event], vec![&stale, &stale], vec![&batch(ids[0], DIRECT_ROWS as i64)]] {
+            assert_eq!(log_in_one_statement(conn, &refused).await.expect("runs"), None);
+        }
+    }
+
+    /// The one-statement commit of a stream that is gone is refused whole: nothing of the other
+    /// stream's readings stays, and the next commit on the same connection goes through.
+    #[tokio::test]
+    async fn sqlite_refuses_a_missing_stream_in_one_statement() {
+        let (_dir, storage, ids) = sqlite_streams(2).await;
+        sqlx::query("DELETE FROM streams WHERE id = ?").bind(ids[1]).execute(storage.pool()).await.expect("deletes");
+        let mut held = Held::new(storage.clone(), None);
+        held.conn().await.expect("connects");
+        let Some(Conn::Any(conn)) = held.conn.as_mut() else { panic!("the writer holds its SQLite connection") };
+        let err = log_in_one_statement(conn, &[&batch(ids[0], 2), &batch(ids[1], 1)]).await.expect_err("refused");
+        assert!(err.to_string().contains("some of the 2 streams of a commit do not exist"), "{err}");
+        assert_eq!(log_rows(&storage).await, 0, "nothing stored");
+        let s = storage.stream("s").await.expect("reads").expect("exists");
+        assert_eq!((s.readings_count, s.last_ts), (0, None));
+        let done = log_in_one_statement(conn, &[&batch(ids[0], 2)]).await.expect("the next commit goes through");
+        assert_eq!(done, Some((vec![ids[0]], 2)));
+        assert_eq!(log_rows(&storage).await, 2);
     }
 
     /// A scratch SQLite database with `n` streams (`sqlite`'s first, then s1, s2, …).
