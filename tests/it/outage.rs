@@ -234,6 +234,50 @@ async fn a_commit_the_database_never_answers_times_out_and_its_stream_reloads() 
     app.stop().await;
 }
 
+/// A lone reading's network step runs while its commit does, and is applied only once the
+/// commit is: single readings refused in an outage leave nothing of themselves in the
+/// stream, which, once the database is back and they are retried until stored, judges every
+/// reading as a twin stream fed the same readings without an outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lone_readings_refused_in_an_outage_leave_no_step_behind() {
+    let Some((url, _)) = fresh_database(Backend::Postgres).await else { return };
+    let (proxy, proxied) = Proxy::around(&url).await;
+    let app = TestApp::start(&proxied, None).await;
+    for stream in ["boiler", "twin"] {
+        let (status, reply) = app.post(&format!("/v1/streams/{stream}/readings"), &batch(0, 100)).await;
+        assert_eq!(status, 200, "{reply}");
+    }
+    proxy.cut();
+    for i in 100..103 {
+        let (status, reply) = app.post("/v1/streams/boiler/readings", &batch(i, 1)).await;
+        assert_ne!(status, 200, "acknowledged in an outage: {reply}");
+    }
+    proxy.restore();
+    for i in 100..130 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, reply) = app.post("/v1/streams/boiler/readings", &batch(i, 1)).await;
+            if status == 200 {
+                assert_eq!(reply["accepted"], 1, "{reply}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "reading {i} not stored within 30 s of the database returning");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let (status, reply) = app.post("/v1/streams/twin/readings", &batch(i, 1)).await;
+        assert_eq!(status, 200, "{reply}");
+    }
+    let (_, boiler) = app.get("/v1/streams/boiler/readings?limit=1000").await;
+    let (_, twin) = app.get("/v1/streams/twin/readings?limit=1000").await;
+    let (boiler, twin) =
+        (boiler["readings"].as_array().expect("readings"), twin["readings"].as_array().expect("readings"));
+    assert_eq!((boiler.len(), twin.len()), (130, 130));
+    for (i, (a, b)) in boiler.iter().zip(twin).enumerate() {
+        crate::service::assert_judged_alike(a, b, &format!("reading {i}, after an outage and without"));
+    }
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_beyond_the_admission_limit_is_refused_before_its_body_is_read() {
     use tokio::io::AsyncWriteExt;

@@ -516,7 +516,7 @@ fn numbers(v: &Value) -> Vec<f64> {
 /// Asserts two stored readings have the same timestamp and verdict up to what kernels that
 /// run the same network differently change: ulps in the forecast, and a score whose tail
 /// histogram may put such values in neighbouring bins.
-fn assert_judged_alike(a: &Value, b: &Value, what: &str) {
+pub(crate) fn assert_judged_alike(a: &Value, b: &Value, what: &str) {
     assert_eq!(a["ts"], b["ts"], "{what}");
     for (field, tolerance) in [("expected", 1e-4), ("lower", 1e-4), ("upper", 1e-4), ("score", 1e-2)] {
         let (x, y) = (numbers(&a[field]), numbers(&b[field]));
@@ -528,7 +528,7 @@ fn assert_judged_alike(a: &Value, b: &Value, what: &str) {
 }
 
 /// A lone reading is judged against the forecast made at the step before it, and its own
-/// step (the forecast of the next reading) is taken after its commit: a stream fed one
+/// step (the forecast of the next reading) is applied after its commit: a stream fed one
 /// reading a request stores the same verdicts as one fed 40 a request, across a restart
 /// between two lone readings too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
