@@ -65,15 +65,16 @@ pub struct IngestCommand {
 pub struct Prepared {
     pub batch: WriteBatch,
     pub verdicts: Vec<ReadingVerdict>,
-    /// A lone reading's network step, left for after the commit (see [`Actor::prepare`]):
-    /// the request takes the steps of all its streams in one inference call.
+    /// A lone reading's network step, left to the request (see [`Actor::prepare`]): it takes
+    /// the steps of all its streams in one inference call while their commit runs.
     pub step: Option<PendingStep>,
     /// Send what was committed once `batch` is, `None` when its outcome is unknown; drop it
     /// to discard (nothing was sent to the database).
     pub decide: oneshot::Sender<Option<Committed>>,
 }
 
-/// A network step a stream left for after its commit: one step of `rows` sequences.
+/// A network step a stream left to its request's commit task: one step of `rows` sequences,
+/// applied once the commit is.
 pub struct PendingStep {
     pub model: Arc<ModelInfo>,
     pub rows: usize,
@@ -87,7 +88,7 @@ pub struct PendingStep {
 pub struct Committed {
     /// The stream's id (new streams get theirs with their first commit).
     pub id: i64,
-    /// The step the ingest left for after the commit, taken with those of the request's
+    /// The step the ingest left to the request, taken with those of the request's
     /// other streams: its result and the first of its rows there. `None` if it left none.
     pub step: Option<Result<(Arc<InferenceResult>, usize), InferenceError>>,
 }
@@ -594,9 +595,10 @@ impl Actor {
     ///
     /// A reading is judged against the forecast made at the step before it, so a lone
     /// reading's verdict needs no inference: unless it is a new stream's first, its step
-    /// (which only forecasts the next reading) is left for after the commit, which takes the
-    /// steps of all the request's streams in one inference call ([`PendingStep`]), and the
-    /// reply does not wait for it.
+    /// (which only forecasts the next reading) is left to the request's commit task, which
+    /// takes the steps of all the request's streams in one inference call while the commit
+    /// runs ([`PendingStep`]); the reply does not wait for it, and its result is applied only
+    /// once the commit is.
     async fn prepare(&self, readings: &[Reading], replay: bool) -> Result<Judged, IngestError> {
         self.check(readings)?;
         let (normaliser, inputs) = self.normalised(readings);

@@ -448,7 +448,7 @@ impl Streams {
 
     /// Ingests readings for one or more streams, all or nothing: every stream judges its
     /// readings, all rows are committed in one transaction, then every stream applies its
-    /// new state (with the step its lone reading left for after the commit, if any).
+    /// new state (with the step of its lone reading, taken while the commit ran, if any).
     /// Streams are created on first use with `channels` of their first reading.
     pub async fn ingest(&self, groups: Vec<(String, Vec<Reading>)>) -> Result<Vec<IngestOutcome>, IngestError> {
         let arrived = Instant::now();
