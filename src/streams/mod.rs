@@ -519,6 +519,8 @@ impl Streams {
             // judged with, and their results are applied only once the commit is (a lone
             // reading's actor waits for both before its next message; after one another
             // they were ~0.2 + 0.3 ms of each reading's turn). A failed commit drops them.
+            // The commit is polled first (`biased`): one refused by a full writer queue ends
+            // there, before any step is sent, so overload adds no inference.
             let steps = take_steps(&inference, streams, steps);
             tokio::pin!(steps);
             let commit = tokio::time::timeout(commit_timeout, writer.commit(batches));
