@@ -177,8 +177,9 @@ fn ingest_command(
 /// (`(index in the request, step)`), while the request's commit runs: one inference call a
 /// model and at most `--max-batch` rows, the calls at once. A request of one reading of each
 /// of 1,000 streams makes one call of 1,000 rows instead of 1,000 calls, each with its
-/// channel, reply and wake-up (docs/PERFORMANCE.md). Returns, for each of the request's `streams`, its step's result and
-/// its first row there (`None` for a stream that left no step).
+/// channel, reply and wake-up (docs/PERFORMANCE.md). Returns, for each of the request's
+/// `streams`, its step's result and its first row there (`None` for a stream that left no
+/// step).
 async fn take_steps(
     inference: &InferencePool,
     streams: usize,
