@@ -155,6 +155,14 @@ enum BenchKind {
         /// for `tsad bench reads`.
         #[arg(long)]
         keep_database: bool,
+        /// Drive a `tsad serve` already running at this URL (`http://HOST:PORT`), a process
+        /// of its own with its own settings and database, instead of one started in this
+        /// process on a scratch database. The streams the run creates (`bench-…`) stay on it.
+        #[arg(long, value_name = "URL", conflicts_with_all = ["inference_threads", "database_url", "keep_database"])]
+        server: Option<String>,
+        /// API key for `--server` (one with the `write` scope), sent as a bearer token.
+        #[arg(long, requires = "server")]
+        key: Option<String>,
         /// Write the results as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -250,6 +258,8 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
             inference_threads,
             database_url,
             keep_database,
+            server,
+            key,
             json,
         } => {
             if batch == 0 || clients == 0 || streams.contains(&0) || inference_threads == Some(0) {
@@ -270,7 +280,14 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
                 .build()
                 .map_err(|e| CliError::Runtime(e.into()))?;
             let load = Load { batch, per_stream, clients, seconds, latency: !throughput_only, report_every };
-            runtime.block_on(http(&streams, &load, inference_threads, database_url, keep_database, json))
+            let target = match server {
+                Some(url) => {
+                    let running = Running::parse(&url, key)?;
+                    Serve::Running(runtime.block_on(running.endpoint()).map_err(CliError::Runtime)?)
+                }
+                None => Serve::Own { inference_threads, database_url, keep_database },
+            };
+            runtime.block_on(http(&streams, &load, target, json))
         }
         BenchKind::Reads { database_url, queries, limit, drop_caches, seed, json } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -889,7 +906,7 @@ async fn drive(
 /// clients' turns evenly spread over it. Returns readings per
 /// second and the sorted latencies.
 async fn phase(
-    addr: std::net::SocketAddr,
+    endpoint: &Endpoint,
     tag: u32,
     n: usize,
     load: &Load,
@@ -897,7 +914,6 @@ async fn phase(
     pace: Option<Pacing>,
     once: bool,
 ) -> anyhow::Result<(f64, Vec<f64>)> {
-    let client = reqwest::Client::new();
     let seconds = if once { 3600.0 } else { load.seconds };
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
@@ -909,7 +925,7 @@ async fn phase(
             // 0), so requests arrive spread over time, not in bursts of one per client.
             let pace = pace.map(|p| (p, p.every().mul_f64(w as f64 / load.clients.min(n) as f64)));
             let plan = Plan { batch: load.batch, per_stream: load.per_stream, base, deadline, pace, once };
-            tokio::spawn(drive(client.clone(), addr, names, plan))
+            tokio::spawn(drive(endpoint.client.clone(), endpoint.addr, names, plan))
         })
         .collect();
     let (mut accepted, mut latencies) = (0, Vec::new());
@@ -1083,14 +1099,19 @@ async fn server_means(addr: std::net::SocketAddr) -> anyhow::Result<ServerMeans>
 async fn progress(
     addr: std::net::SocketAddr,
     every: Duration,
-    database_url: String,
+    database_url: Option<String>,
     start: f64,
     mut finished: tokio::sync::oneshot::Receiver<()>,
 ) -> Vec<serde_json::Value> {
     let began = Instant::now();
     let mut ticks = tokio::time::interval_at((began + every).into(), every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut size = DatabaseSize::open(&database_url).await;
+    // A service of this process: its database, and its resident memory (this process's);
+    // of a running one, neither.
+    let mut size = match &database_url {
+        Some(url) => DatabaseSize::open(url).await,
+        None => DatabaseSize::Unknown,
+    };
     let mut last = match server_means(addr).await {
         Ok(m) => m,
         Err(e) => {
@@ -1113,7 +1134,7 @@ async fn progress(
         let seconds = window.seconds.unwrap_or(f64::NAN);
         let rate = window.readings / seconds;
         let commit = window.stats().find(|s| s.0 == "commit_latency_seconds").map_or(f64::NAN, |s| s.1);
-        let rss = resident_bytes().map_or(f64::NAN, |b| b as f64 / (1 << 20) as f64);
+        let rss = resident_bytes().filter(|_| database_url.is_some()).map_or(f64::NAN, |b| b as f64 / (1 << 20) as f64);
         let database = size.bytes().await.map_or(f64::NAN, |b| b as f64 / (1 << 20) as f64);
         let elapsed = began.elapsed().as_secs_f64();
         let stored = now.readings - start;
@@ -1195,40 +1216,36 @@ async fn settle(addr: std::net::SocketAddr, quiet: Duration) -> anyhow::Result<(
     Ok(())
 }
 
-async fn http(
-    streams: &[usize],
-    load: &Load,
-    inference_threads: Option<usize>,
-    database_url: Option<String>,
-    keep_database: bool,
-    json_out: Option<PathBuf>,
-) -> anyhow::Result<()> {
+async fn http(streams: &[usize], load: &Load, target: Serve, json_out: Option<PathBuf>) -> anyhow::Result<()> {
     let (batch, clients) = (load.batch, load.clients);
     println!(
         "HTTP ingest over loopback: {clients} clients, each posting its streams' readings, at most {batch} a request, \
          {} of each stream",
         load.per_stream
     );
+    if let Serve::Running(endpoint) = &target {
+        println!("the service running at {}", endpoint.addr);
+    }
     println!(
         "{:>10} {:<14} {:>12} {:>9} {:>9} {:>9} {:>9}",
         "streams", "load", "readings/s", "p50 ms", "p99 ms", "p99.9 ms", "requests"
     );
     let mut rows = Vec::new();
     for &n in streams {
-        let scratch = Scratch::create(database_url.as_deref()).await?;
-        let url = scratch.url.clone();
-        let mut settings = Settings::for_tests(&url, default_models_dir());
-        if let Some(threads) = inference_threads {
-            settings.inference_threads = threads;
-        }
-        let app = Application::build(settings).await?;
-        let addr = app.local_addr();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(app.run_until(async move {
-            let _ = stopped.await;
-        }));
+        let (endpoint, own) = match &target {
+            Serve::Running(endpoint) => (endpoint.clone(), None),
+            Serve::Own { inference_threads, database_url, .. } => {
+                let own = Own::start(database_url.as_deref(), *inference_threads).await?;
+                (Endpoint { addr: own.addr, client: reqwest::Client::new() }, Some(own))
+            }
+        };
+        let addr = endpoint.addr;
         let tag = rand::random::<u32>();
-        let database = if url.starts_with("sqlite") { "sqlite" } else { "postgres" };
+        let database = match &own {
+            Some(own) if own.scratch.url.starts_with("sqlite") => "sqlite",
+            Some(_) => "postgres",
+            None => "running service",
+        };
         let mut report =
             |label: &str, rate: f64, latencies: &[f64], per_request: usize, server: Option<&ServerMeans>| {
                 let (p50, p99, p999) =
@@ -1254,14 +1271,15 @@ async fn http(
             latency: false,
             report_every: None,
         };
-        phase(addr, tag, n, &create, base - 1_000_000_000, None, true).await?;
+        phase(&endpoint, tag, n, &create, base - 1_000_000_000, None, true).await?;
         let before = server_means(addr).await?;
         let (done, finished) = tokio::sync::oneshot::channel::<()>();
         let windows = load.report_every.map(|every| {
             let every = Duration::from_secs_f64(every);
-            tokio::spawn(progress(addr, every, scratch.url.clone(), before.readings, finished))
+            let database_url = own.as_ref().map(|own| own.scratch.url.clone());
+            tokio::spawn(progress(addr, every, database_url, before.readings, finished))
         });
-        let (rate, latencies) = phase(addr, tag, n, load, base, None, false).await?;
+        let (rate, latencies) = phase(&endpoint, tag, n, load, base, None, false).await?;
         let _ = done.send(());
         let windows = match windows {
             Some(task) => task.await?,
@@ -1284,7 +1302,7 @@ async fn http(
             let pace = Duration::from_secs_f64(clients.min(n) as f64 / requests_per_s);
             let before = server_means(addr).await?;
             let (half, latencies) =
-                phase(addr, tag, n, load, base + 1_000_000_000, Some(Pacing::OpenLoop(pace)), false).await?;
+                phase(&endpoint, tag, n, load, base + 1_000_000_000, Some(Pacing::OpenLoop(pace)), false).await?;
             let stages = server_means(addr).await?.since(&before);
             report("half of max", half, &latencies, per_request, Some(&stages));
             println!("{:>10} {:<14} {}", "", "server means", stages.describe());
@@ -1299,7 +1317,7 @@ async fn http(
                 latency: false,
                 report_every: None,
             };
-            let (rate, latencies) = phase(addr, tag ^ 1, 1, &single, base, None, false).await?;
+            let (rate, latencies) = phase(&endpoint, tag ^ 1, 1, &single, base, None, false).await?;
             report("single reading", rate, &latencies, 1, None);
             if per_request > 1 {
                 // Requests of the measured shape one at a time, every 10 ms, on the idle
@@ -1309,9 +1327,16 @@ async fn http(
                 let alone =
                     Load { clients: 1, seconds: load.seconds.min(5.0), latency: false, report_every: None, ..*load };
                 let before = server_means(addr).await?;
-                let (rate, latencies) =
-                    phase(addr, tag, n, &alone, base + 2_000_000_000, Some(Pacing::OneAtATime(ALONE_EVERY)), false)
-                        .await?;
+                let (rate, latencies) = phase(
+                    &endpoint,
+                    tag,
+                    n,
+                    &alone,
+                    base + 2_000_000_000,
+                    Some(Pacing::OneAtATime(ALONE_EVERY)),
+                    false,
+                )
+                .await?;
                 let stages = server_means(addr).await?.since(&before);
                 let alone_per_request = n.min(batch / load.per_stream) * load.per_stream;
                 report("one at a time", rate, &latencies, alone_per_request, Some(&stages));
@@ -1321,15 +1346,102 @@ async fn http(
         if let Some(row) = rows.iter_mut().rev().find(|r| r["load"] == "max").filter(|_| !windows.is_empty()) {
             row["windows"] = json!(windows);
         }
-        let _ = stop.send(());
-        server.await??;
-        if keep_database {
-            println!("{:>10} {:<14} {}", "", "kept", scratch.keep());
-        } else {
-            scratch.remove().await;
+        if let (Some(own), Serve::Own { keep_database, .. }) = (own, &target) {
+            own.stop(*keep_database).await?;
         }
     }
     write_json(json_out, json!({ "benchmark": "http", "results": rows }))
+}
+
+/// The service `bench http` measures.
+enum Serve {
+    /// One of its own in this process, started afresh on a scratch database for each stream
+    /// count.
+    Own { inference_threads: Option<usize>, database_url: Option<String>, keep_database: bool },
+    /// One already running (`--server`), resolved.
+    Running(Endpoint),
+}
+
+/// A `tsad serve` already running, at `url`, and the API key to post with.
+struct Running {
+    url: reqwest::Url,
+    key: Option<String>,
+}
+
+impl Running {
+    /// Checks `--server`: an `http://` URL with a host (HTTPS is left to a real client).
+    fn parse(url: &str, key: Option<String>) -> Result<Running, CliError> {
+        let usage = |why: &str| CliError::Usage(anyhow!("--server {url:?}: {why}"));
+        let url = reqwest::Url::parse(url).map_err(|e| usage(&e.to_string()))?;
+        if url.scheme() != "http" || url.host_str().is_none() {
+            return Err(usage("expected http://HOST:PORT"));
+        }
+        Ok(Running { url, key })
+    }
+
+    /// Where the load generator connects (the first address the host name resolves to),
+    /// with a client that sends the API key with every request, if one was given.
+    async fn endpoint(self) -> anyhow::Result<Endpoint> {
+        let host = self.url.host_str().expect("checked by `parse`");
+        let port = self.url.port_or_known_default().unwrap_or(80);
+        let addr = tokio::net::lookup_host((host, port))
+            .await
+            .with_context(|| format!("resolving {host}"))?
+            .next()
+            .ok_or_else(|| anyhow!("{host} resolves to no address"))?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(key) = &self.key {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+                .map_err(|_| anyhow!("--key holds characters a header cannot"))?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        Ok(Endpoint { addr, client: reqwest::Client::builder().default_headers(headers).build()? })
+    }
+}
+
+/// Where a phase's clients send their requests.
+#[derive(Clone)]
+struct Endpoint {
+    addr: std::net::SocketAddr,
+    client: reqwest::Client,
+}
+
+/// A service `bench http` started in this process, on a scratch database.
+struct Own {
+    addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    scratch: Scratch,
+}
+
+impl Own {
+    async fn start(database_url: Option<&str>, inference_threads: Option<usize>) -> anyhow::Result<Own> {
+        let scratch = Scratch::create(database_url).await?;
+        let mut settings = Settings::for_tests(&scratch.url, default_models_dir());
+        if let Some(threads) = inference_threads {
+            settings.inference_threads = threads;
+        }
+        let app = Application::build(settings).await?;
+        let addr = app.local_addr();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until(async move {
+            let _ = stopped.await;
+        }));
+        Ok(Own { addr, stop, server, scratch })
+    }
+
+    /// Stops the service, then keeps its database (printing where) or removes it.
+    async fn stop(self, keep_database: bool) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.server.await??;
+        if keep_database {
+            println!("{:>10} {:<14} {}", "", "kept", self.scratch.keep());
+        } else {
+            self.scratch.remove().await;
+        }
+        Ok(())
+    }
 }
 
 /// Where one measurement of `bench http` writes: a SQLite file in a temporary directory, or

@@ -705,6 +705,57 @@ async fn bench_http_on_postgres_measures_in_a_scratch_database_it_drops() {
     assert_eq!(scratch().await, before, "the scratch database dropped, the named one untouched: {stderr}");
 }
 
+/// `bench http --server` drives a service already running, posting with the API key given:
+/// the report names the running service, and the readings are stored on it, in the streams
+/// the run created. Without the key it is refused and fails; a URL that is not `http://`, or
+/// `--server` beside `--database-url`, is a usage error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_http_drives_a_service_already_running() {
+    const KEYS: &str = "read:read-key-0123456789,write:write-key-0123456789";
+    let app = crate::app::spawn_app_with_keys(crate::app::Backend::Sqlite, Some(KEYS)).await.expect("SQLite");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("http.json");
+    let server = app.url("");
+    let args = ["bench", "http", "--server", &server, "--streams", "4", "--batch", "20", "--per-stream", "10"];
+    let extra = ["--clients", "2", "--seconds", "0.5", "--throughput-only", "--json", json.to_str().expect("utf-8")];
+    let run = tsad_beside_server(strings(&[&args[..], &extra[..], &["--key", "write-key-0123456789"]].concat())).await;
+    let (stdout, stderr) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+    assert!(run.status.success(), "{stdout}{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("json");
+    let row = &report["results"][0];
+    assert_eq!(row["database"], "running service", "{report}");
+    let measured = row["readings_per_s"].as_f64().expect("a rate");
+    assert!(measured > 0.0, "{report}");
+    // The four streams, each with the untimed round's one reading and the timed phase's ten a
+    // request.
+    let listed = app
+        .client
+        .get(app.url("/v1/streams"))
+        .bearer_auth("read-key-0123456789")
+        .send()
+        .await
+        .expect("list")
+        .json::<serde_json::Value>()
+        .await
+        .expect("json");
+    let streams = listed["streams"].as_array().expect("streams");
+    let bench: Vec<&serde_json::Value> =
+        streams.iter().filter(|s| s["name"].as_str().is_some_and(|n| n.starts_with("bench-"))).collect();
+    assert_eq!(bench.len(), 4, "{listed}");
+    for stream in &bench {
+        let readings = stream["readings"].as_u64().expect("a count");
+        assert!(readings > 1 && (readings - 1) % 10 == 0, "{stream}");
+    }
+    let refused = tsad_beside_server(strings(&[&args[..], &extra[..]].concat())).await;
+    assert_eq!(refused.status.code(), Some(1), "{}", String::from_utf8_lossy(&refused.stdout));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("401"), "{}", String::from_utf8_lossy(&refused.stderr));
+    for bad in [vec!["--server", "ftp://127.0.0.1:1"], vec!["--server", &server, "--database-url", "sqlite://x.db"]] {
+        let run = tsad_beside_server(strings(&[&["bench", "http"][..], &bad[..]].concat())).await;
+        assert_eq!(run.status.code(), Some(2), "{bad:?}: {}", String::from_utf8_lossy(&run.stderr));
+    }
+    app.stop().await;
+}
+
 /// `bench http --keep-database` leaves its scratch SQLite file and names it; `bench reads`
 /// reads pages of it back, twice, each page at most `--limit` readings of one stream. A
 /// database without streams long enough is an error that says so; no queries, a usage
