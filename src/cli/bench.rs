@@ -139,7 +139,8 @@ enum BenchKind {
         /// During the maximum-rate phase, print every this many seconds the window's
         /// readings/s and commit latency, the readings stored so far, the process's resident
         /// memory and the database's size on disk (a long run: `--seconds 3600
-        /// --report-every 60`).
+        /// --report-every 60`; with `--server`, the service's memory and database are not
+        /// this process's to see, and show as NaN).
         #[arg(long)]
         report_every: Option<f64>,
         /// The server's inference threads (`--inference-threads` of `tsad serve`) [default:
