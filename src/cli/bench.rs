@@ -159,6 +159,9 @@ enum BenchKind {
         /// Drive a `tsad serve` already running at this URL (`http://HOST:PORT`), a process
         /// of its own with its own settings and database, instead of one started in this
         /// process on a scratch database. The streams the run creates (`bench-…`) stay on it.
+        /// Its automatic fits run while it is measured once a stream passes 512 readings
+        /// (the benchmark's own service has them off): `tsad serve --auto-train-jobs 0`
+        /// measures the same service.
         #[arg(long, value_name = "URL", conflicts_with_all = ["inference_threads", "database_url", "keep_database"])]
         server: Option<String>,
         /// API key for `--server` (one with the `write` scope), sent as a bearer token.
