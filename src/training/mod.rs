@@ -207,8 +207,13 @@ impl Jobs {
                             jobs.inner.streams.fit_ended(&name);
                             return;
                         }
-                        if let Err(e) = jobs.auto_fit(&name, request).await {
-                            warn!(stream = %name, error = %e, "automatic fit failed");
+                        match jobs.auto_fit(&name, request).await {
+                            Ok(()) => {}
+                            // The shutdown interrupts the fit's job (recorded as such): no failure.
+                            Err(e) if jobs.inner.stopping.load(std::sync::atomic::Ordering::Relaxed) => {
+                                info!(stream = %name, error = %e, "automatic fit interrupted by the shutdown");
+                            }
+                            Err(e) => warn!(stream = %name, error = %e, "automatic fit failed"),
                         }
                     }
                     jobs.inner.streams.fit_ended(&name);
