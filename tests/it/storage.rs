@@ -362,3 +362,43 @@ async fn snapshots_survive_their_migration() {
     assert_eq!((old.last_ts, old.readings_count), (Some(99), 3));
     assert_eq!(storage.stream("bare").await.unwrap().unwrap().snapshot, None);
 }
+
+/// PostgreSQL: the writer stores scoring states compressed with LZ4 where the server has it
+/// (PostgreSQL compresses a value past 2 KB; its own default, pglz, is slower to write), and
+/// they read back as written.
+#[tokio::test]
+async fn scoring_states_are_compressed_with_lz4_on_postgres() {
+    use sqlx::Connection;
+    let Some((url, _dir)) = fresh_database(Backend::Postgres).await else { return };
+    let storage = Storage::connect(&url).await.expect("connects");
+    let id = storage.put_stream("a", &config(), 0).await.expect("stream").id;
+    let (writer, task) = Writer::spawn(storage.clone(), 16, Metrics::new());
+    // A state shaped like a real one: ~5 KB of numbers, compressible.
+    let tail: Vec<String> = (0..600).map(|i| format!("{:.4}", f64::from(i % 37) * 0.37)).collect();
+    let state = format!("{{\"scorer\":{{\"tail\":[{}]}}}}", tail.join(","));
+    writer.commit(vec![batch(id, vec![reading(1)], Some(&state))]).await.expect("commits");
+    let record = storage.stream("a").await.expect("reads").expect("stored");
+    assert_eq!(record.snapshot.as_deref(), Some(state.as_str()), "the state reads back as written");
+
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("connects");
+    let has_lz4: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression'
+            AND 'lz4' = ANY (enumvals))",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("reads the server's settings");
+    if !has_lz4 {
+        eprintln!("SKIPPED: this PostgreSQL server has no LZ4; states keep its default compression");
+        return;
+    }
+    let method: Option<String> =
+        sqlx::query_scalar("SELECT pg_column_compression(snapshot) FROM stream_snapshots WHERE stream_id = $1")
+            .bind(id)
+            .fetch_one(&mut conn)
+            .await
+            .expect("reads the state's compression");
+    assert_eq!(method.as_deref(), Some("lz4"), "the state is compressed with LZ4");
+    drop(writer);
+    task.await.unwrap();
+}
