@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tch::{Device, Kind, Tensor};
 use tokio::sync::oneshot;
-use tracing::{error, info};
+use tracing::{debug, error, info};
 
 use crate::metrics::Metrics;
 use crate::model::{Architecture, HeadConfig, ModelCard, Network, Output, State, Usage};
@@ -221,7 +221,13 @@ impl InferencePool {
             let metrics = metrics.clone();
             std::thread::Builder::new()
                 .name(format!("tsad-inference-{i}"))
-                .spawn(move || worker(rx, max_batch, batch_wait, device, metrics))
+                .spawn(move || {
+                    // A request's steps wait on this thread: it runs soon after it wakes
+                    // (crate::priority).
+                    let _slices = crate::priority::ShortSlices::ask(crate::priority::SHORT_SLICE)
+                        .inspect_err(|e| debug!(error = %e, "an inference thread in the scheduler's default slices"));
+                    worker(rx, max_batch, batch_wait, device, metrics)
+                })
                 .expect("the OS can start an inference thread");
         }
         info!(threads, max_batch, ?device, "inference threads started");

@@ -15,6 +15,7 @@ pub mod import;
 pub mod inference;
 pub mod metrics;
 pub mod model;
+mod priority;
 pub mod scoring;
 pub mod storage;
 pub mod streams;

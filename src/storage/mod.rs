@@ -12,7 +12,6 @@
 //! the log was moved before blocks); reads take all three in one snapshot.
 mod blocks;
 mod log;
-mod priority;
 pub mod writer;
 
 pub(crate) use log::{move_log, LogMove, Mirror, MirroredMove};

@@ -14,12 +14,12 @@ use sqlx::{query, Any, AnyConnection, Connection, PgConnection, PgPool, Postgres
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, error, info, warn};
 
-use super::priority::Raised;
 use super::{
     stream_params, Backend, EventRow, LogMove, Mirror, MirroredMove, Param, ReadingRow, Storage, StorageError,
     StreamConfig, STREAM_COLUMNS,
 };
 use crate::metrics::Metrics;
+use crate::priority::{Raised, ShortSlices, SHORT_SLICE};
 
 /// Readings per INSERT statement (9 parameters each; SQLite allows 32,766).
 const ROWS_PER_STATEMENT: usize = 1000;
@@ -71,7 +71,7 @@ struct Job {
 }
 
 /// How much the writer's thread lowers its nice value below the service's, so that it is
-/// first in the run queue when every core is busy ([`super::priority`]). At one reading of
+/// first in the run queue when every core is busy ([`crate::priority`]). At one reading of
 /// each of 1,000 of 10,000 streams a request on SQLite: 5 took the maximum from 177 k to 186 k
 /// readings/s (means of three alternated runs) and halved the commit's latency; 10 did no
 /// better (docs/PERFORMANCE.md).
@@ -105,6 +105,14 @@ impl Writer {
                         error = %e,
                         "the storage writer runs at the service's priority (raising it needs CAP_SYS_NICE or a RLIMIT_NICE of 25: docs/DEPLOY.md)"
                     );
+                    None
+                }
+            };
+            // Before SQLite's connection starts its worker thread, which inherits it.
+            let _slices = match ShortSlices::ask(SHORT_SLICE) {
+                Ok(slices) => Some(slices),
+                Err(e) => {
+                    info!(error = %e, "the storage writer runs in the scheduler's default slices");
                     None
                 }
             };
