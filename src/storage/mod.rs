@@ -180,6 +180,23 @@ macro_rules! stream_row {
         "s.id, s.name, s.channels, s.model, s.sensitivity, s.warmup, s.auto_train, s.baseline, s.created_at, \
          s.last_ts, s.readings_count, s.anomalies_count"
     };
+    // PostgreSQL: the row's counters hold the readings up to its `last_ts`, written with the
+    // stream's scoring state (`writer::StreamUpdate`); the stored readings after it are added
+    // here (an index range of `readings`, ~10 s of the stream's readings at most while it
+    // runs). Needs `stream_tail!()` in the query's `FROM`.
+    (counted) => {
+        "s.id, s.name, s.channels, s.model, s.sensitivity, s.warmup, s.auto_train, s.baseline, s.created_at, \
+         COALESCE(t.last_ts, s.last_ts) AS last_ts, s.readings_count + t.n AS readings_count, s.anomalies_count"
+    };
+}
+
+/// PostgreSQL: a stream's readings after its row's `last_ts` (`t.n`, `t.last_ts`), for
+/// `stream_row!(counted)`.
+macro_rules! stream_tail {
+    () => {
+        " CROSS JOIN LATERAL (SELECT count(*) AS n, max(r.ts) AS last_ts FROM readings r \
+         WHERE r.stream_id = s.id AND r.ts > COALESCE(s.last_ts, CAST(-9223372036854775808 AS BIGINT))) t"
+    };
 }
 
 /// The columns a stream row is written with, in the order of [`stream_params`].
@@ -241,7 +258,14 @@ impl Storage {
                 // Reads are cheapest with the log empty; it is moved at every start.
                 storage.compact_log().await?;
             }
-            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&storage.pool).await?,
+            Backend::Postgres => {
+                sqlx::migrate!("./migrations/postgres").run(&storage.pool).await?;
+                // Deletions cut short after their first transaction.
+                let pending = sqlx::query("SELECT id FROM streams_deleted").fetch_all(&storage.pool).await?;
+                for row in pending {
+                    storage.delete_readings_of_deleted(row.try_get("id")?).await?;
+                }
+            }
         }
         Ok(storage)
     }
@@ -337,11 +361,21 @@ impl Storage {
     }
 
     /// The stream row with its scoring state (kept in a table of its own: migration 0004).
-    const STREAM_SELECT: &'static str = concat!(
-        "SELECT ",
-        stream_row!(),
-        ", ss.snapshot FROM streams s LEFT JOIN stream_snapshots ss ON ss.stream_id = s.id"
-    );
+    fn stream_select(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => concat!(
+                "SELECT ",
+                stream_row!(),
+                ", ss.snapshot FROM streams s LEFT JOIN stream_snapshots ss ON ss.stream_id = s.id"
+            ),
+            Backend::Postgres => concat!(
+                "SELECT ",
+                stream_row!(counted),
+                ", ss.snapshot FROM streams s LEFT JOIN stream_snapshots ss ON ss.stream_id = s.id",
+                stream_tail!()
+            ),
+        }
+    }
 
     fn stream_from_row(row: &AnyRow) -> Result<StreamRecord, StorageError> {
         Ok(StreamRecord {
@@ -369,7 +403,7 @@ impl Storage {
 
     /// One stream by name.
     pub async fn stream(&self, name: &str) -> Result<Option<StreamRecord>, StorageError> {
-        let sql = format!("{} WHERE s.name = $1", Self::STREAM_SELECT);
+        let sql = format!("{} WHERE s.name = $1", self.stream_select());
         let row = sqlx::query(&sql).bind(name).fetch_optional(&self.pool).await?;
         row.as_ref().map(Self::stream_from_row).transpose()
     }
@@ -385,8 +419,11 @@ impl Storage {
     pub async fn streams_named(&self, names: &[&str]) -> Result<Vec<StreamRecord>, StorageError> {
         let mut out = Vec::new();
         for chunk in names.chunks(NAMES_PER_QUERY) {
-            let sql =
-                format!("{} WHERE s.name IN {}", Self::STREAM_SELECT, writer::values_sql(self.backend, 1, chunk.len()));
+            let sql = format!(
+                "{} WHERE s.name IN {}",
+                self.stream_select(),
+                writer::values_sql(self.backend, 1, chunk.len())
+            );
             let mut query = sqlx::query(&sql);
             for name in chunk {
                 query = query.bind(*name);
@@ -401,11 +438,22 @@ impl Storage {
     /// Up to `limit` streams by name, those after `after` (exclusive), without their scoring
     /// states: a list of a million streams reads the rows alone, a page at a time.
     pub async fn streams_page(&self, after: Option<&str>, limit: i64) -> Result<Vec<StreamRecord>, StorageError> {
-        let sql = concat!(
-            "SELECT ",
-            stream_row!(),
-            ", CAST(NULL AS TEXT) AS snapshot FROM streams s WHERE s.name > $1 ORDER BY s.name LIMIT $2"
-        );
+        let sql = match self.backend {
+            Backend::Sqlite => concat!(
+                "SELECT ",
+                stream_row!(),
+                ", CAST(NULL AS TEXT) AS snapshot FROM streams s WHERE s.name > $1 ORDER BY s.name LIMIT $2"
+            ),
+            // The page's rows first, then their readings' tails: not a tail for every row
+            // the scan passes.
+            Backend::Postgres => concat!(
+                "SELECT ",
+                stream_row!(counted),
+                ", CAST(NULL AS TEXT) AS snapshot FROM (SELECT * FROM streams WHERE name > $1 ORDER BY name LIMIT $2) s",
+                stream_tail!(),
+                " ORDER BY s.name"
+            ),
+        };
         // Stream names are never empty (`api::wire::stream_name`): every one sorts after "".
         let rows = sqlx::query(sql).bind(after.unwrap_or("")).bind(limit).fetch_all(&self.pool).await?;
         rows.iter().map(Self::stream_from_row).collect()
@@ -413,7 +461,7 @@ impl Storage {
 
     /// All streams, by name, with their scoring states.
     pub async fn streams(&self) -> Result<Vec<StreamRecord>, StorageError> {
-        let sql = format!("{} ORDER BY s.name", Self::STREAM_SELECT);
+        let sql = format!("{} ORDER BY s.name", self.stream_select());
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         rows.iter().map(Self::stream_from_row).collect()
     }
@@ -422,10 +470,34 @@ impl Storage {
     pub async fn delete_stream(&self, id: i64) -> Result<bool, StorageError> {
         let mut tx = self.pool.begin().await?;
         if self.backend == Backend::Postgres {
-            // PostgreSQL's readings have no foreign key (migration 0006): the writer locks a
-            // stream's row while it commits its readings, so locking it first here waits for
-            // those to be committed (and deleted below), or makes that commit fail.
+            // PostgreSQL's readings have no foreign key (migration 0006), and the writer checks
+            // that a commit's streams exist after it has inserted their readings (holding
+            // `readings` in `ROW EXCLUSIVE` mode). This lock waits for the commits in flight,
+            // whose readings the second transaction deletes, and makes those after it find the
+            // stream gone (migration 0011); the row's lock waits for a commit that writes the
+            // stream's state or anomalies. Only the first transaction holds them: a stream's
+            // readings, which may be millions, are deleted after, not with every commit waiting.
+            sqlx::query("LOCK TABLE readings IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
             sqlx::query("SELECT id FROM streams WHERE id = $1 FOR UPDATE").bind(id).execute(&mut *tx).await?;
+            for sql in [
+                "DELETE FROM feedback WHERE anomaly_id IN (SELECT id FROM anomalies WHERE stream_id = $1)",
+                "DELETE FROM anomalies WHERE stream_id = $1",
+                "DELETE FROM stream_snapshots WHERE stream_id = $1",
+            ] {
+                sqlx::query(sql).bind(id).execute(&mut *tx).await?;
+            }
+            let deleted = sqlx::query("DELETE FROM streams WHERE id = $1").bind(id).execute(&mut *tx).await?;
+            if deleted.rows_affected() == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            sqlx::query("INSERT INTO streams_deleted (id) VALUES ($1)").bind(id).execute(&mut *tx).await?;
+            tx.commit().await?;
+            if let Err(e) = self.delete_readings_of_deleted(id).await {
+                // The stream is gone; its readings are finished at the next start.
+                tracing::warn!(stream_id = id, error = %e, "a deleted stream's readings were not deleted yet");
+            }
+            return Ok(true);
         }
         sqlx::query("DELETE FROM feedback WHERE anomaly_id IN (SELECT id FROM anomalies WHERE stream_id = $1)")
             .bind(id)
@@ -441,6 +513,16 @@ impl Storage {
         let deleted = sqlx::query("DELETE FROM streams WHERE id = $1").bind(id).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(deleted.rows_affected() > 0)
+    }
+
+    /// PostgreSQL: the readings of a stream whose row [`Storage::delete_stream`] deleted, and
+    /// the record of that deletion (migration 0011).
+    async fn delete_readings_of_deleted(&self, id: i64) -> Result<(), StorageError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM readings WHERE stream_id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM streams_deleted WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Readings of a stream with `from ≤ ts < to`, ascending, starting after `after`.

@@ -55,11 +55,21 @@ pub struct WriteBatch {
 }
 
 /// The stream row's new bookkeeping after a batch.
+///
+/// SQLite updates the row in every commit, by the counts added. PostgreSQL updates it only
+/// in a commit that writes the stream's scoring state (every ~10 s a stream, and whenever an
+/// event opens) or adds anomalies, with the stream's count of readings after the batch; its
+/// other commits only check that the stream still exists. A stream's stored readings after
+/// the row's `last_ts` are the ones its counters do not hold yet, which reads of the row add
+/// (`Storage::stream`; docs/PERFORMANCE.md, "PostgreSQL's stream rows written with the
+/// states").
 #[derive(Debug, Clone)]
 pub struct StreamUpdate {
     pub last_ts: i64,
     pub readings_added: i64,
     pub anomalies_added: i64,
+    /// The stream's readings stored once this batch is (those before it and its own).
+    pub readings_count: i64,
     /// The scoring state after the batch (JSON), when it is due to be written; `None`
     /// keeps the stored one.
     pub snapshot: Option<String>,
@@ -923,21 +933,22 @@ fn missing_streams(missing: &str, streams: usize) -> StorageError {
 /// What [`push_rest`] added to a script.
 #[derive(Default)]
 struct Rest {
-    /// The statements that update stream rows (their counts of rows affected).
+    /// The statements that update stream rows, or on PostgreSQL check them
+    /// ([`check_streams`]): their counts of rows affected or returned.
     updates: Vec<usize>,
-    /// Distinct streams of the commit: the rows those statements must update.
+    /// Distinct streams of the commit: the rows those statements must update or return.
     streams: usize,
     /// Whether a stream or an event is written twice (by separate statements).
     repeats: bool,
 }
 
 impl Rest {
-    /// Refuses a commit unless its stream rows were all updated (`affected`: each statement's
-    /// count of rows). Every stream of a commit must still exist. PostgreSQL's readings have
-    /// no foreign key (migration 0006: its check per row was 64 % of a `COPY`); this is the
-    /// same check once per stream, and the row locks of these updates make a stream's
-    /// deletion (which locks its row before it deletes its readings) wait for this commit,
-    /// or this commit fail. SQLite makes it inside the commit's script ([`STREAMS_CHECK`]).
+    /// Refuses a commit unless its stream rows were all updated or found (`affected`: each
+    /// statement's count of rows). Every stream of a commit must still exist. PostgreSQL's
+    /// readings have no foreign key (migration 0006: its check per row was 64 % of a `COPY`);
+    /// this is the same check once per stream, made safe against a deletion racing the
+    /// commit by the row locks of the updates and the table lock [`check_streams`] relies on.
+    /// SQLite makes it inside the commit's script ([`STREAMS_CHECK`]).
     fn check(&self, affected: &[u64]) -> Result<(), StorageError> {
         let updated: u64 = self.updates.iter().map(|&i| affected[i]).sum();
         if updated < self.streams as u64 {
@@ -1071,7 +1082,25 @@ fn push_rest(script: &mut Script<'_>, backend: Backend, arrays: bool, batches: &
     let (unique, repeated): (Vec<_>, Vec<_>) =
         batches.iter().zip(ids).map(|(b, &id)| (id, &b.update)).partition(|(id, _)| seen.insert(*id));
     repeats |= !repeated.is_empty();
-    let by_arrays = (arrays && !unique.is_empty()).then(|| update_streams_by_arrays(script, &unique));
+    if arrays {
+        // PostgreSQL: only the rows of the streams whose state this commit writes (or whose
+        // anomalies it adds to: an actor writes its state then too).
+        let mut updates = Vec::new();
+        let mut streams = 0;
+        for rows in std::iter::once(unique).chain(repeated.into_iter().map(|row| vec![row])) {
+            let (written, checked): (Vec<_>, Vec<_>) =
+                rows.into_iter().partition(|(_, u)| u.snapshot.is_some() || u.anomalies_added != 0);
+            if !written.is_empty() {
+                updates.push(update_streams_by_arrays(script, &written));
+            }
+            if !checked.is_empty() {
+                updates.push(check_streams(script, &checked));
+            }
+            streams += written.len() + checked.len();
+        }
+        push_snapshots(script, backend, batches, ids);
+        return Rest { updates, streams, repeats };
+    }
     let mut update = |rows: &[(i64, &StreamUpdate)]| {
         let statement = update_streams(script, backend, rows);
         if backend == Backend::Sqlite {
@@ -1082,14 +1111,16 @@ fn push_rest(script: &mut Script<'_>, backend: Backend, arrays: bool, batches: &
         }
         statement
     };
-    let updates: Vec<usize> = match by_arrays {
-        Some(statement) => vec![statement],
-        None => unique.chunks(UPDATES_PER_STATEMENT).map(&mut update).collect(),
-    };
+    let updates: Vec<usize> = unique.chunks(UPDATES_PER_STATEMENT).map(&mut update).collect();
     for row in repeated {
         update(&[row]);
     }
-    // The scoring states due, in their own table: most commits write none.
+    push_snapshots(script, backend, batches, ids);
+    Rest { updates, streams: unique.len(), repeats }
+}
+
+/// The scoring states due, in their own table: most commits write none.
+fn push_snapshots(script: &mut Script<'_>, backend: Backend, batches: &[&WriteBatch], ids: &[i64]) {
     let snapshots: Vec<(i64, i64, &str)> = batches
         .iter()
         .zip(ids)
@@ -1105,7 +1136,6 @@ fn push_rest(script: &mut Script<'_>, backend: Backend, arrays: bool, batches: &
     for snapshot in repeated {
         upsert_snapshots(script, backend, &[snapshot]);
     }
-    Rest { updates, streams: unique.len(), repeats }
 }
 
 /// PostgreSQL: a small commit of streams that already exist (a lone reading, say) as one
@@ -1115,8 +1145,8 @@ fn push_rest(script: &mut Script<'_>, backend: Backend, arrays: bool, batches: &
 /// row written twice (one statement may change a row only once).
 ///
 /// A stream deleted meanwhile must fail the whole statement: its readings have no foreign
-/// key to refuse them. The statement's result divides 1 by (stream rows updated / streams),
-/// which is 0 — an error, and nothing written — when any is missing.
+/// key to refuse them. The statement's result divides 1 by (stream rows updated or found /
+/// streams), which is 0 — an error, and nothing written — when any is missing.
 async fn write_in_one_statement(
     conn: &mut PgConnection,
     batches: &[&WriteBatch],
@@ -1155,7 +1185,8 @@ fn chained(script: &Script<'_>, rest: &Rest) -> String {
         if i > 0 {
             sql.push_str(", ");
         }
-        sql.push_str(&format!("s{i} AS ({} RETURNING 1)", renumber(statement, offset)));
+        let returning = if statement.as_str() == CHECK_STREAMS { "" } else { " RETURNING 1" };
+        sql.push_str(&format!("s{i} AS ({}{returning})", renumber(statement, offset)));
         offset += binds.len();
     }
     let updated: Vec<String> = rest.updates.iter().map(|i| format!("(SELECT count(*) FROM s{i})")).collect();
@@ -1365,29 +1396,48 @@ fn copy_binary(rows: &[(i64, &ReadingRow)]) -> Result<Vec<u8>, StorageError> {
     Ok(data)
 }
 
-/// Updates the bookkeeping of `rows` streams (id, update) in one statement, whose count of
-/// rows affected (those of the streams that exist) is at the index returned.
-/// The stream rows' update on PostgreSQL's own driver: one statement, whatever the number of
-/// rows, of four `BIGINT[]` parameters. With a row a `VALUES` tuple of four parameters (500 a
-/// statement) the update took 14.5 µs a row of a commit's time at one reading of each of
-/// 1,000 streams a request, 72 % of the commit; the server itself spends ~3.6 µs a row on it
-/// (`EXPLAIN ANALYZE`): the rest was binding and planning 2,000 parameters
-/// (docs/PERFORMANCE.md, "PostgreSQL's stream rows by arrays").
+/// PostgreSQL: the rows of `rows` streams, whose scoring states the commit writes (or whose
+/// anomalies it adds), set to their `last_ts` and count of readings (the readings of their
+/// commits since the last state write included) and their anomalies added, unless a newer
+/// state is stored ([`update_streams_sql`]'s guard), in one statement whose count of rows
+/// affected (those of the streams that exist) is at the index returned. Their row locks make
+/// a deletion of one of them wait for this commit, or this commit fail.
+///
+/// One statement, whatever the number of rows, of four `BIGINT[]` parameters. With a row a
+/// `VALUES` tuple of four parameters (500 a statement) the update took 14.5 µs a row of a
+/// commit's time at one reading of each of 1,000 streams a request, 72 % of the commit; the
+/// server itself spends ~3.6 µs a row on it (`EXPLAIN ANALYZE`): the rest was binding and
+/// planning 2,000 parameters (docs/PERFORMANCE.md, "PostgreSQL's stream rows by arrays").
 fn update_streams_by_arrays(script: &mut Script<'_>, rows: &[(i64, &StreamUpdate)]) -> usize {
     let column = |f: fn(i64, &StreamUpdate) -> i64| rows.iter().map(|&(id, u)| f(id, u)).collect::<Vec<i64>>();
     let columns = vec![
         column(|id, _| id),
         column(|_, u| u.last_ts),
-        column(|_, u| u.readings_added),
+        column(|_, u| u.readings_count),
         column(|_, u| u.anomalies_added),
     ];
     let sql = "UPDATE streams SET last_ts = CASE WHEN newer THEN v.ts ELSE streams.last_ts END,
-            readings_count = streams.readings_count + CASE WHEN newer THEN v.readings ELSE 0 END,
+            readings_count = CASE WHEN newer THEN v.readings ELSE streams.readings_count END,
             anomalies_count = streams.anomalies_count + CASE WHEN newer THEN v.anomalies ELSE 0 END
          FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[]) AS v (id, ts, readings, anomalies)
          WHERE streams.id = v.id";
     script.push(sql.replace("newer", "(streams.last_ts IS NULL OR streams.last_ts <= v.ts)"), Binds::Columns(columns))
 }
+
+/// PostgreSQL: a statement that returns a row for each of `rows` streams that exists, for the
+/// commit's streams whose rows it does not update. It follows the commit's readings, whose
+/// insertion holds `readings` in `ROW EXCLUSIVE` mode to the commit's end: a deletion takes
+/// that table in `SHARE ROW EXCLUSIVE` mode before it deletes the stream's row
+/// ([`super::Storage::delete_stream`]), so either this commit is done first (and the deletion
+/// deletes its readings) or the deletion is, and this check, whose snapshot is taken after
+/// the lock, finds the stream gone and fails the commit.
+fn check_streams(script: &mut Script<'_>, rows: &[(i64, &StreamUpdate)]) -> usize {
+    let ids = rows.iter().map(|&(id, _)| id).collect();
+    script.push(CHECK_STREAMS.into(), Binds::Columns(vec![ids]))
+}
+
+/// [`check_streams`]'s statement: a query, which [`chained`] writes without `RETURNING`.
+const CHECK_STREAMS: &str = "SELECT 1 FROM streams WHERE id = ANY($1)";
 
 fn update_streams(script: &mut Script<'_>, backend: Backend, rows: &[(i64, &StreamUpdate)]) -> usize {
     let params = rows
@@ -1432,8 +1482,8 @@ fn update_streams_sql(backend: Backend, rows: usize) -> String {
     }
     // The last_ts guard (`newer`) keeps a stopping actor's final write from overwriting a
     // newer stream state written by its successor. It is in the SET, not the WHERE, so that
-    // every stream row of the commit is updated (and, on PostgreSQL, locked): the count of
-    // rows updated tells whether each stream still exists (`write`).
+    // every stream row of the commit is updated: the count of rows updated tells whether
+    // each stream still exists (`write`).
     sql.push_str(") AS v WHERE streams.id = v.column1");
     sql.replace("newer", "(streams.last_ts IS NULL OR streams.last_ts <= v.column2)")
 }
@@ -1607,7 +1657,13 @@ mod tests {
             create: None,
             readings: readings(n),
             events: Vec::new(),
-            update: StreamUpdate { last_ts: n, readings_added: n, anomalies_added: 0, snapshot: None },
+            update: StreamUpdate {
+                last_ts: n,
+                readings_added: n,
+                anomalies_added: 0,
+                readings_count: n,
+                snapshot: None,
+            },
         }
     }
 
@@ -1787,7 +1843,8 @@ mod tests {
             .expect("updates");
         let mut later = batch(ids[1], 2);
         later.readings.iter_mut().for_each(|r| r.ts += 3);
-        later.update = StreamUpdate { last_ts: 5, readings_added: 2, anomalies_added: 1, snapshot: None };
+        later.update =
+            StreamUpdate { last_ts: 5, readings_added: 2, anomalies_added: 1, readings_count: 5, snapshot: None };
         later.readings[1].anomaly = true;
         let channels = super::super::ChannelValues {
             values: vec![0.5, 1.5],

@@ -284,7 +284,13 @@ impl Actor {
             create: None,
             readings: Vec::new(),
             events: Vec::new(),
-            update: StreamUpdate { last_ts, readings_added: 0, anomalies_added: 0, snapshot: Some(snapshot) },
+            update: StreamUpdate {
+                last_ts,
+                readings_added: 0,
+                anomalies_added: 0,
+                readings_count: self.record.readings_count,
+                snapshot: Some(snapshot),
+            },
         };
         match self.shared.writer.commit(vec![batch]).await {
             Ok(_) => self.unsaved = 0,
@@ -584,7 +590,13 @@ impl Actor {
             create: None,
             readings: Vec::new(),
             events: Vec::new(),
-            update: StreamUpdate { last_ts, readings_added: 0, anomalies_added: 0, snapshot: None },
+            update: StreamUpdate {
+                last_ts,
+                readings_added: 0,
+                anomalies_added: 0,
+                readings_count: self.record.readings_count,
+                snapshot: None,
+            },
         };
         Ok((self.state.clone(), batch, Vec::new(), None))
     }
@@ -756,7 +768,13 @@ impl Actor {
             }),
             readings: rows_out,
             events: events.into_values().collect(),
-            update: StreamUpdate { last_ts: last.ts, readings_added: steps as i64, anomalies_added: opened, snapshot },
+            update: StreamUpdate {
+                last_ts: last.ts,
+                readings_added: steps as i64,
+                anomalies_added: opened,
+                readings_count: self.record.readings_count + steps as i64,
+                snapshot,
+            },
         };
         Ok((next, batch, verdicts, deferred))
     }

@@ -44,6 +44,8 @@ fn batch(stream_id: i64, readings: Vec<ReadingRow>, snapshot: Option<&str>) -> W
             last_ts,
             readings_added: readings.len() as i64,
             anomalies_added: 0,
+            // A stream's first batch; a test that writes a state after other batches says so.
+            readings_count: readings.len() as i64,
             snapshot: snapshot.map(str::to_string),
         },
         readings,
@@ -62,7 +64,9 @@ async fn readings_round_trip(backend: Backend) {
     for ts in 1..=20 {
         writer.commit(vec![batch(a, vec![reading(ts)], None), batch(b, vec![reading(ts)], None)]).await.unwrap();
     }
-    writer.commit(vec![batch(a, (21..=60).map(reading).collect(), Some("{\"state\":1}"))]).await.unwrap();
+    let mut run = batch(a, (21..=60).map(reading).collect(), Some("{\"state\":1}"));
+    run.update.readings_count = 60;
+    writer.commit(vec![run]).await.unwrap();
     for ts in 61..=70 {
         writer.commit(vec![batch(a, vec![reading(ts)], None)]).await.unwrap();
     }
@@ -213,6 +217,7 @@ async fn every_field_round_trips(backend: Backend) {
     writer.commit(vec![long]).await.expect("a long run");
     for (i, r) in readings[32..].iter().enumerate() {
         let mut one = batch(id, vec![r.clone()], None);
+        one.update.readings_count = 33 + i as i64;
         if i == 0 {
             one.events = vec![event(false)];
         }
@@ -289,8 +294,9 @@ async fn readings_of_a_missing_stream_are_refused_postgres() {
 /// A stream deleted while its readings are being committed leaves none of them behind:
 /// each commit lands before the deletion (and is deleted with the stream) or fails after it.
 /// Each round starts the deletion after a different number of answered commits.
-/// On PostgreSQL, whose readings have no foreign key (migration 0006), this is the row lock
-/// of the writer's stream-row update against the deletion's lock taken before it deletes.
+/// On PostgreSQL, whose readings have no foreign key (migration 0006), this is the writer's
+/// check that the streams exist after their readings are inserted against the deletion's lock
+/// on `readings` taken before it deletes (migration 0011).
 async fn a_stream_deleted_while_its_readings_commit_leaves_none(backend: Backend) {
     let Some((url, _dir)) = fresh_database(backend).await else { return };
     let storage = Storage::connect(&url).await.expect("connects");
@@ -401,4 +407,132 @@ async fn scoring_states_are_compressed_with_lz4_on_postgres() {
     assert_eq!(method.as_deref(), Some("lz4"), "the state is compressed with LZ4");
     drop(writer);
     task.await.unwrap();
+}
+
+/// The stream row's `(readings_count, last_ts)` as stored, not as reads report them.
+async fn stored_counters(conn: &mut sqlx::PgConnection, id: i64) -> (i64, Option<i64>) {
+    sqlx::query_as("SELECT readings_count, last_ts FROM streams WHERE id = $1")
+        .bind(id)
+        .fetch_one(conn)
+        .await
+        .expect("reads the stream row")
+}
+
+/// PostgreSQL updates a stream's row only in the commits that write its scoring state (or
+/// add anomalies); between them the row's counters lag, and every read of the stream adds the
+/// readings stored after the row's `last_ts`, so the counts reported are exact all along —
+/// also after a stop between two state writes (a crash), with nothing to repair.
+#[tokio::test]
+async fn postgres_stream_rows_count_with_the_states_and_reads_add_the_rest() {
+    use sqlx::Connection;
+    let Some((url, _dir)) = fresh_database(Backend::Postgres).await else { return };
+    let storage = Storage::connect(&url).await.expect("connects");
+    let id = storage.put_stream("a", &config(), 0).await.expect("stream a").id;
+    let other = storage.put_stream("b", &config(), 0).await.expect("stream b").id;
+    let (writer, task) = Writer::spawn(storage.clone(), 16, Metrics::new());
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("connects");
+    let reported = |storage: Storage| async move {
+        let one = storage.stream("a").await.unwrap().unwrap();
+        let named = storage.streams_named(&["a", "b"]).await.unwrap();
+        let page = storage.streams_page(None, 10).await.unwrap();
+        let all = storage.streams().await.unwrap();
+        for (how, record) in [("named", &named[0]), ("a page", &page[0]), ("all", &all[0])] {
+            assert_eq!(
+                (record.name.as_str(), record.readings_count, record.last_ts),
+                ("a", one.readings_count, one.last_ts),
+                "{how}"
+            );
+        }
+        let b = storage.stream("b").await.unwrap().unwrap();
+        assert_eq!((page[1].name.as_str(), page[1].readings_count), ("b", b.readings_count), "the other stream");
+        assert_eq!(named[1].readings_count, b.readings_count, "the other stream, named");
+        (one.readings_count, one.last_ts)
+    };
+
+    // Small commits (one statement each) and a large one (`COPY`), none writing a state.
+    for ts in 1..=5 {
+        writer.commit(vec![batch(id, vec![reading(ts)], None)]).await.unwrap();
+    }
+    let mut run = batch(id, (6..=100).map(reading).collect(), None);
+    run.update.readings_count = 100;
+    writer.commit(vec![run]).await.unwrap();
+    assert_eq!(stored_counters(&mut conn, id).await, (0, None), "the row is not updated without a state");
+    assert_eq!(reported(storage.clone()).await, (100, Some(100)), "reads add the readings after the row's");
+
+    // A state written with readings: the row holds them all.
+    let mut stated = batch(id, vec![reading(101)], Some("{\"state\":1}"));
+    stated.update.readings_count = 101;
+    writer.commit(vec![stated]).await.unwrap();
+    assert_eq!(stored_counters(&mut conn, id).await, (101, Some(101)), "the row as of its state");
+    for ts in 102..=110 {
+        writer.commit(vec![batch(id, vec![reading(ts)], None), batch(other, vec![reading(ts)], None)]).await.unwrap();
+    }
+    assert_eq!(stored_counters(&mut conn, id).await, (101, Some(101)), "the row keeps its state's counts");
+    assert_eq!(reported(storage.clone()).await, (110, Some(110)), "reads count the readings since");
+    let b = storage.stream("b").await.unwrap().unwrap();
+    assert_eq!((b.readings_count, b.last_ts), (9, Some(110)), "a stream whose row was never updated");
+
+    // A new handle on the database, as after a crash: the counts read the same.
+    drop(writer);
+    task.await.unwrap();
+    let reopened = Storage::connect(&url).await.expect("reconnects");
+    assert_eq!(reported(reopened).await, (110, Some(110)), "after a restart");
+}
+
+/// PostgreSQL: a deletion waits for a commit in flight that has inserted readings (its
+/// `ROW EXCLUSIVE` lock on `readings`) and then deletes those readings too; a deletion cut
+/// short after its first transaction is finished at the next start (migration 0011).
+#[tokio::test]
+async fn postgres_deletion_waits_for_readings_in_flight_and_finishes_after_a_stop() {
+    use sqlx::Connection;
+    let Some((url, _dir)) = fresh_database(Backend::Postgres).await else { return };
+    let storage = Storage::connect(&url).await.expect("connects");
+    let id = storage.put_stream("a", &config(), 0).await.expect("stream a").id;
+    let (writer, task) = Writer::spawn(storage.clone(), 16, Metrics::new());
+    writer.commit(vec![batch(id, (1..=10).map(reading).collect(), None)]).await.unwrap();
+
+    // A commit in flight: readings inserted, not yet committed.
+    let mut inflight = sqlx::PgConnection::connect(&url).await.expect("connects");
+    sqlx::query("BEGIN").execute(&mut inflight).await.unwrap();
+    sqlx::query("INSERT INTO readings (stream_id, ts, value, expected, lower, upper, score, anomaly) VALUES ($1, 11, 0, 0, 0, 0, 0, 0)")
+        .bind(id)
+        .execute(&mut inflight)
+        .await
+        .unwrap();
+    let deletion = tokio::spawn({
+        let storage = storage.clone();
+        async move { storage.delete_stream(id).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!deletion.is_finished(), "the deletion waits for the commit in flight");
+    sqlx::query("COMMIT").execute(&mut inflight).await.unwrap();
+    assert!(deletion.await.unwrap().expect("deletes"), "the stream existed");
+    assert!(storage.stream("a").await.unwrap().is_none(), "the stream is gone");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM readings WHERE stream_id = $1")
+        .bind(id)
+        .fetch_one(&mut inflight)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "no readings left, the one in flight included");
+    let err = writer.commit(vec![batch(id, vec![reading(12)], None)]).await.expect_err("a commit after it");
+    assert!(err.to_string().contains("1 of the 1 streams of a commit do not exist"), "{err}");
+
+    // A deletion stopped after its first transaction: the row gone, the readings left.
+    let b = storage.put_stream("b", &config(), 0).await.expect("stream b").id;
+    writer.commit(vec![batch(b, (1..=70).map(reading).collect(), None)]).await.unwrap();
+    for sql in ["DELETE FROM streams WHERE id = $1", "INSERT INTO streams_deleted (id) VALUES ($1)"] {
+        sqlx::query(sql).bind(b).execute(&mut inflight).await.unwrap();
+    }
+    drop(writer);
+    task.await.unwrap();
+    let reopened = Storage::connect(&url).await.expect("reconnects");
+    let left: (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM readings WHERE stream_id = $1), (SELECT count(*) FROM streams_deleted)",
+    )
+    .bind(b)
+    .fetch_one(&mut inflight)
+    .await
+    .unwrap();
+    assert_eq!(left, (0, 0), "the start finished the deletion");
+    assert!(reopened.stream("b").await.unwrap().is_none());
 }
