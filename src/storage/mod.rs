@@ -182,8 +182,8 @@ macro_rules! stream_row {
     };
     // PostgreSQL: the row's counters hold the readings up to its `last_ts`, written with the
     // stream's scoring state (`writer::StreamUpdate`); the stored readings after it are added
-    // here (an index range of `readings`, ~10 s of the stream's readings at most while it
-    // runs). Needs `stream_tail!()` in the query's `FROM`.
+    // here (an index range of `readings`: the stream's readings since its state, ~10 s of
+    // them while it runs, at least 100 and at most 10,000). Needs `stream_tail!()` in the query's `FROM`.
     (counted) => {
         "s.id, s.name, s.channels, s.model, s.sensitivity, s.warmup, s.auto_train, s.baseline, s.created_at, \
          COALESCE(t.last_ts, s.last_ts) AS last_ts, s.readings_count + t.n AS readings_count, s.anomalies_count"

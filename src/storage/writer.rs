@@ -57,9 +57,9 @@ pub struct WriteBatch {
 /// The stream row's new bookkeeping after a batch.
 ///
 /// SQLite updates the row in every commit, by the counts added. PostgreSQL updates it only
-/// in a commit that writes the stream's scoring state (every ~10 s a stream, and whenever an
-/// event opens) or adds anomalies, with the stream's count of readings after the batch; its
-/// other commits only check that the stream still exists. A stream's stored readings after
+/// in a commit that writes the stream's scoring state (every ~10 s and 100 readings a
+/// stream, and whenever an event opens) or adds anomalies, with the stream's count of
+/// readings after the batch; its other commits only check that the stream still exists. A stream's stored readings after
 /// the row's `last_ts` are the ones its counters do not hold yet, which reads of the row add
 /// (`Storage::stream`; docs/PERFORMANCE.md, "PostgreSQL's stream rows written with the
 /// states").

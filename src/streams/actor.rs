@@ -30,12 +30,20 @@ pub const REWARM_READINGS: i64 = 512;
 /// The id of a stream that exists only in memory until its first readings are committed.
 pub const UNSTORED: i64 = 0;
 /// A stream's scoring state (a few KB of JSON) is written beside its readings about this
-/// often (see [`next_snapshot`]), or after `SNAPSHOT_EVERY_READINGS`, or when an event opens,
-/// moves or closes — not on every commit. After a crash the stream starts from its last
-/// snapshot and replays the readings stored after it ([`Actor::catch_up`]); a graceful stop
-/// writes it at once.
+/// often (see [`next_snapshot`]) once `SNAPSHOT_MIN_READINGS` were committed since it was
+/// last written, or after `SNAPSHOT_EVERY_READINGS`, or when an event opens, moves or closes —
+/// not on every commit ([`state_due`]). After a crash the stream starts from its last
+/// snapshot and replays the readings stored after it ([`Actor::catch_up`]); a graceful stop,
+/// or the stream's actor leaving memory when idle, writes it at once.
 const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(10);
 const SNAPSHOT_EVERY_READINGS: u64 = 10_000;
+/// A slow stream's state waits for this many readings, however long they take: at one
+/// reading a minute, a state of a few KB written with every reading was ~50 times the
+/// reading's own bytes, and at 100,000 streams of a reading a second ~6,400 states a second
+/// took a fifth of the storage writer's time (docs/PERFORMANCE.md, "A slow stream's state
+/// every 100 readings"). A restart replays at most these (one inference call) for such a
+/// stream.
+const SNAPSHOT_MIN_READINGS: u64 = 100;
 /// Stored readings replayed at most to bring a stale snapshot up to date; beyond that the
 /// stream re-warms from its recent history instead.
 const CATCH_UP_MAX: i64 = 200_000;
@@ -155,6 +163,13 @@ impl Snapshot {
 /// MB) took 53 ms on average where the others took under 1 (docs/PERFORMANCE.md).
 fn next_snapshot() -> Instant {
     Instant::now() + SNAPSHOT_INTERVAL.mul_f64(rand::random_range(0.5..1.5))
+}
+
+/// Whether a stream's state is due with a commit (besides its first and those with events),
+/// `unsaved` readings committed since it was written, the commit's own included, and
+/// `timely` when [`next_snapshot`]'s time has passed.
+fn state_due(timely: bool, unsaved: u64) -> bool {
+    (timely && unsaved >= SNAPSHOT_MIN_READINGS) || unsaved >= SNAPSHOT_EVERY_READINGS
 }
 
 /// Independent sequences a stream needs: one per channel for a univariate model, one for a
@@ -743,8 +758,7 @@ impl Actor {
         let persist = !replay
             && (self.record.id == UNSTORED
                 || !events.is_empty()
-                || Instant::now() >= self.snapshot_due
-                || self.unsaved + steps as u64 >= SNAPSHOT_EVERY_READINGS);
+                || state_due(Instant::now() >= self.snapshot_due, self.unsaved + steps as u64));
         if let Some(result) = result {
             apply_step(&mut next, model, steps, result);
         }
@@ -864,6 +878,17 @@ fn stored_verdict(row: &ReadingRow) -> ReadingVerdict {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_state_is_due_by_time_after_enough_readings_or_after_many() {
+        use super::{state_due, SNAPSHOT_EVERY_READINGS, SNAPSHOT_MIN_READINGS};
+        assert!(!state_due(true, 1), "a slow stream's reading past the interval");
+        assert!(!state_due(true, SNAPSHOT_MIN_READINGS - 1));
+        assert!(state_due(true, SNAPSHOT_MIN_READINGS), "enough readings, the interval passed");
+        assert!(!state_due(false, SNAPSHOT_MIN_READINGS), "enough readings, the interval not passed");
+        assert!(!state_due(false, SNAPSHOT_EVERY_READINGS - 1));
+        assert!(state_due(false, SNAPSHOT_EVERY_READINGS), "many readings, whenever");
+    }
+
     use super::*;
 
     /// A snapshot's JSON, which restarts restore streams from: the model's name and version
