@@ -40,9 +40,9 @@ const SNAPSHOT_EVERY_READINGS: u64 = 10_000;
 /// A slow stream's state waits for this many readings, however long they take: at one
 /// reading a minute, a state of a few KB written with every reading was ~50 times the
 /// reading's own bytes, and at 100,000 streams of a reading a second ~6,400 states a second
-/// took a fifth of the storage writer's time (docs/PERFORMANCE.md, "A slow stream's state
-/// every 100 readings"). A restart replays at most these (one inference call) for such a
-/// stream.
+/// cost ~13 % of the storage writer's time a reading on PostgreSQL (docs/PERFORMANCE.md, "A
+/// slow stream's state every 100 readings"). A restart replays at most these (one inference
+/// call) for such a stream.
 const SNAPSHOT_MIN_READINGS: u64 = 100;
 /// Stored readings replayed at most to bring a stale snapshot up to date; beyond that the
 /// stream re-warms from its recent history instead.
@@ -878,9 +878,10 @@ fn stored_verdict(row: &ReadingRow) -> ReadingVerdict {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn a_state_is_due_by_time_after_enough_readings_or_after_many() {
-        use super::{state_due, SNAPSHOT_EVERY_READINGS, SNAPSHOT_MIN_READINGS};
         assert!(!state_due(true, 1), "a slow stream's reading past the interval");
         assert!(!state_due(true, SNAPSHOT_MIN_READINGS - 1));
         assert!(state_due(true, SNAPSHOT_MIN_READINGS), "enough readings, the interval passed");
@@ -888,8 +889,6 @@ mod tests {
         assert!(!state_due(false, SNAPSHOT_EVERY_READINGS - 1));
         assert!(state_due(false, SNAPSHOT_EVERY_READINGS), "many readings, whenever");
     }
-
-    use super::*;
 
     /// A snapshot's JSON, which restarts restore streams from: the model's name and version
     /// as strings, the per-channel values as arrays, and a state reads back as it was written.
