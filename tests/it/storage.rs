@@ -503,7 +503,25 @@ async fn postgres_deletion_waits_for_readings_in_flight_and_finishes_after_a_sto
         let storage = storage.clone();
         async move { storage.delete_stream(id).await }
     });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Until the server shows a session of this database waiting for a lock: the deletion's.
+    let waiting = async {
+        loop {
+            assert!(!deletion.is_finished(), "the deletion waits for the commit in flight");
+            let blocked: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&mut inflight)
+            .await
+            .expect("reads the server's sessions");
+            if blocked > 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), waiting)
+        .await
+        .expect("the deletion is seen waiting for a lock");
     assert!(!deletion.is_finished(), "the deletion waits for the commit in flight");
     sqlx::query("COMMIT").execute(&mut inflight).await.unwrap();
     assert!(deletion.await.unwrap().expect("deletes"), "the stream existed");
