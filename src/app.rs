@@ -5,10 +5,11 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::{self, AppState};
 use crate::config::Settings;
@@ -25,6 +26,8 @@ pub struct Core {
     pub jobs: crate::training::Jobs,
     pub metrics: Metrics,
     writer_task: tokio::task::JoinHandle<()>,
+    /// The retention's passes (`--retention`), if set.
+    retention_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Core {
@@ -66,12 +69,18 @@ impl Core {
             settings.auto_train_jobs,
             crate::training::TrainRequest::auto_fit(settings.auto_train_epochs),
         );
-        Ok(Core { streams, jobs, metrics, writer_task })
+        let retention_task =
+            settings.retention.map(|keep| tokio::spawn(retention(streams.storage().clone(), keep, metrics.clone())));
+        Ok(Core { streams, jobs, metrics, writer_task, retention_task })
     }
 
     /// Stops training jobs, drains the streams and flushes the writer.
     pub async fn shutdown(self) {
-        let Core { streams, jobs, metrics, writer_task } = self;
+        let Core { streams, jobs, metrics, writer_task, retention_task } = self;
+        // A pass cut short rolls its transaction back: its readings go at the next start.
+        if let Some(task) = retention_task {
+            task.abort();
+        }
         drop(metrics);
         jobs.shutdown().await;
         drop(jobs);
@@ -81,6 +90,37 @@ impl Core {
         drop(streams);
         if tokio::time::timeout(std::time::Duration::from_secs(30), writer_task).await.is_err() {
             warn!("storage writer did not finish within 30 s");
+        }
+    }
+}
+
+/// Deletes readings older than `keep` back from each stream's newest, a pass every tenth of
+/// `keep` (at most every 10 minutes, at least every second), the first at start.
+async fn retention(storage: Storage, keep: Duration, metrics: Metrics) {
+    let every = (keep / 10).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    let keep_ms = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+    info!(retention = %humantime::format_duration(keep), every = %humantime::format_duration(every), "readings retention");
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let started = std::time::Instant::now();
+        match storage.expire_readings(keep_ms).await {
+            Ok(expired) => {
+                metrics.readings_expired.inc_by(expired.readings);
+                let seconds = started.elapsed().as_secs_f64();
+                if expired.readings > 0 {
+                    info!(
+                        readings = expired.readings,
+                        streams = expired.streams,
+                        seconds,
+                        "retention deleted old readings"
+                    );
+                } else {
+                    debug!(seconds, "retention found no readings to delete");
+                }
+            }
+            Err(e) => warn!(error = %e, "retention pass failed; the next one tries again"),
         }
     }
 }

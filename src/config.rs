@@ -124,6 +124,11 @@ pub struct ServeArgs {
     /// Most epochs of an automatic fit (early stopping usually ends it sooner) [default: 30].
     #[arg(long, env = "TSAD_AUTO_TRAIN_EPOCHS", value_name = "N")]
     pub auto_train_epochs: Option<usize>,
+    /// How long a stream's raw readings are kept, back from its newest reading ("30d",
+    /// "12h", "90min"; at least a minute); older ones are deleted in the background, anomaly
+    /// events kept. Unset keeps every reading [default: unset].
+    #[arg(long, env = "TSAD_RETENTION", value_name = "DURATION")]
+    pub retention: Option<String>,
 }
 
 /// The subset of settings a TOML file may hold (all optional; flags and env win).
@@ -153,6 +158,7 @@ struct FileSettings {
     training_threads: Option<usize>,
     auto_train_jobs: Option<usize>,
     auto_train_epochs: Option<usize>,
+    retention: Option<String>,
 }
 
 /// Validated settings of a running service.
@@ -181,6 +187,8 @@ pub struct Settings {
     pub training_threads: usize,
     pub auto_train_jobs: usize,
     pub auto_train_epochs: usize,
+    /// How long readings are kept back from each stream's newest; `None` keeps them all.
+    pub retention: Option<Duration>,
 }
 
 impl Settings {
@@ -324,6 +332,7 @@ impl ServeArgs {
         if !(sensitivity.is_finite() && (0.0..=1.0).contains(&sensitivity)) {
             return Err(bad(format!("sensitivity must be in [0, 1], got {sensitivity}")));
         }
+        let retention = self.retention.clone().or(file.retention.clone()).map(|t| parse_retention(&t)).transpose()?;
         if api_keys.is_empty() && !listen.ip().is_loopback() {
             return Err(bad(format!(
                 "refusing to listen on {listen} without API keys: set TSAD_API_KEYS or bind a loopback address"
@@ -353,8 +362,20 @@ impl ServeArgs {
             training_threads,
             auto_train_jobs,
             auto_train_epochs,
+            retention,
         })
     }
+}
+
+/// Parses a retention ("30d", "12h 30m"): from a minute to 1,000 years.
+fn parse_retention(text: &str) -> Result<Duration, ConfigError> {
+    let retention = humantime::parse_duration(text.trim())
+        .map_err(|e| bad(format!("retention must be a duration such as \"30d\" or \"12h\", got {text:?}: {e}")))?;
+    let most = Duration::from_secs(1000 * 365 * 86_400);
+    if retention < Duration::from_secs(60) || retention > most {
+        return Err(bad(format!("retention must be from 1 minute to 1000 years, got {text:?}")));
+    }
+    Ok(retention)
 }
 
 #[cfg(test)]
@@ -393,6 +414,11 @@ mod tests {
             (ServeArgs { commit_timeout_s: Some(0.0), ..Default::default() }, "commit_timeout_s"),
             (ServeArgs { commit_timeout_s: Some(f64::INFINITY), ..Default::default() }, "commit_timeout_s"),
             (ServeArgs { config: Some("/nonexistent.toml".into()), ..Default::default() }, "nonexistent"),
+            (ServeArgs { retention: Some("30 days please".into()), ..Default::default() }, "retention"),
+            (ServeArgs { retention: Some("-5d".into()), ..Default::default() }, "retention"),
+            (ServeArgs { retention: Some("0s".into()), ..Default::default() }, "retention"),
+            (ServeArgs { retention: Some("59s".into()), ..Default::default() }, "1 minute"),
+            (ServeArgs { retention: Some("100000y".into()), ..Default::default() }, "1000 years"),
         ];
         for (args, needle) in cases {
             let err = args.resolve().expect_err("invalid").to_string();
@@ -411,6 +437,18 @@ mod tests {
         std::fs::write(&path, "listen_on = \"x\"\n").expect("write");
         let err = args.resolve().expect_err("unknown key").to_string();
         assert!(err.contains("listen_on"), "{err}");
+    }
+
+    #[test]
+    fn retention_is_read_as_a_duration_and_unset_by_default() {
+        assert_eq!(ServeArgs::default().resolve().expect("defaults").retention, None);
+        let args = ServeArgs { retention: Some("30d".into()), ..Default::default() };
+        assert_eq!(args.resolve().expect("valid").retention, Some(Duration::from_secs(30 * 86_400)));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("tsad.toml");
+        std::fs::write(&path, "retention = \"12h 30m\"\n").expect("write");
+        let args = ServeArgs { config: Some(path), ..Default::default() };
+        assert_eq!(args.resolve().expect("valid").retention, Some(Duration::from_secs(45_000)));
     }
 
     #[test]

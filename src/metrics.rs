@@ -31,6 +31,8 @@ pub struct Metrics {
     pub commit_rows: Histogram,
     /// Stream scoring states written with their readings' commits.
     pub snapshots: IntCounter,
+    /// Readings the retention deleted.
+    pub readings_expired: IntCounter,
     /// Seconds per step of a move of SQLite's readings log into the readings table (the
     /// pause it puts between two commits).
     pub compaction_latency: Histogram,
@@ -136,6 +138,7 @@ impl Metrics {
             readings_log_rows: gauge("readings_log_rows", "Rows in the readings log awaiting their move (SQLite)"),
             commit_rows: histogram("commit_rows", "Readings per group commit", sizes),
             snapshots: counter("snapshots_total", "Stream scoring states written with their readings' commits"),
+            readings_expired: counter("readings_expired_total", "Readings the retention deleted"),
             http_requests,
             http_duration,
             overloaded: counter("overloaded_total", "Requests refused with 429 because a queue was full"),

@@ -110,6 +110,8 @@ struct StreamSchema {
     state: StreamState,
     /// Readings stored.
     readings: u64,
+    /// Readings the retention has deleted (`retention`); `readings` does not count them.
+    readings_expired: u64,
     /// Anomaly events recorded.
     anomalies: u64,
     /// Time of the last reading (RFC 3339), null before the first.
@@ -180,7 +182,8 @@ fn status_json(state: &AppState, s: &StreamStatus) -> Value {
         "auto_train": r.config.auto_train,
         "baseline": r.config.baseline.as_str(),
         "state": if warming { "warming" } else { "scoring" },
-        "readings": r.readings_count,
+        "readings": r.readings_count - r.readings_expired,
+        "readings_expired": r.readings_expired,
         "anomalies": r.anomalies_count,
         "last_ts": r.last_ts.map(format_ts),
         "created_at": format_ts(r.created_at),

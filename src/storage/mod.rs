@@ -12,6 +12,7 @@
 //! the log was moved before blocks); reads take all three in one snapshot.
 mod blocks;
 mod log;
+mod retention;
 pub mod writer;
 
 pub(crate) use log::{move_log, LogMove, Mirror, MirroredMove};
@@ -22,6 +23,7 @@ use sqlx::{AnyPool, Row};
 
 use crate::scoring::Baseline;
 
+pub use retention::Expired;
 pub use writer::{NewStream, StreamUpdate, WriteBatch, Writer};
 
 /// Storage failures. The API maps them to 503 (unavailable) or 500.
@@ -92,7 +94,10 @@ pub struct StreamRecord {
     pub config: StreamConfig,
     pub created_at: i64,
     pub last_ts: Option<i64>,
+    /// Readings the stream has taken: the count its commits go on from.
     pub readings_count: i64,
+    /// Of those, the readings the retention has deleted ([`Storage::expire_readings`]).
+    pub readings_expired: i64,
     pub anomalies_count: i64,
     /// The scoring state after the last committed reading (JSON), if any.
     pub snapshot: Option<String>,
@@ -178,7 +183,7 @@ pub struct Storage {
 macro_rules! stream_row {
     () => {
         "s.id, s.name, s.channels, s.model, s.sensitivity, s.warmup, s.auto_train, s.baseline, s.created_at, \
-         s.last_ts, s.readings_count, s.anomalies_count"
+         s.last_ts, s.readings_count, s.readings_expired, s.anomalies_count"
     };
     // PostgreSQL: the row's counters hold the readings up to its `last_ts`, written with the
     // stream's scoring state (`writer::StreamUpdate`); the stored readings after it are added
@@ -186,7 +191,8 @@ macro_rules! stream_row {
     // them while it runs, at least 100 and at most 10,000). Needs `stream_tail!()` in the query's `FROM`.
     (counted) => {
         "s.id, s.name, s.channels, s.model, s.sensitivity, s.warmup, s.auto_train, s.baseline, s.created_at, \
-         COALESCE(t.last_ts, s.last_ts) AS last_ts, s.readings_count + t.n AS readings_count, s.anomalies_count"
+         COALESCE(t.last_ts, s.last_ts) AS last_ts, s.readings_count + t.n AS readings_count, \
+         s.readings_expired, s.anomalies_count"
     };
 }
 
@@ -396,6 +402,7 @@ impl Storage {
             created_at: row.try_get("created_at")?,
             last_ts: row.try_get("last_ts")?,
             readings_count: row.try_get("readings_count")?,
+            readings_expired: row.try_get("readings_expired")?,
             anomalies_count: row.try_get("anomalies_count")?,
             snapshot: row.try_get("snapshot")?,
         })

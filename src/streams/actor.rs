@@ -910,6 +910,7 @@ mod tests {
             created_at: 0,
             last_ts: Some(5),
             readings_count: 0,
+            readings_expired: 0,
             anomalies_count: 0,
             snapshot: None,
         };

@@ -378,6 +378,7 @@ impl Streams {
                     created_at: now_ms(),
                     last_ts: None,
                     readings_count: 0,
+                    readings_expired: 0,
                     anomalies_count: 0,
                     snapshot: None,
                 }

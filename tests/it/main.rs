@@ -9,6 +9,7 @@ mod lecture;
 mod openapi;
 mod outage;
 mod pytorch;
+mod retention;
 mod service;
 mod storage;
 mod support;

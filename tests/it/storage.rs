@@ -6,7 +6,8 @@ use std::borrow::Cow;
 use tsad::metrics::Metrics;
 use tsad::scoring::Baseline;
 use tsad::storage::{
-    ChannelValues, EventRow, NewStream, ReadingRow, Storage, StreamConfig, StreamUpdate, WriteBatch, Writer,
+    AnomalyQuery, ChannelValues, EventRow, Expired, NewStream, ReadingRow, Storage, StreamConfig, StreamUpdate,
+    WriteBatch, Writer,
 };
 
 use crate::app::{fresh_database, Backend};
@@ -553,4 +554,141 @@ async fn postgres_deletion_waits_for_readings_in_flight_and_finishes_after_a_sto
     .unwrap();
     assert_eq!(left, (0, 0), "the start finished the deletion");
     assert!(reopened.stream("b").await.unwrap().is_none());
+}
+
+/// A stream's readings as their times, oldest first.
+async fn stored_times(storage: &Storage, id: i64) -> Vec<i64> {
+    storage.readings(id, None, None, None, 100_000).await.unwrap().iter().map(|r| r.ts).collect()
+}
+
+/// The readings a stream reports stored.
+async fn reported(storage: &Storage, name: &str) -> i64 {
+    let record = storage.stream(name).await.unwrap().expect("the stream");
+    record.readings_count - record.readings_expired
+}
+
+/// The retention deletes a stream's readings older than the retention before its newest
+/// (on SQLite whole blocks of them), never one at or after its stored scoring state's, keeps
+/// its anomaly events, and counts what it deleted, so the readings a stream reports are the
+/// readings stored. A second pass finds nothing to delete.
+async fn retention_deletes_old_readings_and_counts_them(backend: Backend) {
+    let Some((url, _dir)) = fresh_database(backend).await else { return };
+    let storage = Storage::connect(&url).await.expect("connects");
+    let a = storage.put_stream("a", &config(), 0).await.expect("stream a").id;
+    let b = storage.put_stream("b", &config(), 0).await.expect("stream b").id;
+    let (writer, task) = Writer::spawn(storage.clone(), 16, Metrics::new());
+    // a: a run with an anomaly event, lone readings (SQLite's log, moved into blocks), then a
+    // run with its scoring state.
+    let mut first = batch(a, (1..=40).map(reading).collect(), None);
+    first.events = vec![EventRow {
+        start_ts: 5,
+        end_ts: 6,
+        peak_ts: 5,
+        peak_score: 0.999,
+        actual: vec![1.0],
+        expected: vec![0.0],
+        model: "default".into(),
+        model_version: "1".into(),
+        open: false,
+    }];
+    first.update.anomalies_added = 1;
+    writer.commit(vec![first]).await.unwrap();
+    for ts in 41..=60 {
+        let mut one = batch(a, vec![reading(ts)], None);
+        one.update.readings_count = ts;
+        writer.commit(vec![one]).await.unwrap();
+    }
+    let mut last = batch(a, (61..=100).map(reading).collect(), Some("{\"state\":1}"));
+    last.update.readings_count = 100;
+    writer.commit(vec![last]).await.unwrap();
+    // b: its scoring state at 20, readings up to 80.
+    writer.commit(vec![batch(b, (1..=20).map(reading).collect(), Some("{\"state\":2}"))]).await.unwrap();
+    let mut later = batch(b, (21..=80).map(reading).collect(), None);
+    later.update.readings_count = 80;
+    writer.commit(vec![later]).await.unwrap();
+    drop(writer);
+    task.await.unwrap();
+    storage.compact_log().await.unwrap();
+    assert_eq!((reported(&storage, "a").await, reported(&storage, "b").await), (100, 80));
+
+    let expired = storage.expire_readings(30).await.expect("expires");
+    let sqlite = backend == Backend::Sqlite;
+    // a: before 70 goes; SQLite keeps the block that holds 61..=100.
+    let kept_a = stored_times(&storage, a).await;
+    assert_eq!(kept_a, (if sqlite { 61 } else { 70 }..=100).collect::<Vec<_>>());
+    // b: 50 would go by the retention alone; its state is at 20.
+    let kept_b = stored_times(&storage, b).await;
+    assert_eq!(kept_b, (if sqlite { 1 } else { 20 }..=80).collect::<Vec<_>>());
+    let deleted = 180 - kept_a.len() - kept_b.len();
+    assert_eq!(expired.readings, deleted as u64);
+    assert_eq!(expired.streams, if sqlite { 1 } else { 2 });
+    assert_eq!(reported(&storage, "a").await, kept_a.len() as i64, "a's count is its readings stored");
+    assert_eq!(reported(&storage, "b").await, kept_b.len() as i64, "b's count is its readings stored");
+    let query = AnomalyQuery { stream_id: Some(a), from: None, to: None, min_score: None, after: None, limit: 10 };
+    assert_eq!(storage.anomalies(&query).await.unwrap().len(), 1, "the anomaly event is kept");
+    assert_eq!(storage.expire_readings(30).await.expect("expires"), Expired::default(), "nothing more");
+}
+
+#[tokio::test]
+async fn retention_deletes_old_readings_and_counts_them_sqlite() {
+    retention_deletes_old_readings_and_counts_them(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn retention_deletes_old_readings_and_counts_them_postgres() {
+    retention_deletes_old_readings_and_counts_them(Backend::Postgres).await;
+}
+
+/// The retention's passes beside a writer committing a stream's readings, a scoring state
+/// every tenth commit: every commit lands, the readings from the retention before the newest
+/// on are all kept, and the stream's count is its readings stored.
+async fn retention_runs_beside_the_writer(backend: Backend) {
+    let Some((url, _dir)) = fresh_database(backend).await else { return };
+    let storage = Storage::connect(&url).await.expect("connects");
+    let id = storage.put_stream("s", &config(), 0).await.expect("stream").id;
+    let (writer, task) = Writer::spawn(storage.clone(), 16, Metrics::new());
+    let (done, mut finished) = tokio::sync::watch::channel(false);
+    let commits = async {
+        for k in 0..300i64 {
+            // Runs of 1 to 10 readings: SQLite's log and its blocks both.
+            let n = k % 10 + 1;
+            let readings: Vec<ReadingRow> = (k * 10 + 1..=k * 10 + n).map(reading).collect();
+            let mut next = batch(id, readings, (k % 10 == 9).then_some("{\"state\":3}"));
+            next.update.readings_count = (0..=k).map(|j| j % 10 + 1).sum();
+            writer.commit(vec![next]).await.expect("every commit lands");
+        }
+        done.send_replace(true);
+    };
+    let passes = async {
+        let mut passes = 0;
+        while !*finished.borrow_and_update() {
+            storage.expire_readings(500).await.expect("a pass");
+            passes += 1;
+        }
+        passes
+    };
+    let ((), passes) = tokio::join!(commits, passes);
+    drop(writer);
+    task.await.unwrap();
+    storage.compact_log().await.unwrap();
+    storage.expire_readings(500).await.expect("a last pass");
+    let kept = stored_times(&storage, id).await;
+    let expected: Vec<i64> = (0..300i64).flat_map(|k| k * 10 + 1..=k * 10 + k % 10 + 1).collect();
+    // The state was last written with the commit of 2,991..=3,000.
+    let newest = 2_991 + 9;
+    assert!(kept.len() < expected.len(), "old readings went ({passes} passes)");
+    let from = expected.iter().position(|&ts| ts >= newest - 500).unwrap();
+    assert!(kept.ends_with(&expected[from..]), "every reading from {} on is kept", newest - 500);
+    assert_eq!(kept, expected[expected.len() - kept.len()..], "the kept readings are the newest");
+    assert_eq!(reported(&storage, "s").await, kept.len() as i64, "the count is the readings stored");
+}
+
+#[tokio::test]
+async fn retention_runs_beside_the_writer_sqlite() {
+    retention_runs_beside_the_writer(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn retention_runs_beside_the_writer_postgres() {
+    retention_runs_beside_the_writer(Backend::Postgres).await;
 }
