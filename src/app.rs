@@ -49,6 +49,9 @@ impl Core {
             settings.inference_device,
             metrics.clone(),
         );
+        let retention_task = settings
+            .retention
+            .map(|keep| tokio::spawn(retention(storage.clone(), writer.clone(), keep, metrics.clone())));
         let streams = Streams::new(
             storage,
             writer,
@@ -69,8 +72,6 @@ impl Core {
             settings.auto_train_jobs,
             crate::training::TrainRequest::auto_fit(settings.auto_train_epochs),
         );
-        let retention_task =
-            settings.retention.map(|keep| tokio::spawn(retention(streams.storage().clone(), keep, metrics.clone())));
         Ok(Core { streams, jobs, metrics, writer_task, retention_task })
     }
 
@@ -78,8 +79,10 @@ impl Core {
     pub async fn shutdown(self) {
         let Core { streams, jobs, metrics, writer_task, retention_task } = self;
         // A pass cut short rolls its transaction back: its readings go at the next start.
+        // Its handle on the writer goes with it, before the writer is waited for.
         if let Some(task) = retention_task {
             task.abort();
+            let _ = task.await;
         }
         drop(metrics);
         jobs.shutdown().await;
@@ -96,7 +99,7 @@ impl Core {
 
 /// Deletes readings older than `keep` back from each stream's newest, a pass every tenth of
 /// `keep` (at most every 10 minutes, at least every second), the first at start.
-async fn retention(storage: Storage, keep: Duration, metrics: Metrics) {
+async fn retention(storage: Storage, writer: Writer, keep: Duration, metrics: Metrics) {
     let every = (keep / 10).clamp(Duration::from_secs(1), Duration::from_secs(600));
     let keep_ms = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
     info!(retention = %humantime::format_duration(keep), every = %humantime::format_duration(every), "readings retention");
@@ -105,7 +108,7 @@ async fn retention(storage: Storage, keep: Duration, metrics: Metrics) {
     loop {
         ticks.tick().await;
         let started = std::time::Instant::now();
-        match storage.expire_readings(keep_ms).await {
+        match storage.expire_readings(keep_ms, &writer).await {
             Ok(expired) => {
                 metrics.readings_expired.inc_by(expired.readings);
                 let seconds = started.elapsed().as_secs_f64();

@@ -14,6 +14,7 @@ use sqlx::{query, Any, AnyConnection, Connection, PgConnection, PgPool, Postgres
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, error, info, warn};
 
+use super::retention::{self, Expiry};
 use super::{
     stream_params, Backend, EventRow, LogMove, Mirror, MirroredMove, Param, ReadingRow, Storage, StorageError,
     StreamConfig, STREAM_COLUMNS,
@@ -80,6 +81,21 @@ struct Job {
     reply: oneshot::Sender<Result<Vec<i64>, (bool, String)>>,
 }
 
+/// What the writer's queue carries: commits, and on SQLite the retention's deletions, one
+/// transaction each between commits on the writer's connection (another connection's write
+/// transaction would hold the writer's commits back, each then waiting out SQLite's busy
+/// handler: `retention`).
+enum Message {
+    Commit(Job),
+    Expire(ExpireJob),
+}
+
+/// Readings of `due` (stream, cutoff) to delete in one transaction ([`retention::expire_on`]).
+struct ExpireJob {
+    due: Vec<(i64, i64)>,
+    reply: oneshot::Sender<Result<Expiry, StorageError>>,
+}
+
 /// How much the writer's thread lowers its nice value below the service's, so that it is
 /// first in the run queue when every core is busy ([`crate::priority`]). At one reading of
 /// each of 1,000 of 10,000 streams a request on SQLite: 5 took the maximum from 177 k to 186 k
@@ -90,7 +106,7 @@ const WRITER_PRIORITY: i32 = 5;
 /// A handle on the writer task. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Writer {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Message>,
 }
 
 impl Writer {
@@ -171,7 +187,7 @@ impl Writer {
     /// stream id.
     pub async fn commit(&self, batches: Vec<WriteBatch>) -> Result<Vec<i64>, StorageError> {
         let (reply, done) = oneshot::channel();
-        self.tx.try_send(Job { batches, reply }).map_err(|e| match e {
+        self.tx.try_send(Message::Commit(Job { batches, reply })).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => StorageError::WriterFull,
             mpsc::error::TrySendError::Closed(_) => StorageError::WriterGone,
         })?;
@@ -181,6 +197,14 @@ impl Writer {
             Ok(Err((false, message))) => Err(StorageError::Corrupt(message)),
             Err(_) => Err(StorageError::WriterGone),
         }
+    }
+
+    /// SQLite: deletes readings of `due` (stream, cutoff) in one transaction between
+    /// commits, waiting for room in the queue; returns how far it got ([`Expiry`]).
+    pub(crate) async fn expire(&self, due: Vec<(i64, i64)>) -> Result<Expiry, StorageError> {
+        let (reply, done) = oneshot::channel();
+        self.tx.send(Message::Expire(ExpireJob { due, reply })).await.map_err(|_| StorageError::WriterGone)?;
+        done.await.map_err(|_| StorageError::WriterGone)?
     }
 
     /// Requests waiting in the queue.
@@ -289,7 +313,7 @@ async fn postgres_connection(storage: &Storage) -> Result<PgPool, StorageError> 
 async fn run(
     storage: Storage,
     pg: Option<PgPool>,
-    mut rx: mpsc::Receiver<Job>,
+    mut rx: mpsc::Receiver<Message>,
     metrics: Metrics,
     checkpoint: Option<Arc<Notify>>,
 ) {
@@ -322,13 +346,26 @@ async fn run(
                 None => break,
             }
         };
+        let first = match first {
+            Message::Commit(job) => job,
+            Message::Expire(job) => {
+                expire(&mut conn, job).await;
+                continue;
+            }
+        };
         let mut jobs = vec![first];
         let mut rows: usize = jobs[0].batches.iter().map(|b| b.readings.len()).sum();
+        // The retention's deletion that came among these commits, taken after them.
+        let mut expiry = None;
         while rows < ROWS_PER_TRANSACTION {
             match rx.try_recv() {
-                Ok(job) => {
+                Ok(Message::Commit(job)) => {
                     rows += job.batches.iter().map(|b| b.readings.len()).sum::<usize>();
                     jobs.push(job);
+                }
+                Ok(Message::Expire(job)) => {
+                    expiry = Some(job);
+                    break;
                 }
                 Err(_) => break,
             }
@@ -379,11 +416,25 @@ async fn run(
         if log.moving.is_some() || log.rows >= log.threshold() {
             log.advance(&mut conn, &metrics).await;
         }
+        if let Some(job) = expiry {
+            expire(&mut conn, job).await;
+        }
     }
     if log.rows > 0 {
         log.move_all(&mut conn, &metrics).await;
     }
     conn.close().await;
+}
+
+/// Runs a deletion of the retention on the writer's connection (SQLite) and answers it.
+async fn expire(held: &mut Held, job: ExpireJob) {
+    let backend = held.backend();
+    let result = match held.conn().await {
+        Ok(Conn::Any(conn)) if backend == Backend::Sqlite => retention::expire_on(conn, backend, &job.due).await,
+        Ok(_) => Err(StorageError::Unavailable("the retention deletes through the writer on SQLite only".into())),
+        Err(e) => Err(e),
+    };
+    let _ = job.reply.send(result);
 }
 
 /// Whether `write` puts a batch of `readings` readings in the log (SQLite; a short run).

@@ -570,7 +570,8 @@ async fn reported(storage: &Storage, name: &str) -> i64 {
 /// The retention deletes a stream's readings older than the retention before its newest
 /// (on SQLite whole blocks of them), never one at or after its stored scoring state's, keeps
 /// its anomaly events, and counts what it deleted, so the readings a stream reports are the
-/// readings stored. A second pass finds nothing to delete.
+/// readings stored, a stream's readings over several transactions too. A second pass finds
+/// nothing to delete.
 async fn retention_deletes_old_readings_and_counts_them(backend: Backend) {
     let Some((url, _dir)) = fresh_database(backend).await else { return };
     let storage = Storage::connect(&url).await.expect("connects");
@@ -606,12 +607,22 @@ async fn retention_deletes_old_readings_and_counts_them(backend: Backend) {
     let mut later = batch(b, (21..=80).map(reading).collect(), None);
     later.update.readings_count = 80;
     writer.commit(vec![later]).await.unwrap();
+    // c: 10,000 readings in runs of 8 (SQLite: a block each), its state at the last: more
+    // than one transaction of the retention deletes them.
+    let c = storage.put_stream("c", &config(), 0).await.expect("stream c").id;
+    for k in 0..1_250i64 {
+        let mut run = batch(c, (k * 8 + 1..=k * 8 + 8).map(reading).collect(), (k == 1_249).then_some("{}"));
+        run.update.readings_count = k * 8 + 8;
+        writer.commit(vec![run]).await.unwrap();
+    }
+    // The writer moves SQLite's log as it stops; a new one takes the retention's deletions.
     drop(writer);
     task.await.unwrap();
-    storage.compact_log().await.unwrap();
+    let (writer, task) = Writer::spawn(storage.clone(), 16, Metrics::new());
     assert_eq!((reported(&storage, "a").await, reported(&storage, "b").await), (100, 80));
+    assert_eq!(reported(&storage, "c").await, 10_000);
 
-    let expired = storage.expire_readings(30).await.expect("expires");
+    let expired = storage.expire_readings(30, &writer).await.expect("expires");
     let sqlite = backend == Backend::Sqlite;
     // a: before 70 goes; SQLite keeps the block that holds 61..=100.
     let kept_a = stored_times(&storage, a).await;
@@ -619,14 +630,20 @@ async fn retention_deletes_old_readings_and_counts_them(backend: Backend) {
     // b: 50 would go by the retention alone; its state is at 20.
     let kept_b = stored_times(&storage, b).await;
     assert_eq!(kept_b, (if sqlite { 1 } else { 20 }..=80).collect::<Vec<_>>());
-    let deleted = 180 - kept_a.len() - kept_b.len();
+    // c: before 9,970 goes; SQLite keeps the block of 9,969..=9,976.
+    let kept_c = stored_times(&storage, c).await;
+    assert_eq!(kept_c, (if sqlite { 9_969 } else { 9_970 }..=10_000).collect::<Vec<_>>());
+    assert_eq!(reported(&storage, "c").await, kept_c.len() as i64, "c's count is its readings stored");
+    let deleted = 10_180 - kept_a.len() - kept_b.len() - kept_c.len();
     assert_eq!(expired.readings, deleted as u64);
-    assert_eq!(expired.streams, if sqlite { 1 } else { 2 });
+    assert_eq!(expired.streams, if sqlite { 2 } else { 3 });
     assert_eq!(reported(&storage, "a").await, kept_a.len() as i64, "a's count is its readings stored");
     assert_eq!(reported(&storage, "b").await, kept_b.len() as i64, "b's count is its readings stored");
     let query = AnomalyQuery { stream_id: Some(a), from: None, to: None, min_score: None, after: None, limit: 10 };
     assert_eq!(storage.anomalies(&query).await.unwrap().len(), 1, "the anomaly event is kept");
-    assert_eq!(storage.expire_readings(30).await.expect("expires"), Expired::default(), "nothing more");
+    assert_eq!(storage.expire_readings(30, &writer).await.expect("expires"), Expired::default(), "nothing more");
+    drop(writer);
+    task.await.unwrap();
 }
 
 #[tokio::test]
@@ -662,7 +679,7 @@ async fn retention_runs_beside_the_writer(backend: Backend) {
     let passes = async {
         let mut passes = 0;
         while !*finished.borrow_and_update() {
-            storage.expire_readings(500).await.expect("a pass");
+            storage.expire_readings(500, &writer).await.expect("a pass");
             passes += 1;
         }
         passes
@@ -670,8 +687,10 @@ async fn retention_runs_beside_the_writer(backend: Backend) {
     let ((), passes) = tokio::join!(commits, passes);
     drop(writer);
     task.await.unwrap();
-    storage.compact_log().await.unwrap();
-    storage.expire_readings(500).await.expect("a last pass");
+    let (writer, task) = Writer::spawn(storage.clone(), 16, Metrics::new());
+    storage.expire_readings(500, &writer).await.expect("a last pass");
+    drop(writer);
+    task.await.unwrap();
     let kept = stored_times(&storage, id).await;
     let expected: Vec<i64> = (0..300i64).flat_map(|k| k * 10 + 1..=k * 10 + k % 10 + 1).collect();
     // The state was last written with the commit of 2,991..=3,000.
