@@ -9,6 +9,7 @@ its value, nothing stored that was not acknowledged, at most one open anomaly ev
 stream, and scoring resumed (a spike after the last restart is flagged).
 
     scripts/crash-test.py --backend sqlite --cycles 20
+    scripts/crash-test.py --backend sqlite --cycles 20 --retention 60   # with the retention deleting
     scripts/crash-test.py --backend postgres --cycles 20 --postgres postgres://postgres@127.0.0.1:5432/postgres
 
 Prints one JSON line with the figures; exits 1 if anything was lost or doubled.
@@ -50,8 +51,10 @@ def request(url, method="GET", body=None, timeout=5.0):
 
 
 class Server:
-    def __init__(self, binary, database_url, port, log):
+    def __init__(self, binary, database_url, port, log, retention):
         self.args = [binary, "serve", "--listen", f"127.0.0.1:{port}", "--database-url", database_url]
+        if retention:
+            self.args += ["--retention", f"{retention}s"]
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
         self.proc = None
@@ -173,6 +176,14 @@ def main():
         "(the service's default warm-up is 200: a younger stream cannot flag it)",
     )
     p.add_argument("--binary", default=os.path.join(ROOT, "target", "debug", "tsad"))
+    p.add_argument(
+        "--retention",
+        type=int,
+        default=0,
+        help="seconds (at least 60): serve with --retention, whose passes delete old readings between the kills; "
+        "an acknowledged reading may then be missing only if older than the retention before the newest and "
+        "than every stored one, and the stream's readings plus readings_expired must be those acknowledged",
+    )
     a = p.parse_args()
     rng = random.Random(a.seed)
     work = tempfile.mkdtemp(prefix="tsad-crash-")
@@ -183,7 +194,7 @@ def main():
         subprocess.run(["psql", a.postgres, "-qc", f"CREATE DATABASE {name}"], check=True)
         database_url = a.postgres.rsplit("/", 1)[0] + "/" + name
     log = open(os.path.join(work, "tsad.log"), "ab")
-    server = Server(a.binary, database_url, free_port(), log)
+    server = Server(a.binary, database_url, free_port(), log, a.retention)
     stats = {"unanswered": 0}
     server.start()
     clients = [Client(server, s, a.batch, stats) for s in range(a.streams)]
@@ -221,7 +232,7 @@ def main():
         assert status == 200, reply
         c.acked[BASE_TS + i * 1000] = value(c.stream, i) + 20.0
         flagged += len(reply["anomalies"]) > 0
-    acked = lost = doubled = unexpected = changed = open_events = miscounted = 0
+    acked = lost = doubled = unexpected = changed = open_events = miscounted = expired = 0
     status, listed = request(f"{server.url}/v1/streams?limit=10000", timeout=30)
     assert status == 200, listed
     listed = {s["name"]: s for s in listed["streams"]}
@@ -234,9 +245,16 @@ def main():
                 doubled += 1
             seen[ts] = r["value"]
         acked += len(c.acked)
+        # The retention deletes only a prefix of a stream's readings, all older than the
+        # retention before its newest.
+        oldest_kept = min(seen) if seen else None
+        expirable = max(c.acked) - a.retention * 1000 if a.retention else None
         for ts, v in c.acked.items():
             if ts not in seen:
-                lost += 1
+                if expirable is not None and ts < expirable and (oldest_kept is None or ts < oldest_kept):
+                    expired += 1
+                else:
+                    lost += 1
             elif seen[ts] != v:
                 changed += 1
         unexpected += len(set(seen) - set(c.acked))
@@ -247,10 +265,12 @@ def main():
         last = max(seen) if seen else None
         for reported in (described, listed.get(c.name, {})):
             reported_last = parse_ts(reported["last_ts"]) if reported.get("last_ts") else None
-            if reported.get("readings") != len(rows) or reported_last != last:
+            taken = reported.get("readings", 0) + reported.get("readings_expired", 0)
+            if reported.get("readings") != len(rows) or reported_last != last or taken != len(c.acked):
                 miscounted += 1
-                print(f"{c.name}: reported {reported.get('readings')} readings, last {reported_last}; "
-                      f"stored {len(rows)}, last {last}", file=sys.stderr)
+                print(f"{c.name}: reported {reported.get('readings')} readings "
+                      f"({reported.get('readings_expired')} expired), last {reported_last}; "
+                      f"stored {len(rows)}, last {last}; acknowledged {len(c.acked)}", file=sys.stderr)
         status, events = request(f"{server.url}/v1/streams/{c.name}/anomalies?limit=1000", timeout=30)
         assert status == 200, events
         open_now = [e for e in events["anomalies"] if e["status"] == "open"]
@@ -265,6 +285,8 @@ def main():
         "seconds": round(time.time() - started, 1),
         "readings_acknowledged": acked,
         "requests_unanswered_and_retried": stats["unanswered"],
+        "retention_s": a.retention,
+        "deleted_by_the_retention": expired,
         "lost": lost,
         "stored_twice": doubled,
         "stored_with_another_value": changed,
