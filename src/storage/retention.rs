@@ -17,7 +17,10 @@
 //! ingest 2.2 s against 0.16–0.25 s: docs/PERFORMANCE.md, "The retention's deletions beside
 //! ingest"). The readings in blocks go a block at a time, once the block's newest reading is
 //! past the retention; readings still in the log wait until the writer has moved it (within
-//! seconds of their commit). On PostgreSQL they run on the pool beside the commits.
+//! seconds of their commit). The writer holds a deletion back while a reading may be both in
+//! the log and in a block (a move under way, or one cut short by a crash or an error, until
+//! the next has ended): the block deleted, the next move would write it again from the log.
+//! On PostgreSQL they run on the pool beside the commits.
 use sqlx::{AnyConnection, Connection, Row};
 
 use super::{Backend, Storage, StorageError, Writer};

@@ -4,6 +4,7 @@
 //!
 //! If a group fails, each request in it is retried alone, so one bad request cannot fail
 //! the others. The queue is bounded: a full queue is refused at once (the API answers 429).
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -320,8 +321,11 @@ async fn run(
     let mut conn = Held::new(storage.clone(), pg);
     let mut log = if conn.log_is_empty().await { Log::empty() } else { Log::default() };
     let mut unchecked: usize = 0;
+    // The retention's deletions waiting for the log to hold no reading a block holds too.
+    let mut expiries: VecDeque<ExpireJob> = VecDeque::new();
     loop {
-        let first = if log.moving.is_some() {
+        expire_settled(&mut conn, &log, &mut expiries).await;
+        let first = if log.moving.is_some() || !expiries.is_empty() {
             // A move under way takes a step whenever no commit is waiting.
             match rx.try_recv() {
                 Ok(job) => job,
@@ -349,14 +353,12 @@ async fn run(
         let first = match first {
             Message::Commit(job) => job,
             Message::Expire(job) => {
-                expire(&mut conn, job).await;
+                expiries.push_back(job);
                 continue;
             }
         };
         let mut jobs = vec![first];
         let mut rows: usize = jobs[0].batches.iter().map(|b| b.readings.len()).sum();
-        // The retention's deletion that came among these commits, taken after them.
-        let mut expiry = None;
         while rows < ROWS_PER_TRANSACTION {
             match rx.try_recv() {
                 Ok(Message::Commit(job)) => {
@@ -364,7 +366,8 @@ async fn run(
                     jobs.push(job);
                 }
                 Ok(Message::Expire(job)) => {
-                    expiry = Some(job);
+                    // Taken after these commits.
+                    expiries.push_back(job);
                     break;
                 }
                 Err(_) => break,
@@ -411,13 +414,12 @@ async fn run(
                 }
             }
         }
-        // A move under way takes a step after every commit, so that it ends under any load;
-        // one begins once the log holds enough rows.
-        if log.moving.is_some() || log.rows >= log.threshold() {
+        // The retention's deletions go before a move begins; a move under way takes a step
+        // after every commit, so that it ends under any load; one begins once the log holds
+        // enough rows, or to settle it for deletions waiting.
+        expire_settled(&mut conn, &log, &mut expiries).await;
+        if log.moving.is_some() || log.rows >= log.threshold() || !expiries.is_empty() {
             log.advance(&mut conn, &metrics).await;
-        }
-        if let Some(job) = expiry {
-            expire(&mut conn, job).await;
         }
     }
     if log.rows > 0 {
@@ -426,7 +428,18 @@ async fn run(
     conn.close().await;
 }
 
-/// Runs a deletion of the retention on the writer's connection (SQLite) and answers it.
+/// Runs the retention's deletions waiting, once the log is settled ([`Log::settled`]).
+async fn expire_settled(held: &mut Held, log: &Log, expiries: &mut VecDeque<ExpireJob>) {
+    if expiries.is_empty() || !log.settled(held.backend()) {
+        return;
+    }
+    while let Some(job) = expiries.pop_front() {
+        expire(held, job).await;
+    }
+}
+
+/// Runs a deletion of the retention on the writer's connection (SQLite) and answers it. A
+/// failure lets the connection go, as a failed commit does.
 async fn expire(held: &mut Held, job: ExpireJob) {
     let backend = held.backend();
     let result = match held.conn().await {
@@ -434,6 +447,10 @@ async fn expire(held: &mut Held, job: ExpireJob) {
         Ok(_) => Err(StorageError::Unavailable("the retention deletes through the writer on SQLite only".into())),
         Err(e) => Err(e),
     };
+    if let Err(e) = &result {
+        warn!(error = %e, "the retention's deletion failed; the next pass tries again");
+        held.close().await;
+    }
     let _ = job.reply.send(result);
 }
 
@@ -467,6 +484,9 @@ struct Log {
     /// A move under way, the connection it runs on ([`Held::opened`]; a [`LogMove`]'s
     /// temporary table dies with it) and the rows it takes.
     moving: Option<(Moving, u64, usize)>,
+    /// Whether the log was empty when the writer began, or a move has ended since it began
+    /// and since the last one that failed ([`Log::settled`]).
+    clean: bool,
 }
 
 /// A move of the log from the writer's [`Mirror`], or from the log itself.
@@ -478,7 +498,7 @@ enum Moving {
 impl Log {
     /// A log that is empty (on SQLite), so that the writer knows every row it will hold.
     fn empty() -> Log {
-        Log { mirror: Some(Mirror::default()), ..Log::default() }
+        Log { mirror: Some(Mirror::default()), clean: true, ..Log::default() }
     }
 
     /// Counts the readings `batches` (committed, their streams `ids`) put in the log, and
@@ -499,6 +519,16 @@ impl Log {
             }
         }
         metrics.readings_log_rows.set(self.rows as i64);
+    }
+
+    /// Whether no reading in the log is in a block too, so that the retention may delete
+    /// blocks: no move under way (between its copy and its trim a reading is in both), and
+    /// one ended since the writer began or a move failed (a move cut short by a crash or an
+    /// error leaves such copies until the next move ends). A block deleted while a copy of its readings
+    /// waits in the log would be written again by the next move, its readings counted
+    /// deleted but stored. Always on PostgreSQL, which has no log.
+    fn settled(&self, backend: Backend) -> bool {
+        backend != Backend::Sqlite || (self.moving.is_none() && self.clean)
     }
 
     fn threshold(&self) -> usize {
@@ -524,6 +554,7 @@ impl Log {
                 held.close().await;
                 self.moving = None;
                 self.mirror = None;
+                self.clean = false;
                 self.rows = 0;
                 self.streams.clear();
             }
@@ -545,6 +576,7 @@ impl Log {
             Some((Moving::Mirrored(mut m), on, rows)) => {
                 if m.step(conn).await? {
                     self.rows = self.rows.saturating_sub(rows);
+                    self.clean = true;
                     return Ok(Some(m.rows));
                 }
                 self.moving = Some((Moving::Mirrored(m), on, rows));
@@ -552,6 +584,7 @@ impl Log {
             Some((Moving::Sorted(mut m), on, rows)) if on == opened => {
                 if m.step(conn).await? {
                     self.rows = self.rows.saturating_sub(rows);
+                    self.clean = true;
                     if self.rows == 0 {
                         // Nothing logged since the move began: the log is empty.
                         self.mirror = Some(Mirror::default());
@@ -574,7 +607,12 @@ impl Log {
                         self.moving = Some((m, opened, self.rows));
                         self.streams.clear();
                     }
-                    None => self.rows = 0,
+                    None => {
+                        // The log is empty: from here on the writer knows every row of it.
+                        self.rows = 0;
+                        self.clean = true;
+                        self.mirror.get_or_insert_with(Mirror::default);
+                    }
                 }
             }
         }
@@ -593,6 +631,7 @@ impl Log {
             Ok(_) => {
                 self.rows = 0;
                 self.moving = None;
+                self.clean = true;
                 self.mirror = Some(Mirror::default());
                 metrics.readings_log_rows.set(0);
             }
@@ -2096,6 +2135,43 @@ mod tests {
             got.iter().map(|r| (r.ts, r.value)).collect::<Vec<_>>(),
             (1..=13).map(|t| (t, t as f64 / 4.0)).collect::<Vec<_>>()
         );
+    }
+
+    /// The retention after a move cut short between its copy and its trim (a crash): the
+    /// block the copy wrote is past the retention, its readings still in the log. The
+    /// writer deletes nothing before a move has ended; deleted first, the block would be
+    /// written again from the log by the next move, its readings counted deleted and
+    /// stored.
+    #[tokio::test]
+    async fn the_retention_waits_for_a_move_cut_short_to_end() {
+        let (_dir, storage, id) = sqlite().await;
+        let mut held = Held::new(storage.clone(), None);
+        for (first, last) in [(1, 3), (4, 6), (7, 9)] {
+            write(&mut held, &[&run_of(id, first, last)]).await.expect("logged");
+        }
+        let mut state = run_of(id, 10, 100);
+        state.update.snapshot = Some("{}".into());
+        write(&mut held, &[&state]).await.expect("a block and the state");
+        let mut conn = storage.pool().acquire().await.expect("connection").detach();
+        let mut m = LogMove::begin(&mut conn).await.expect("begins").expect("a log to move");
+        assert!(!m.step(&mut conn).await.expect("sorts"));
+        assert!(!m.step(&mut conn).await.expect("copies"));
+        assert_eq!(block_spans(&storage, id).await, [(1, 9), (10, 100)]);
+        assert_eq!(log_rows(&storage).await, 9, "copied, not trimmed: the move is left there");
+        drop((m, conn, held));
+
+        let (writer, task) = Writer::spawn(storage.clone(), 16, Metrics::new());
+        let expired = storage.expire_readings(50, &writer).await.expect("a pass");
+        assert_eq!((expired.streams, expired.readings), (1, 9));
+        drop(writer);
+        task.await.expect("the writer stops");
+        let mut conn = storage.pool().acquire().await.expect("connection").detach();
+        assert_eq!(crate::storage::move_log(&mut conn).await.expect("moves"), 0, "the next move finds nothing");
+        assert_eq!(log_rows(&storage).await, 0);
+        assert_eq!(block_spans(&storage, id).await, [(10, 100)], "the block is not written again");
+        let record = storage.stream("s").await.expect("reads").expect("the stream");
+        assert_eq!(record.readings_count - record.readings_expired, 91, "the count is the readings stored");
+        assert_eq!(storage.readings(id, None, None, None, 1_000).await.expect("reads").len(), 91);
     }
 
     /// A stream deleted during a move does not get its readings back from the move's copy,
