@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::api::{self, AppState};
@@ -26,8 +27,8 @@ pub struct Core {
     pub jobs: crate::training::Jobs,
     pub metrics: Metrics,
     writer_task: tokio::task::JoinHandle<()>,
-    /// The retention's passes (`--retention`), if set.
-    retention_task: Option<tokio::task::JoinHandle<()>>,
+    /// The retention's passes (`--retention`, and streams' own).
+    retention_task: tokio::task::JoinHandle<()>,
 }
 
 impl Core {
@@ -49,12 +50,9 @@ impl Core {
             settings.inference_device,
             metrics.clone(),
         );
-        let retention_task = settings
-            .retention
-            .map(|keep| tokio::spawn(retention(storage.clone(), writer.clone(), keep, metrics.clone())));
         let streams = Streams::new(
-            storage,
-            writer,
+            storage.clone(),
+            writer.clone(),
             inference,
             catalog,
             metrics.clone(),
@@ -66,6 +64,8 @@ impl Core {
             },
             StreamDefaults { model: "default".into(), warmup: settings.warmup, sensitivity: settings.sensitivity },
         );
+        let retention_task =
+            tokio::spawn(retention(storage, writer, settings.retention, streams.retention_changed(), metrics.clone()));
         let jobs =
             crate::training::Jobs::start(streams.clone(), settings.training_jobs, settings.training_threads).await?;
         jobs.start_auto_fit(
@@ -80,10 +80,8 @@ impl Core {
         let Core { streams, jobs, metrics, writer_task, retention_task } = self;
         // A pass cut short rolls its transaction back: its readings go at the next start.
         // Its handle on the writer goes with it, before the writer is waited for.
-        if let Some(task) = retention_task {
-            task.abort();
-            let _ = task.await;
-        }
+        retention_task.abort();
+        let _ = retention_task.await;
         drop(metrics);
         jobs.shutdown().await;
         drop(jobs);
@@ -97,16 +95,49 @@ impl Core {
     }
 }
 
-/// Deletes readings older than `keep` back from each stream's newest, a pass every tenth of
-/// `keep` (at most every 10 minutes, at least every second), the first at start.
-async fn retention(storage: Storage, writer: Writer, keep: Duration, metrics: Metrics) {
-    let every = (keep / 10).clamp(Duration::from_secs(1), Duration::from_secs(600));
-    let keep_ms = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
-    info!(retention = %humantime::format_duration(keep), every = %humantime::format_duration(every), "readings retention");
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Deletes each stream's readings older than its retention back from its newest (its own,
+/// else the service's `keep`): a pass every tenth of the shortest retention in effect (at most
+/// every 10 minutes, at least every second), the first at start. With no retention anywhere
+/// it waits for a stream's settings to change (`changed`), and a change finds the shortest
+/// again.
+async fn retention(storage: Storage, writer: Writer, keep: Option<Duration>, changed: Arc<Notify>, metrics: Metrics) {
+    let keep_ms = keep.map(|keep| i64::try_from(keep.as_millis()).unwrap_or(i64::MAX));
+    let mut period = None;
+    let mut last: Option<tokio::time::Instant> = None;
     loop {
-        ticks.tick().await;
+        let own = match storage.shortest_stream_retention().await {
+            Ok(own) => own,
+            Err(e) => {
+                warn!(error = %e, "reading the streams' retentions failed; tried again in 10 s");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(10)) => {}
+                    () = changed.notified() => {}
+                }
+                continue;
+            }
+        };
+        let Some(shortest) = keep_ms.into_iter().chain(own).min() else {
+            changed.notified().await;
+            continue;
+        };
+        let every =
+            (Duration::from_millis(shortest as u64) / 10).clamp(Duration::from_secs(1), Duration::from_secs(600));
+        if period != Some(every) {
+            info!(
+                retention = %keep.map_or_else(|| "none".to_string(), crate::config::retention_text),
+                shortest = %crate::config::retention_text(Duration::from_millis(shortest as u64)),
+                every = %crate::config::retention_text(every),
+                "readings retention"
+            );
+            period = Some(every);
+        }
+        if let Some(due) = last.map(|last| last + every).filter(|due| *due > tokio::time::Instant::now()) {
+            tokio::select! {
+                () = tokio::time::sleep_until(due) => {}
+                () = changed.notified() => continue,
+            }
+        }
+        last = Some(tokio::time::Instant::now());
         let started = std::time::Instant::now();
         match storage.expire_readings(keep_ms, &writer).await {
             Ok(expired) => {

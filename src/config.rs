@@ -367,8 +367,10 @@ impl ServeArgs {
     }
 }
 
-/// Parses a retention ("30d", "12h 30m"): from a minute to 1,000 years.
-fn parse_retention(text: &str) -> Result<Duration, ConfigError> {
+/// Parses a retention ("30d", "12h 30m"): from a minute to 1,000 years. The service's
+/// (`--retention`) and a stream's own (`PUT /v1/streams/{stream}`) alike; the error names
+/// what was wrong.
+pub fn parse_retention(text: &str) -> Result<Duration, ConfigError> {
     let retention = humantime::parse_duration(text.trim())
         .map_err(|e| bad(format!("retention must be a duration such as \"30d\" or \"12h\", got {text:?}: {e}")))?;
     let most = Duration::from_secs(1000 * 365 * 86_400);
@@ -376,6 +378,18 @@ fn parse_retention(text: &str) -> Result<Duration, ConfigError> {
         return Err(bad(format!("retention must be from 1 minute to 1000 years, got {text:?}")));
     }
     Ok(retention)
+}
+
+/// A retention as text that [`parse_retention`] reads back to the same duration, in days,
+/// hours, minutes and seconds ("30d 12h"; humantime's own writes months of 30.44 days).
+pub fn retention_text(keep: Duration) -> String {
+    let secs = keep.as_secs();
+    let parts = [(secs / 86_400, "d"), (secs / 3_600 % 24, "h"), (secs / 60 % 60, "m"), (secs % 60, "s")];
+    let mut text: Vec<String> = parts.iter().filter(|(n, _)| *n > 0).map(|(n, unit)| format!("{n}{unit}")).collect();
+    if keep.subsec_millis() > 0 || text.is_empty() {
+        text.push(format!("{}ms", keep.subsec_millis()));
+    }
+    text.join(" ")
 }
 
 #[cfg(test)]
@@ -437,6 +451,16 @@ mod tests {
         std::fs::write(&path, "listen_on = \"x\"\n").expect("write");
         let err = args.resolve().expect_err("unknown key").to_string();
         assert!(err.contains("listen_on"), "{err}");
+    }
+
+    #[test]
+    fn a_retention_is_written_as_it_reads_back() {
+        for text in ["1m", "30d 12h", "1d 1s", "90m", "1000d", "12h 30m 5s"] {
+            let keep = parse_retention(text).expect("valid");
+            assert_eq!(parse_retention(&retention_text(keep)).expect("reads back"), keep, "{text}");
+        }
+        assert_eq!(retention_text(Duration::from_secs(30 * 86_400 + 12 * 3_600)), "30d 12h");
+        assert_eq!(retention_text(Duration::from_secs(5_400)), "1h 30m");
     }
 
     #[test]

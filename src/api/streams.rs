@@ -59,6 +59,18 @@ struct StreamSettings {
     /// What readings are judged against besides the model's forecast (new streams:
     /// `forecast`, nothing else).
     baseline: Option<BaselineSetting>,
+    /// How long the stream's raw readings are kept back from its newest, a duration such as
+    /// `30d` or `12h 30m` (1 minute to 1000 years); older ones are deleted, its anomaly
+    /// events kept. `null`: the service's (`--retention`, which may be none); left out: as
+    /// it is.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, nullable = true, example = "30d")]
+    retention: Option<Option<String>>,
+}
+
+/// A setting that may be `null`: `Some(None)` for `null`, `None` (by `default`) when left out.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// What readings are judged against besides the model's forecast. `forecast`: nothing else,
@@ -105,6 +117,9 @@ struct StreamSchema {
     warmup: u64,
     auto_train: bool,
     baseline: BaselineSetting,
+    /// The stream's own retention of raw readings (e.g. `30d 12h`); null: the service's.
+    #[schema(required = true)]
+    retention: Option<String>,
     /// `warming` until `warmup` readings have been judged.
     #[schema(inline)]
     state: StreamState,
@@ -181,6 +196,7 @@ fn status_json(state: &AppState, s: &StreamStatus) -> Value {
         "warmup": r.config.warmup,
         "auto_train": r.config.auto_train,
         "baseline": r.config.baseline.as_str(),
+        "retention": r.config.retention.map(crate::config::retention_text),
         "state": if warming { "warming" } else { "scoring" },
         "readings": r.readings_count - r.readings_expired,
         "readings_expired": r.readings_expired,
@@ -232,6 +248,11 @@ async fn put_stream(
         warmup: settings.warmup.unwrap_or(base.warmup),
         auto_train: settings.auto_train.unwrap_or(base.auto_train),
         baseline: settings.baseline.map_or(base.baseline, Baseline::from),
+        retention: match settings.retention {
+            None => base.retention,
+            Some(None) => None,
+            Some(Some(text)) => Some(crate::config::parse_retention(&text).map_err(|e| ApiError::Unprocessable(e.0))?),
+        },
     };
     if !(1..=MAX_CHANNELS).contains(&config.channels) {
         return Err(ApiError::Unprocessable(format!("channels must be in 1..={MAX_CHANNELS}")));

@@ -17,6 +17,8 @@ pub mod writer;
 
 pub(crate) use log::{move_log, LogMove, Mirror, MirroredMove};
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
@@ -84,6 +86,10 @@ pub struct StreamConfig {
     pub auto_train: bool,
     /// What readings are judged against besides the forecast.
     pub baseline: Baseline,
+    /// How long the stream's raw readings are kept before its newest; `None`: the service's
+    /// retention (`--retention`), which may be none ([`Storage::expire_readings`]).
+    #[serde(default)]
+    pub retention: Option<Duration>,
 }
 
 /// A stream row.
@@ -182,16 +188,16 @@ pub struct Storage {
 /// `streams s`: a macro, so that queries can `concat!` it.
 macro_rules! stream_row {
     () => {
-        "s.id, s.name, s.channels, s.model, s.sensitivity, s.warmup, s.auto_train, s.baseline, s.created_at, \
-         s.last_ts, s.readings_count, s.readings_expired, s.anomalies_count"
+        "s.id, s.name, s.channels, s.model, s.sensitivity, s.warmup, s.auto_train, s.baseline, s.retention_ms, \
+         s.created_at, s.last_ts, s.readings_count, s.readings_expired, s.anomalies_count"
     };
     // PostgreSQL: the row's counters hold the readings up to its `last_ts`, written with the
     // stream's scoring state (`writer::StreamUpdate`); the stored readings after it are added
     // here (an index range of `readings`: the stream's readings since its state, ~10 s of
     // them while it runs, at least 100 and at most 10,000). Needs `stream_tail!()` in the query's `FROM`.
     (counted) => {
-        "s.id, s.name, s.channels, s.model, s.sensitivity, s.warmup, s.auto_train, s.baseline, s.created_at, \
-         COALESCE(t.last_ts, s.last_ts) AS last_ts, s.readings_count + t.n AS readings_count, \
+        "s.id, s.name, s.channels, s.model, s.sensitivity, s.warmup, s.auto_train, s.baseline, s.retention_ms, \
+         s.created_at, COALESCE(t.last_ts, s.last_ts) AS last_ts, s.readings_count + t.n AS readings_count, \
          s.readings_expired, s.anomalies_count"
     };
 }
@@ -207,10 +213,12 @@ macro_rules! stream_tail {
 
 /// The columns a stream row is written with, in the order of [`stream_params`].
 pub(crate) const STREAM_COLUMNS: &str =
-    "(name, channels, model, sensitivity, warmup, auto_train, baseline, created_at)";
+    "(name, channels, model, sensitivity, warmup, auto_train, baseline, retention_ms, created_at)";
+/// How many [`STREAM_COLUMNS`] there are.
+pub(crate) const STREAM_PARAMS: usize = 9;
 
 /// A stream row's [`STREAM_COLUMNS`].
-pub(crate) fn stream_params(name: &str, config: &StreamConfig, created_at: i64) -> [Param; 8] {
+pub(crate) fn stream_params(name: &str, config: &StreamConfig, created_at: i64) -> [Param; STREAM_PARAMS] {
     [
         Param::Text(name.to_string()),
         Param::Int(config.channels as i64),
@@ -219,6 +227,7 @@ pub(crate) fn stream_params(name: &str, config: &StreamConfig, created_at: i64) 
         Param::Int(config.warmup as i64),
         Param::Int(i64::from(config.auto_train)),
         Param::Text(config.baseline.as_str().to_string()),
+        Param::Int(config.retention.map_or(0, |keep| i64::try_from(keep.as_millis()).unwrap_or(i64::MAX))),
         Param::Int(created_at),
     ]
 }
@@ -356,10 +365,10 @@ impl Storage {
         now_ms: i64,
     ) -> Result<StreamRecord, StorageError> {
         let sql = format!(
-            "INSERT INTO streams {STREAM_COLUMNS} VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            "INSERT INTO streams {STREAM_COLUMNS} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (name) DO UPDATE SET channels = excluded.channels, model = excluded.model,
                 sensitivity = excluded.sensitivity, warmup = excluded.warmup, auto_train = excluded.auto_train,
-                baseline = excluded.baseline"
+                baseline = excluded.baseline, retention_ms = excluded.retention_ms"
         );
         let query = stream_params(name, config, now_ms).into_iter().fold(sqlx::query(&sql), |q, p| p.bind(q));
         query.execute(&self.pool).await?;
@@ -397,6 +406,13 @@ impl Storage {
                     let name: String = row.try_get("baseline")?;
                     Baseline::parse(&name)
                         .ok_or_else(|| StorageError::Corrupt(format!("unknown baseline {name:?} in streams")))?
+                },
+                retention: match row.try_get::<i64, _>("retention_ms")? {
+                    0 => None,
+                    ms => Some(Duration::from_millis(
+                        u64::try_from(ms)
+                            .map_err(|_| StorageError::Corrupt(format!("negative retention_ms {ms} in streams")))?,
+                    )),
                 },
             },
             created_at: row.try_get("created_at")?,

@@ -43,11 +43,14 @@ pub struct Expired {
 }
 
 impl Storage {
-    /// Deletes every stream's readings more than `keep_ms` older than its newest (and before
-    /// its stored scoring state): one pass over the streams, in pages by id. On SQLite the
-    /// deletions go through `writer`, between its commits; on PostgreSQL, whose transactions
-    /// do not hold each other back, on a connection of the pool.
-    pub async fn expire_readings(&self, keep_ms: i64, writer: &Writer) -> Result<Expired, StorageError> {
+    /// Deletes every stream's readings more than its retention older than its newest (and
+    /// before its stored scoring state): the stream's own (`StreamConfig::retention`), else
+    /// `keep_ms`, the service's (`None`: streams without one of their own keep every
+    /// reading). One pass over the streams, in pages by id. On SQLite the deletions go
+    /// through `writer`, between its commits; on PostgreSQL, whose transactions do not hold
+    /// each other back, on a connection of the pool.
+    pub async fn expire_readings(&self, keep_ms: Option<i64>, writer: &Writer) -> Result<Expired, StorageError> {
+        let keep_ms = keep_ms.unwrap_or(0).max(0);
         let mut expired = Expired::default();
         // The stream the last deletion counted, so that one spanning transactions counts once.
         let mut counted = None;
@@ -67,15 +70,18 @@ impl Storage {
                     "",
                 ),
             };
+            // Without the service's retention only streams with one of their own.
+            let own = if keep_ms > 0 { "" } else { " AND s.retention_ms > 0" };
             // A page of streams with their cutoffs, and whether each has readings before it:
             // most streams have none on most passes, found without a statement of their own.
             let sql = format!(
                 "SELECT p.id, p.cutoff, CAST(CASE WHEN
                      EXISTS (SELECT 1 FROM readings r WHERE r.stream_id = p.id AND r.ts < p.cutoff){blocks}
                      THEN 1 ELSE 0 END AS BIGINT) AS due
-                 FROM (SELECT s.id, {least}({newest} - $1, snap.last_ts) AS cutoff FROM streams s
-                       JOIN stream_snapshots snap ON snap.stream_id = s.id
-                       WHERE s.id > $2 AND s.last_ts IS NOT NULL ORDER BY s.id LIMIT $3) p
+                 FROM (SELECT s.id, {least}({newest} - CASE WHEN s.retention_ms > 0 THEN s.retention_ms ELSE $1 END,
+                                            snap.last_ts) AS cutoff
+                       FROM streams s JOIN stream_snapshots snap ON snap.stream_id = s.id
+                       WHERE s.id > $2 AND s.last_ts IS NOT NULL{own} ORDER BY s.id LIMIT $3) p
                  ORDER BY p.id"
             );
             let rows = sqlx::query(&sql).bind(keep_ms).bind(after).bind(STREAMS_PAGE).fetch_all(&self.pool).await?;
@@ -107,6 +113,15 @@ impl Storage {
                 return Ok(expired);
             }
         }
+    }
+}
+
+impl Storage {
+    /// The shortest retention of a stream's own (`StreamConfig::retention`), in
+    /// milliseconds; `None` if no stream has one.
+    pub async fn shortest_stream_retention(&self) -> Result<Option<i64>, StorageError> {
+        let sql = "SELECT min(retention_ms) FROM streams WHERE retention_ms > 0";
+        Ok(sqlx::query_scalar::<_, Option<i64>>(sql).fetch_one(&self.pool).await?)
     }
 }
 

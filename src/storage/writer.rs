@@ -18,7 +18,7 @@ use tracing::{debug, error, info, warn};
 use super::retention::{self, Expiry};
 use super::{
     stream_params, Backend, EventRow, LogMove, Mirror, MirroredMove, Param, ReadingRow, Storage, StorageError,
-    StreamConfig, STREAM_COLUMNS,
+    StreamConfig, STREAM_COLUMNS, STREAM_PARAMS,
 };
 use crate::metrics::Metrics;
 use crate::priority::{Raised, ShortSlices, SHORT_SLICE};
@@ -1610,7 +1610,7 @@ async fn create_streams(
     for chunk in new.chunks(STREAMS_PER_STATEMENT) {
         let sql = format!(
             "INSERT INTO streams {STREAM_COLUMNS} VALUES {} ON CONFLICT (name) DO NOTHING",
-            values_sql(backend, chunk.len(), 8)
+            values_sql(backend, chunk.len(), STREAM_PARAMS)
         );
         tx.execute(&sql, chunk.iter().flat_map(|s| stream_params(&s.name, &s.config, s.created_at))).await?;
         let sql = format!("SELECT id, name FROM streams WHERE name IN {}", values_sql(backend, 1, chunk.len()));
@@ -1738,6 +1738,7 @@ mod tests {
             warmup: 10,
             auto_train: false,
             baseline: Baseline::Forecast,
+            retention: None,
         }
     }
 
@@ -2161,7 +2162,7 @@ mod tests {
         drop((m, conn, held));
 
         let (writer, task) = Writer::spawn(storage.clone(), 16, Metrics::new());
-        let expired = storage.expire_readings(50, &writer).await.expect("a pass");
+        let expired = storage.expire_readings(Some(50), &writer).await.expect("a pass");
         assert_eq!((expired.streams, expired.readings), (1, 9));
         drop(writer);
         task.await.expect("the writer stops");

@@ -906,6 +906,7 @@ mod tests {
                 warmup: 10,
                 auto_train: false,
                 baseline: crate::scoring::Baseline::default(),
+                retention: None,
             },
             created_at: 0,
             last_ts: Some(5),

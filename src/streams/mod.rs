@@ -132,6 +132,9 @@ pub(crate) struct Shared {
     /// requests never wait on another stream).
     multi: tokio::sync::Mutex<()>,
     tracker: TaskTracker,
+    /// Told whenever a stream's settings are put: the retention's task finds its shortest
+    /// retention again (a stream's own may be shorter than the service's).
+    retention_changed: Arc<tokio::sync::Notify>,
 }
 
 impl Shared {
@@ -283,6 +286,7 @@ impl Streams {
             generation: AtomicU64::new(0),
             multi: tokio::sync::Mutex::new(()),
             tracker: TaskTracker::new(),
+            retention_changed: Arc::new(tokio::sync::Notify::new()),
         };
         Streams { shared: Arc::new(shared), defaults }
     }
@@ -304,6 +308,7 @@ impl Streams {
             warmup: self.defaults.warmup,
             auto_train: true,
             baseline: Baseline::default(),
+            retention: None,
         }
     }
 
@@ -628,7 +633,15 @@ impl Streams {
             }
         }
         self.stop(name).await;
-        Ok(self.shared.storage.put_stream(name, config, now_ms()).await?)
+        let record = self.shared.storage.put_stream(name, config, now_ms()).await?;
+        self.shared.retention_changed.notify_one();
+        Ok(record)
+    }
+
+    /// Told whenever a stream's settings are put ([`Streams::put`]), for the retention's
+    /// task.
+    pub fn retention_changed(&self) -> Arc<tokio::sync::Notify> {
+        self.shared.retention_changed.clone()
     }
 
     /// Deletes a stream and everything stored for it. False if it did not exist.

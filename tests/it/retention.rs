@@ -1,4 +1,5 @@
-//! The retention of raw readings (`retention`) in a running service: its background passes
+//! The retention of raw readings (the service's `retention`, or a stream's own) in a running
+//! service: its background passes
 //! delete a stream's readings older than the retention before its newest, the stream then
 //! reports the readings stored, pages of readings start after the deleted ones, and the
 //! metric counts them. The storage's own tests (`storage::retention_*`) cover the edges.
@@ -8,7 +9,14 @@ use serde_json::json;
 
 use crate::app::{restart_with, spawn_app, Backend};
 
-async fn retention_deletes_readings_in_the_background(backend: Backend) {
+/// Whose retention deletes: the service's (`retention`) or the stream's own (`PUT`).
+#[derive(Clone, Copy, PartialEq)]
+enum Whose {
+    Service,
+    Stream,
+}
+
+async fn retention_deletes_readings_in_the_background(backend: Backend, whose: Whose) {
     let Some(app) = spawn_app(backend).await else { return };
     // 200 readings a second apart, in requests of 10 (SQLite: a block each).
     let start = 1_767_225_600_000i64;
@@ -18,9 +26,17 @@ async fn retention_deletes_readings_in_the_background(backend: Backend) {
         let (status, body) = app.post("/v1/streams/old/readings", &json!({ "readings": readings })).await;
         assert_eq!(status, 200, "{body}");
     }
-    // A graceful stop writes the stream's scoring state after its last reading; the
-    // retention never deletes readings after the state.
-    let app = restart_with(app, |s| s.retention = Some(Duration::from_secs(60))).await;
+    // A graceful stop writes the stream's scoring state after its last reading (the
+    // retention never deletes readings after the state), as does a change of its settings,
+    // which the service's retention task hears of: it has none of its own to wait for.
+    let app = match whose {
+        Whose::Service => restart_with(app, |s| s.retention = Some(Duration::from_secs(60))).await,
+        Whose::Stream => {
+            let (status, stream) = app.put("/v1/streams/old", &json!({ "retention": "1m" })).await;
+            assert_eq!((status, &stream["retention"]), (200, &json!("1m")), "{stream}");
+            app
+        }
+    };
     // Kept: from 60 s before the newest (199 s) on; SQLite deletes whole blocks, and keeps
     // the one ending at 139 s.
     let kept = if backend == Backend::Sqlite { 70 } else { 61 };
@@ -56,10 +72,20 @@ async fn retention_deletes_readings_in_the_background(backend: Backend) {
 
 #[tokio::test]
 async fn retention_deletes_readings_in_the_background_sqlite() {
-    retention_deletes_readings_in_the_background(Backend::Sqlite).await;
+    retention_deletes_readings_in_the_background(Backend::Sqlite, Whose::Service).await;
 }
 
 #[tokio::test]
 async fn retention_deletes_readings_in_the_background_postgres() {
-    retention_deletes_readings_in_the_background(Backend::Postgres).await;
+    retention_deletes_readings_in_the_background(Backend::Postgres, Whose::Service).await;
+}
+
+#[tokio::test]
+async fn a_streams_own_retention_deletes_in_the_background_sqlite() {
+    retention_deletes_readings_in_the_background(Backend::Sqlite, Whose::Stream).await;
+}
+
+#[tokio::test]
+async fn a_streams_own_retention_deletes_in_the_background_postgres() {
+    retention_deletes_readings_in_the_background(Backend::Postgres, Whose::Stream).await;
 }

@@ -55,6 +55,15 @@ async fn the_whole_api_works(app: TestApp) {
     assert_eq!(history["baseline"], "history", "{history}");
     let (_, again) = app.put("/v1/streams/pump-1", &json!({"baseline": "forecast"})).await;
     assert_eq!(again["baseline"], "forecast", "settings left out keep their values; this one changes back");
+    assert_eq!(again["retention"], json!(null), "the service's retention: {again}");
+    let (status, kept) = app.put("/v1/streams/pump-1", &json!({"retention": "30d 12h"})).await;
+    assert_eq!((status, &kept["retention"]), (200, &json!("30d 12h")), "{kept}");
+    let (_, kept) = app.put("/v1/streams/pump-1", &json!({"warmup": 50})).await;
+    assert_eq!(kept["retention"], "30d 12h", "left out, it stays: {kept}");
+    let (_, listed) = app.get("/v1/streams").await;
+    assert_eq!(listed["streams"][0]["retention"], "30d 12h", "{listed}");
+    let (_, cleared) = app.put("/v1/streams/pump-1", &json!({"retention": null})).await;
+    assert_eq!(cleared["retention"], json!(null), "null: the service's again: {cleared}");
 
     let series = seasonal(710, 1);
     let values = &series[..300];
@@ -338,6 +347,11 @@ async fn every_bad_input_gets_a_problem_and_changes_nothing() {
         (422, app.put("/v1/streams/t", &json!({"model": "no-such-model"})).await),
         (400, app.put("/v1/streams/t", &json!({"colour": "red"})).await),
         (400, app.put("/v1/streams/t", &json!({"baseline": "yesterday"})).await),
+        (422, app.put("/v1/streams/s", &json!({"retention": "30 days please"})).await),
+        (422, app.put("/v1/streams/s", &json!({"retention": "59s"})).await),
+        (422, app.put("/v1/streams/s", &json!({"retention": "100000y"})).await),
+        (422, app.put("/v1/streams/t", &json!({"retention": "0s"})).await),
+        (400, app.put("/v1/streams/t", &json!({"retention": 3600})).await),
         (404, app.get("/v1/nothing-here").await),
     ];
     for (i, (expected, (status, problem))) in cases.iter().enumerate() {
@@ -348,6 +362,7 @@ async fn every_bad_input_gets_a_problem_and_changes_nothing() {
     // Nothing changed: the five good readings, one stream.
     let (_, stream) = app.get("/v1/streams/s").await;
     assert_eq!((stream["readings"].as_u64(), stream["channels"].as_u64()), (Some(5), Some(1)), "{stream}");
+    assert_eq!(stream["retention"], json!(null), "{stream}");
     let (_, list) = app.get("/v1/streams").await;
     assert_eq!(list["streams"].as_array().map(Vec::len), Some(1), "{list}");
     // And the stream still takes good readings.

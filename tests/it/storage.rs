@@ -20,6 +20,7 @@ fn config() -> StreamConfig {
         warmup: 10,
         auto_train: false,
         baseline: Baseline::Forecast,
+        retention: None,
     }
 }
 
@@ -622,7 +623,7 @@ async fn retention_deletes_old_readings_and_counts_them(backend: Backend) {
     assert_eq!((reported(&storage, "a").await, reported(&storage, "b").await), (100, 80));
     assert_eq!(reported(&storage, "c").await, 10_000);
 
-    let expired = storage.expire_readings(30, &writer).await.expect("expires");
+    let expired = storage.expire_readings(Some(30), &writer).await.expect("expires");
     let sqlite = backend == Backend::Sqlite;
     // a: before 70 goes; SQLite keeps the block that holds 61..=100.
     let kept_a = stored_times(&storage, a).await;
@@ -641,7 +642,7 @@ async fn retention_deletes_old_readings_and_counts_them(backend: Backend) {
     assert_eq!(reported(&storage, "b").await, kept_b.len() as i64, "b's count is its readings stored");
     let query = AnomalyQuery { stream_id: Some(a), from: None, to: None, min_score: None, after: None, limit: 10 };
     assert_eq!(storage.anomalies(&query).await.unwrap().len(), 1, "the anomaly event is kept");
-    assert_eq!(storage.expire_readings(30, &writer).await.expect("expires"), Expired::default(), "nothing more");
+    assert_eq!(storage.expire_readings(Some(30), &writer).await.expect("expires"), Expired::default(), "nothing more");
     drop(writer);
     task.await.unwrap();
 }
@@ -654,6 +655,63 @@ async fn retention_deletes_old_readings_and_counts_them_sqlite() {
 #[tokio::test]
 async fn retention_deletes_old_readings_and_counts_them_postgres() {
     retention_deletes_old_readings_and_counts_them(Backend::Postgres).await;
+}
+
+/// A stream's own retention (`StreamConfig::retention`) goes before the service's, whether
+/// the service has one or not; a stream without one keeps every reading while the service
+/// has none; a stream's own may be longer than the service's.
+async fn streams_keep_their_own_retention(backend: Backend) {
+    let Some((url, _dir)) = fresh_database(backend).await else { return };
+    let storage = Storage::connect(&url).await.expect("connects");
+    let own = |ms| StreamConfig { retention: Some(std::time::Duration::from_millis(ms)), ..config() };
+    let a = storage.put_stream("a", &own(40), 0).await.expect("stream a").id;
+    let b = storage.put_stream("b", &config(), 0).await.expect("stream b").id;
+    let c = storage.put_stream("c", &own(1_000), 0).await.expect("stream c").id;
+    assert_eq!(storage.shortest_stream_retention().await.unwrap(), Some(40));
+    assert_eq!(storage.stream("a").await.unwrap().expect("a").config, own(40), "read back as put");
+    let (writer, task) = Writer::spawn(storage.clone(), 16, Metrics::new());
+    // Each stream: 1..=100 in runs of 10 (SQLite: a block each), its state with the last.
+    for id in [a, b, c] {
+        for k in 0..10i64 {
+            let mut run = batch(id, (k * 10 + 1..=k * 10 + 10).map(reading).collect(), (k == 9).then_some("{}"));
+            run.update.readings_count = k * 10 + 10;
+            writer.commit(vec![run]).await.unwrap();
+        }
+    }
+    let sqlite = backend == Backend::Sqlite;
+    // The service without a retention: only a's own, 40 before its newest (100).
+    let expired = storage.expire_readings(None, &writer).await.expect("a pass");
+    let kept_a = stored_times(&storage, a).await;
+    assert_eq!(kept_a, (if sqlite { 51 } else { 60 }..=100).collect::<Vec<_>>());
+    assert_eq!((expired.streams, expired.readings), (1, 100 - kept_a.len() as u64));
+    assert_eq!(stored_times(&storage, b).await.len(), 100, "b has no retention of its own");
+    // The service's 20: b goes by it; a keeps its own 40, c its own 1,000.
+    let expired = storage.expire_readings(Some(20), &writer).await.expect("a pass");
+    let kept_b = stored_times(&storage, b).await;
+    assert_eq!(kept_b, (if sqlite { 71 } else { 80 }..=100).collect::<Vec<_>>());
+    assert_eq!((expired.streams, expired.readings), (1, 100 - kept_b.len() as u64));
+    assert_eq!(stored_times(&storage, a).await, kept_a, "a keeps its own 40");
+    assert_eq!(stored_times(&storage, c).await.len(), 100, "c keeps its own 1,000");
+    for (name, kept) in [("a", kept_a.len()), ("b", kept_b.len()), ("c", 100)] {
+        assert_eq!(reported(&storage, name).await, kept as i64, "{name}'s count is its readings stored");
+    }
+    // A stream's own retention put back to the service's.
+    storage.put_stream("c", &config(), 0).await.expect("c again");
+    assert_eq!(storage.shortest_stream_retention().await.unwrap(), Some(40));
+    storage.expire_readings(Some(20), &writer).await.expect("a pass");
+    assert_eq!(stored_times(&storage, c).await, kept_b, "c goes by the service's now");
+    drop(writer);
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn streams_keep_their_own_retention_sqlite() {
+    streams_keep_their_own_retention(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn streams_keep_their_own_retention_postgres() {
+    streams_keep_their_own_retention(Backend::Postgres).await;
 }
 
 /// The retention's passes beside a writer committing a stream's readings, a scoring state
@@ -679,7 +737,7 @@ async fn retention_runs_beside_the_writer(backend: Backend) {
     let passes = async {
         let mut passes = 0;
         while !*finished.borrow_and_update() {
-            storage.expire_readings(500, &writer).await.expect("a pass");
+            storage.expire_readings(Some(500), &writer).await.expect("a pass");
             passes += 1;
         }
         passes
@@ -688,7 +746,7 @@ async fn retention_runs_beside_the_writer(backend: Backend) {
     drop(writer);
     task.await.unwrap();
     let (writer, task) = Writer::spawn(storage.clone(), 16, Metrics::new());
-    storage.expire_readings(500, &writer).await.expect("a last pass");
+    storage.expire_readings(Some(500), &writer).await.expect("a last pass");
     drop(writer);
     task.await.unwrap();
     let kept = stored_times(&storage, id).await;
