@@ -43,6 +43,13 @@ pub struct Expired {
 }
 
 impl Storage {
+    /// The shortest retention of a stream's own (`StreamConfig::retention`), in
+    /// milliseconds; `None` if no stream has one.
+    pub async fn shortest_stream_retention(&self) -> Result<Option<i64>, StorageError> {
+        let sql = "SELECT min(retention_ms) FROM streams WHERE retention_ms > 0";
+        Ok(sqlx::query_scalar::<_, Option<i64>>(sql).fetch_one(&self.pool).await?)
+    }
+
     /// Deletes every stream's readings more than its retention older than its newest (and
     /// before its stored scoring state): the stream's own (`StreamConfig::retention`), else
     /// `keep_ms`, the service's (`None`: streams without one of their own keep every
@@ -113,15 +120,6 @@ impl Storage {
                 return Ok(expired);
             }
         }
-    }
-}
-
-impl Storage {
-    /// The shortest retention of a stream's own (`StreamConfig::retention`), in
-    /// milliseconds; `None` if no stream has one.
-    pub async fn shortest_stream_retention(&self) -> Result<Option<i64>, StorageError> {
-        let sql = "SELECT min(retention_ms) FROM streams WHERE retention_ms > 0";
-        Ok(sqlx::query_scalar::<_, Option<i64>>(sql).fetch_one(&self.pool).await?)
     }
 }
 

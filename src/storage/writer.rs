@@ -330,7 +330,9 @@ async fn run(
             match rx.try_recv() {
                 Ok(job) => job,
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    log.advance(&mut conn, &metrics).await;
+                    if !log.advance(&mut conn, &metrics).await {
+                        refuse(&mut expiries);
+                    }
                     continue;
                 }
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
@@ -418,8 +420,10 @@ async fn run(
         // after every commit, so that it ends under any load; one begins once the log holds
         // enough rows, or to settle it for deletions waiting.
         expire_settled(&mut conn, &log, &mut expiries).await;
-        if log.moving.is_some() || log.rows >= log.threshold() || !expiries.is_empty() {
-            log.advance(&mut conn, &metrics).await;
+        if (log.moving.is_some() || log.rows >= log.threshold() || !expiries.is_empty())
+            && !log.advance(&mut conn, &metrics).await
+        {
+            refuse(&mut expiries);
         }
     }
     if log.rows > 0 {
@@ -435,6 +439,17 @@ async fn expire_settled(held: &mut Held, log: &Log, expiries: &mut VecDeque<Expi
     }
     while let Some(job) = expiries.pop_front() {
         expire(held, job).await;
+    }
+}
+
+/// Answers the retention's deletions waiting when the move that was to settle the log failed:
+/// the pass fails and the next one asks again. Kept, they would have the writer begin a move
+/// again at once, and again, for as long as the database fails.
+fn refuse(expiries: &mut VecDeque<ExpireJob>) {
+    for job in expiries.drain(..) {
+        let failed =
+            StorageError::Unavailable("moving the readings log failed; the deletion waits for the next pass".into());
+        let _ = job.reply.send(Err(failed));
     }
 }
 
@@ -535,11 +550,11 @@ impl Log {
         (COMPACT_PER_STREAM * self.streams.len()).clamp(*COMPACT_ROWS.start(), *COMPACT_ROWS.end())
     }
 
-    /// Begins a move, or takes the next step of the one under way. A failure abandons the
-    /// move (the log stays readable as it is; a move cut short leaves only duplicates,
-    /// which reads ignore, and the next move finds), drops the mirror and lets the
-    /// connection go; the next move begins after as many rows more.
-    async fn advance(&mut self, held: &mut Held, metrics: &Metrics) {
+    /// Begins a move, or takes the next step of the one under way; false if it failed. A
+    /// failure abandons the move (the log stays readable as it is; a move cut short leaves
+    /// only duplicates, which reads ignore, and the next move finds), drops the mirror and
+    /// lets the connection go; the next move begins after as many rows more.
+    async fn advance(&mut self, held: &mut Held, metrics: &Metrics) -> bool {
         let started = Instant::now();
         let result = self.advance_on(held).await;
         metrics.compaction_latency.observe(started.elapsed().as_secs_f64());
@@ -557,8 +572,10 @@ impl Log {
                 self.clean = false;
                 self.rows = 0;
                 self.streams.clear();
+                return false;
             }
         }
+        true
     }
 
     /// One step; the rows moved when the move is complete.
