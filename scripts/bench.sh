@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark suite (docs/PERFORMANCE.md): builds tsad (release), then measures
+#   0. the host: the gaps a thread reading the clock on each core sees (its cores taken away);
 #   1. the inference core: LSTM and GRU, hidden 64 and 128, 1 to 100k streams, two workers;
 #   2. end to end over loopback HTTP, committed to SQLite and to PostgreSQL: readings/s,
 #      p50/p99/p99.9 latency at the maximum rate, at half of it, and for single readings,
@@ -28,6 +29,11 @@ scripts/libtorch.sh
 cargo build --release --quiet --bin tsad
 tsad=target/release/tsad
 echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'), $(free -g | awk '/Mem:/ {print $2}') GiB"
+
+# The host first, idle: a latency tail no shorter than the time its cores are taken away is
+# the host's (a virtual machine's steal), not the service's.
+echo "== 0. the host's stalls"
+$tsad bench stalls --seconds 10 --json "$out/stalls.json"
 
 echo "== 1. inference core"
 $tsad bench inference --threads 2 --seconds 3 --json "$out/inference.json"

@@ -14,6 +14,9 @@
 //!   work in PyTorch (`scripts/bench-training.py`) when `--python` is given, as a ratio.
 //! - `tsad bench reads`: pages of stored readings read back over HTTP from a database a
 //!   long `bench http --keep-database` run filled, cold (page cache dropped) and again.
+//! - `tsad bench stalls`: the host itself: a thread a core reads the clock in a loop and
+//!   counts the gaps, the time a core was taken away (a hypervisor's steal, other
+//!   processes). A latency tail no shorter than these is the host's, not the service's.
 //!
 //! Results print as a table and, with `--json FILE`, are written as JSON.
 use std::fmt::Write as _;
@@ -171,6 +174,20 @@ enum BenchKind {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// The host's stalls: a thread a core reading the clock in a loop, nothing else; the
+    /// gaps between two reads are time that core was taken away. Run it on an otherwise
+    /// idle machine, before the latency figures it explains.
+    Stalls {
+        /// Threads, each spinning on a core [default: the CPU cores].
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Seconds to spin.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Pages of stored readings read back over HTTP, one at a time, from a random point of
     /// a random stream's history: from a database `bench http --keep-database` filled.
     Reads {
@@ -251,6 +268,13 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
             training(&work, python, rounds as usize, json)
         }
         BenchKind::Scoring { readings, json } => scoring(readings, json),
+        BenchKind::Stalls { threads, seconds, json } => {
+            let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            if threads == 0 || !(seconds.is_finite() && seconds > 0.0 && seconds <= 3600.0) {
+                return Err(CliError::Usage(anyhow!("--threads must be positive and --seconds from above 0 to 3600")));
+            }
+            stalls(threads, Duration::from_secs_f64(seconds), json)
+        }
         BenchKind::Http {
             streams,
             batch,
@@ -354,6 +378,89 @@ fn scoring(readings: u64, json_path: Option<PathBuf>) -> anyhow::Result<()> {
         );
     }
     write_json(json_path, json!({ "scoring": rows }))
+}
+
+/// Gaps between consecutive reads of the clock by a thread that does nothing else: those of
+/// a millisecond or more are time its core was taken away.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Gaps {
+    /// Clock reads.
+    reads: u64,
+    longest: Duration,
+    over_1ms: u64,
+    over_10ms: u64,
+    over_50ms: u64,
+    /// The gaps of a millisecond or more, summed.
+    lost: Duration,
+}
+
+impl Gaps {
+    fn observe(&mut self, gap: Duration) {
+        self.reads += 1;
+        self.longest = self.longest.max(gap);
+        if gap >= Duration::from_millis(1) {
+            self.over_1ms += 1;
+            self.lost += gap;
+        }
+        self.over_10ms += u64::from(gap >= Duration::from_millis(10));
+        self.over_50ms += u64::from(gap >= Duration::from_millis(50));
+    }
+
+    /// Reads the clock until `length` has passed.
+    fn spin(length: Duration) -> Gaps {
+        let mut gaps = Gaps::default();
+        let start = Instant::now();
+        let mut last = start;
+        loop {
+            let now = Instant::now();
+            gaps.observe(now - last);
+            last = now;
+            if now - start >= length {
+                return gaps;
+            }
+        }
+    }
+
+    fn json(&self, length: Duration) -> serde_json::Value {
+        json!({
+            "clock_reads": self.reads,
+            "longest_ms": self.longest.as_secs_f64() * 1e3,
+            "over_1ms": self.over_1ms,
+            "over_10ms": self.over_10ms,
+            "over_50ms": self.over_50ms,
+            "lost_percent": self.lost.as_secs_f64() / length.as_secs_f64() * 100.0,
+        })
+    }
+}
+
+/// `bench stalls`: `threads` threads read the clock for `length`, each on its own (the
+/// kernel spreads them over the cores), and report the gaps.
+fn stalls(threads: usize, length: Duration, json_path: Option<PathBuf>) -> anyhow::Result<()> {
+    println!(
+        "the host's stalls: {threads} thread(s) reading the clock for {:.0} s (gaps of 1 ms or more: the core taken away)",
+        length.as_secs_f64()
+    );
+    let spinning: Vec<_> = (0..threads).map(|_| std::thread::spawn(move || Gaps::spin(length))).collect();
+    let gaps = spinning
+        .into_iter()
+        .map(|t| t.join().map_err(|_| anyhow!("a spinning thread panicked")))
+        .collect::<anyhow::Result<Vec<Gaps>>>()?;
+    println!("thread  longest ms  ≥ 1 ms  ≥ 10 ms  ≥ 50 ms  time lost %");
+    for (i, g) in gaps.iter().enumerate() {
+        println!(
+            "{i:>6} {:>11.1} {:>7} {:>8} {:>8} {:>12.2}",
+            g.longest.as_secs_f64() * 1e3,
+            g.over_1ms,
+            g.over_10ms,
+            g.over_50ms,
+            g.lost.as_secs_f64() / length.as_secs_f64() * 100.0
+        );
+    }
+    let rows: Vec<_> = gaps.iter().map(|g| g.json(length)).collect();
+    write_json(
+        json_path,
+        json!({ "stalls": { "threads": threads, "seconds": length.as_secs_f64(), "per_thread": rows } }),
+    )
 }
 
 /// What `bench inference` measures: one saved model, or every architecture × width.
@@ -1509,5 +1616,39 @@ impl Scratch {
         if let Err(e) = dropped.await {
             eprintln!("the scratch database {name} was left on the server ({e}); drop it by hand");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_count_what_a_core_lost_by_size() {
+        let mut gaps = Gaps::default();
+        for us in [500, 1_000, 12_000, 60_000, 0] {
+            gaps.observe(Duration::from_micros(us));
+        }
+        let expected = Gaps {
+            reads: 5,
+            longest: Duration::from_millis(60),
+            over_1ms: 3,
+            over_10ms: 2,
+            over_50ms: 1,
+            lost: Duration::from_millis(73),
+        };
+        assert_eq!(gaps, expected);
+        let json = gaps.json(Duration::from_secs(1));
+        assert_eq!(json["lost_percent"].as_f64(), Some(7.3));
+        assert_eq!(json["longest_ms"].as_f64(), Some(60.0));
+    }
+
+    #[test]
+    fn a_spin_reads_the_clock_for_as_long_as_asked() {
+        let started = Instant::now();
+        let gaps = Gaps::spin(Duration::from_millis(20));
+        assert!(started.elapsed() >= Duration::from_millis(20));
+        assert!(gaps.reads > 1, "{gaps:?}");
+        assert!(gaps.longest <= started.elapsed());
     }
 }
