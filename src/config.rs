@@ -87,7 +87,8 @@ pub struct ServeArgs {
     /// landed; a retry is safe) [default: 120].
     #[arg(long, env = "TSAD_COMMIT_TIMEOUT_S", value_name = "SECONDS")]
     pub commit_timeout_s: Option<f64>,
-    /// Messages a stream's mailbox holds before ingest answers 429 [default: 64].
+    /// Requests that may wait for a stream's turn (its mailbox) before ingest answers 429
+    /// [default: 64].
     #[arg(long, env = "TSAD_MAILBOX", value_name = "N")]
     pub mailbox: Option<usize>,
     /// Seconds without readings before a stream is evicted from memory [default: 600].

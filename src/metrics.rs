@@ -23,7 +23,7 @@ pub struct Metrics {
     pub inference_latency: Histogram,
     /// Streams held in memory.
     pub active_streams: IntGauge,
-    /// Messages waiting in stream mailboxes (sampled at send).
+    /// Requests ahead in a stream's queue (its mailbox) when a request arrives.
     pub mailbox_depth: Histogram,
     /// Seconds per group commit.
     pub commit_latency: Histogram,
@@ -128,7 +128,11 @@ impl Metrics {
             inference_batch: histogram("inference_batch_size", "Sequences per batched inference call", sizes.clone()),
             inference_latency: histogram("inference_latency_seconds", "Seconds per inference call", seconds.clone()),
             active_streams,
-            mailbox_depth: histogram("mailbox_depth", "Messages queued in a stream's mailbox at send", sizes.clone()),
+            mailbox_depth: histogram(
+                "mailbox_depth",
+                "Requests holding or awaiting a stream's turn when another arrives",
+                sizes.clone(),
+            ),
             commit_latency: histogram("commit_latency_seconds", "Seconds per group commit", seconds.clone()),
             compaction_latency: histogram(
                 "compaction_latency_seconds",

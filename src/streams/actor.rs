@@ -1,12 +1,15 @@
-//! One task per active stream. It owns the stream's scoring state — running normaliser,
+//! One task per active stream, and the stream's scoring state — running normaliser,
 //! recurrent state, the forecast for the next reading, scorer statistics and the open
-//! anomaly event — and is the only code that changes it.
+//! anomaly event — in a [`Cell`] the task shares with the requests that judge with it: one
+//! at a time, in turn, under its lock. The task keeps the stream's idle timer and answers
+//! `Describe` and `Stop`; a request judges its readings itself, in its own task, once it
+//! holds the stream's turn (no message, no wake-up a stream: `super::Streams::ingest`).
 //!
-//! Ingest is two-phase so a request touching many streams is all-or-nothing: the actor
-//! judges the readings on a copy of its state and answers with the rows to store
-//! ([`Prepared`]); it applies the copy only when told the rows were committed, and keeps
-//! its old state otherwise. Verdict first, step second: reading t is judged against the
-//! forecast made after reading t−1, then the network steps.
+//! Ingest is two-phase so a request touching many streams is all-or-nothing: a request
+//! judges the readings on a copy of the state ([`Actor::judge_ingest`]) and keeps the
+//! stream's turn until its commit is decided; the copy is applied only when the rows were
+//! committed ([`Actor::decided`]), and dropped otherwise. Verdict first, step second:
+//! reading t is judged against the forecast made after reading t−1, then the network steps.
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,35 +53,26 @@ const CATCH_UP_MAX: i64 = 200_000;
 /// Readings per inference call while catching up.
 const CATCH_UP_CHUNK: usize = 10_000;
 
-/// Messages a stream actor understands.
+/// A stream's actor: `None` once it stopped (deleted, reconfigured, evicted, or reloading
+/// after a commit whose outcome is unknown); a request that finds it so starts the stream
+/// again from storage.
+pub(super) type Cell = Arc<tokio::sync::Mutex<Option<Actor>>>;
+
+/// Messages a stream's task understands (ingest does not go through it).
 pub enum Command {
-    /// Judge `readings` (validated, ascending) and answer with what to store.
-    /// Boxed: every idle actor's mailbox is sized by its largest message.
-    Ingest(Box<IngestCommand>),
     /// Report the stream's configuration and state.
     Describe { reply: oneshot::Sender<StreamStatus> },
-    /// Stop after the current message (the stream is being deleted or reconfigured).
+    /// Write the state and stop (the stream is being deleted or reconfigured).
     Stop { reply: oneshot::Sender<()> },
 }
 
-/// What an ingest carries to its actor.
-pub struct IngestCommand {
-    /// Shared with the request, which sends them again should this actor stop before judging.
-    pub readings: Arc<Vec<Reading>>,
-    pub arrived: Instant,
-    pub reply: oneshot::Sender<Result<Prepared, IngestError>>,
-}
-
-/// An ingest judged but not yet applied.
+/// An ingest judged but not yet applied: what the request's commit needs.
 pub struct Prepared {
     pub batch: WriteBatch,
     pub verdicts: Vec<ReadingVerdict>,
     /// A lone reading's network step, left to the request (see [`Actor::prepare`]): it takes
     /// the steps of all its streams in one inference call while their commit runs.
     pub step: Option<PendingStep>,
-    /// Send what was committed once `batch` is, `None` when its outcome is unknown; drop it
-    /// to discard (nothing was sent to the database).
-    pub decide: oneshot::Sender<Option<Committed>>,
 }
 
 /// A network step a stream left to its request's commit task: one step of `rows` sequences,
@@ -185,7 +179,7 @@ fn index(model: &ModelInfo, steps: usize, t: usize, c: usize) -> usize {
 }
 
 /// Whether an actor goes on after an ingest.
-enum Flow {
+pub(super) enum Flow {
     Continue,
     /// The stream's state is in doubt: stop; the next request restarts it from storage.
     Reload,
@@ -203,6 +197,8 @@ pub(super) struct Actor {
     snapshot_due: Instant,
     /// Readings committed since the scoring state was last written.
     unsaved: u64,
+    /// When a request or a message last had the stream: it is idle `idle_evict` after.
+    last_used: Instant,
 }
 
 impl Actor {
@@ -247,6 +243,7 @@ impl Actor {
             fit_requested: false,
             snapshot_due: next_snapshot(),
             unsaved: 0,
+            last_used: Instant::now(),
         };
         actor.catch_up().await?;
         Ok(actor)
@@ -359,66 +356,66 @@ impl Actor {
         Ok(state)
     }
 
+    /// The stream's name.
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The name of the model scoring this stream.
     pub(super) fn model_name(&self) -> &str {
         &self.model.name
     }
 
-    pub(super) async fn run(mut self, rx: flume::Receiver<Command>, generation: u64) {
+    /// The stream's task: its idle timer, `Describe` and `Stop`, each under the cell's lock
+    /// (so after the commit a request holding it waits for). Ends once the actor is gone.
+    pub(super) async fn run(cell: Cell, rx: flume::Receiver<Command>, generation: u64, shared: Arc<Shared>) {
         // One timer for the actor's life, re-armed only when it fires: a timer set afresh
         // for every message cost an insertion into tokio's timer wheel and a removal from it
         // each (5 % of the runtime's time at one reading of each of 1,000 streams a request;
         // docs/PERFORMANCE.md). It fires `idle_evict` after it was armed; the stream is idle
-        // only if no message was handled since then, else it is re-armed for `idle_evict`
-        // after the last one ended.
-        let idle = self.shared.idle_evict;
-        let mut last_message = Instant::now();
+        // only if nothing used it since then, else it is re-armed for `idle_evict` after the
+        // last use.
+        let idle = shared.idle_evict;
         let idle_timer = tokio::time::sleep(idle);
         tokio::pin!(idle_timer);
         loop {
             let command = tokio::select! {
                 command = rx.recv_async() => command.ok(),
                 () = &mut idle_timer => {
-                    let quiet_until = last_message + idle;
+                    let mut cell = cell.lock().await;
+                    let Some(actor) = cell.as_mut() else { break };
+                    let quiet_until = actor.last_used + idle;
                     if Instant::now() < quiet_until {
                         idle_timer.as_mut().reset(quiet_until.into());
                         continue;
                     }
-                    Box::pin(self.flush()).await;
-                    if self.shared.evict(&self.name, generation, &rx) {
-                        break;
-                    }
-                    last_message = Instant::now();
-                    idle_timer.as_mut().reset((last_message + idle).into());
-                    continue;
+                    // Requests waiting for the turn find the actor gone and start it again
+                    // from what this writes.
+                    Box::pin(actor.flush()).await;
+                    shared.retire(&actor.name, generation);
+                    *cell = None;
+                    break;
                 }
             };
+            // `None`: every sender is gone (the stream was retired).
             let Some(command) = command else { break };
+            let mut cell = cell.lock().await;
+            // Stopped meanwhile: the reply is dropped and the asker starts it again.
+            let Some(actor) = cell.as_mut() else { break };
+            actor.last_used = Instant::now();
             match command {
-                Command::Ingest(ingest) => {
-                    let IngestCommand { readings, arrived, reply } = *ingest;
-                    // Boxed: the ingest future is large and short-lived; inline it would
-                    // size every idle actor's task for it (see docs/PERFORMANCE.md, memory).
-                    if let Flow::Reload = Box::pin(self.ingest(readings, arrived, reply)).await {
-                        // Requests already queued here lose their reply and are retried
-                        // by `Streams::ask` on an actor started afresh from storage.
-                        self.shared.retire(&self.name, generation);
-                        break;
-                    }
-                }
                 Command::Describe { reply } => {
-                    let _ = reply.send(self.status());
+                    let _ = reply.send(actor.status());
                 }
                 Command::Stop { reply } => {
-                    Box::pin(self.flush()).await;
+                    Box::pin(actor.flush()).await;
+                    *cell = None;
                     let _ = reply.send(());
                     break;
                 }
             }
-            // Idle from the end of the last message, as when a timer was set after each.
-            last_message = Instant::now();
         }
-        self.shared.metrics.active_streams.dec();
+        shared.metrics.active_streams.dec();
     }
 
     /// Announces the stream for a model of its own once it has passed its warm-up, if it
@@ -448,32 +445,19 @@ impl Actor {
         }
     }
 
+    /// Judges an ingest's readings on a copy of the state: what the request's commit
+    /// needs, and what to apply once it is decided ([`Actor::decided`]; dropped, nothing
+    /// changes).
     // At debug level: a span an ingest at info level cost ~4 % of the CPU time of requests
     // of one reading of each of 1,000 streams (its warnings name the stream themselves).
     #[instrument(level = "debug", skip_all, fields(stream = %self.name, readings = readings.len()))]
-    async fn ingest(
-        &mut self,
-        readings: Arc<Vec<Reading>>,
+    pub(super) async fn judge_ingest(
+        &self,
+        readings: &[Reading],
         arrived: Instant,
-        reply: oneshot::Sender<Result<Prepared, IngestError>>,
-    ) -> Flow {
-        // Each part of an ingest lives in a function of its own, and only what awaits its
-        // commit's decision is held here: the future is allocated and moved for every
-        // message, and a local of this function, moved or not, would take room in it.
-        let judged = match self.judged(&readings).await {
-            Ok(judged) => judged,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return Flow::Continue;
-            }
-        };
-        let Some(handed) = self.hand_over(judged, arrived, reply) else {
-            return Flow::Continue; // the request is gone; nothing was stored
-        };
-        // No timer here: the request's commit task answers every decision, with `None`
-        // should the writer not answer within `commit_timeout` (`super::StreamLimits`).
-        let decision = handed.decision.await;
-        self.decided(handed.state, handed.effect, decision)
+    ) -> Result<(Prepared, Handed), IngestError> {
+        let judged = self.judged(readings).await?;
+        Ok(self.hand_over(judged, arrived))
     }
 
     /// Judges the readings of an ingest: the verdicts of those already stored (a client
@@ -487,14 +471,9 @@ impl Actor {
         Ok((verdicts, judged))
     }
 
-    /// Answers the request with a judged ingest's rows, verdicts and pending step; returns
-    /// what to keep while its commit is decided, or `None` if the request is gone.
-    fn hand_over(
-        &self,
-        (mut verdicts, judged): (Vec<ReadingVerdict>, Judged),
-        arrived: Instant,
-        reply: oneshot::Sender<Result<Prepared, IngestError>>,
-    ) -> Option<Handed> {
+    /// Splits a judged ingest into the request's part (rows, verdicts, pending step) and
+    /// the part kept until its commit is decided.
+    fn hand_over(&self, (mut verdicts, judged): (Vec<ReadingVerdict>, Judged), arrived: Instant) -> (Prepared, Handed) {
         let (mut state, batch, fresh_verdicts, deferred) = judged;
         let latency = arrived.elapsed().as_secs_f64();
         for _ in 0..fresh_verdicts.len() {
@@ -517,55 +496,44 @@ impl Actor {
             inputs,
             state: std::mem::take(&mut state.recurrent),
         });
-        let (decide, decision) = oneshot::channel();
-        reply.send(Ok(Prepared { batch, verdicts, step, decide })).ok()?;
-        Some(Handed { state, effect, decision })
+        (Prepared { batch, verdicts, step }, Handed { state, effect })
     }
 
-    /// Applies a judged ingest's state if its commit went through.
-    fn decided(
-        &mut self,
-        state: Snapshot,
-        effect: Effect,
-        decision: Result<Option<Committed>, oneshot::error::RecvError>,
-    ) -> Flow {
-        match decision {
-            Ok(Some(Committed { id, step })) => {
-                self.record.id = id;
-                self.record.readings_count += effect.added;
-                self.record.last_ts = state.last_ts;
-                let old = std::mem::replace(&mut self.state, state);
-                if effect.stepped && self.state.recurrent.is_empty() {
-                    // The step's rows are copied into the old state's buffer, not a new one.
-                    self.state.recurrent = old.recurrent;
-                }
-                if effect.persisted {
-                    self.snapshot_due = next_snapshot();
-                    // The state written lacks the readings whose step waited for the commit.
-                    self.unsaved = if effect.stepped { effect.added as u64 } else { 0 };
-                } else {
-                    self.unsaved += effect.added as u64;
-                }
-                match step {
-                    Some(Ok((result, row))) => apply_row(&mut self.state, &self.model, &result, row),
-                    Some(Err(e)) => {
-                        warn!(stream = %self.name, error = %e, "step after commit failed; the stream reloads from storage");
-                        return Flow::Reload;
-                    }
-                    None if effect.stepped => return Flow::Reload, // not taken: the state lacks it
-                    None => {}
-                }
-                self.maybe_request_fit();
-            }
-            // The sender was dropped: nothing was sent to the database.
-            Err(_) => debug!("ingest discarded: not committed"),
-            // The commit failed or never answered: the database may hold it or not (a
-            // connection lost during COMMIT). The in-memory state can no longer be trusted.
-            Ok(None) => {
-                warn!(stream = %self.name, "commit outcome unknown; the stream reloads from storage");
+    /// Applies a judged ingest's state once its commit went through (`Some`); `None`: the
+    /// commit failed or never answered, and the database may hold it or not (a connection
+    /// lost during COMMIT), so the state in memory can no longer be trusted. An ingest not
+    /// sent to the database is not decided: its [`Handed`] is dropped.
+    pub(super) fn decided(&mut self, Handed { state, effect }: Handed, decision: Option<Committed>) -> Flow {
+        self.last_used = Instant::now();
+        let Some(Committed { id, step }) = decision else {
+            warn!(stream = %self.name, "commit outcome unknown; the stream reloads from storage");
+            return Flow::Reload;
+        };
+        self.record.id = id;
+        self.record.readings_count += effect.added;
+        self.record.last_ts = state.last_ts;
+        let old = std::mem::replace(&mut self.state, state);
+        if effect.stepped && self.state.recurrent.is_empty() {
+            // The step's rows are copied into the old state's buffer, not a new one.
+            self.state.recurrent = old.recurrent;
+        }
+        if effect.persisted {
+            self.snapshot_due = next_snapshot();
+            // The state written lacks the readings whose step waited for the commit.
+            self.unsaved = if effect.stepped { effect.added as u64 } else { 0 };
+        } else {
+            self.unsaved += effect.added as u64;
+        }
+        match step {
+            Some(Ok((result, row))) => apply_row(&mut self.state, &self.model, &result, row),
+            Some(Err(e)) => {
+                warn!(stream = %self.name, error = %e, "step after commit failed; the stream reloads from storage");
                 return Flow::Reload;
             }
+            None if effect.stepped => return Flow::Reload, // not taken: the state lacks it
+            None => {}
         }
+        self.maybe_request_fit();
         Flow::Continue
     }
 
@@ -800,12 +768,11 @@ impl Actor {
     }
 }
 
-/// A judged ingest whose commit is being decided: the state to apply, what the commit
-/// changes, and where the decision comes.
-struct Handed {
+/// A judged ingest whose commit is being decided: the state to apply and what the commit
+/// changes.
+pub(super) struct Handed {
     state: Snapshot,
     effect: Effect,
-    decision: oneshot::Receiver<Option<Committed>>,
 }
 
 /// What a judged ingest's commit changes beside the state.

@@ -1,15 +1,18 @@
 //! The streams of a running service: a registry of per-stream actors ([`actor`]), created on
 //! demand, evicted when idle, restored from storage when they come back.
 //!
-//! [`Streams::ingest`] is the ingest path: it asks every stream in a request to judge its
-//! readings, commits all their rows in one transaction through the writer while it takes
-//! the network steps the streams' lone readings left for after their verdicts in one call,
-//! answers, then tells each stream to apply its new state (the steps' results only if the
-//! commit succeeded). Nothing here knows about HTTP.
+//! [`Streams::ingest`] is the ingest path: it takes every stream of a request in turn (the
+//! stream's lock: its actor's [`actor::Cell`]), judges each stream's readings, commits all
+//! their rows in one transaction through the writer while it takes the network steps the
+//! streams' lone readings left for after their verdicts in one call, answers, then applies
+//! each stream's new state (the steps' results only if the commit succeeded) and gives
+//! their turns back. Nothing here knows about HTTP.
 pub mod actor;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +23,7 @@ use crate::inference::{InferenceError, InferencePool, InferenceResult, ModelCata
 use crate::metrics::Metrics;
 use crate::scoring::{Baseline, Verdict};
 use crate::storage::{now_ms, Storage, StorageError, StreamConfig, StreamRecord, Writer};
-use actor::{Actor, Command, Committed, IngestCommand, PendingStep, Prepared};
+use actor::{Actor, Cell, Command, Committed, Flow, Handed, PendingStep, Prepared};
 
 /// Models fitted to one stream by automatic training are named this plus the stream's id.
 pub const AUTO_MODEL_PREFIX: &str = "auto-";
@@ -100,8 +103,62 @@ struct Handle {
     tx: flume::Sender<Command>,
     generation: u64,
     /// The model the stream is bound to, to find the streams a model swap concerns (shared:
-    /// a handle is cloned for every message sent).
+    /// a handle is cloned for every request).
     model: Arc<str>,
+    /// The actor, taken in turn by the requests that judge with it.
+    cell: Cell,
+    /// Requests holding or awaiting the stream's turn: at most one holds it, and at most
+    /// `--mailbox` wait; more are refused (429).
+    queued: Arc<AtomicU32>,
+}
+
+impl Handle {
+    /// A place in the stream's queue, or `Overloaded` when `mailbox` requests already wait.
+    fn ticket(&self, mailbox: usize, metrics: &Metrics) -> Result<Ticket, IngestError> {
+        let ahead = self.queued.fetch_add(1, Ordering::Relaxed);
+        let ticket = Ticket(self.queued.clone());
+        metrics.mailbox_depth.observe(f64::from(ahead));
+        if ahead as usize > mailbox {
+            return Err(IngestError::Overloaded("stream mailbox full"));
+        }
+        Ok(ticket)
+    }
+}
+
+/// A request's place in a stream's queue, given up when dropped.
+struct Ticket(Arc<AtomicU32>);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+type Guard = tokio::sync::OwnedMutexGuard<Option<Actor>>;
+
+/// A request's turn at a stream: its actor, held until the request's commit is decided.
+struct Turn {
+    guard: Guard,
+    generation: u64,
+    _ticket: Ticket,
+}
+
+impl Turn {
+    /// The actor (a turn is only made of a guard that holds one).
+    fn actor(&mut self) -> &mut Actor {
+        self.guard.as_mut().expect("a turn holds a running actor")
+    }
+}
+
+/// Where a request stands at one of its streams once it has queued for all of them.
+enum Place {
+    Held(Turn),
+    /// Queued behind other requests (the lock's future was polled once, which queues it).
+    Waiting {
+        lock: Pin<Box<dyn Future<Output = Guard> + Send>>,
+        generation: u64,
+        ticket: Ticket,
+    },
 }
 
 /// State shared by the registry and every actor.
@@ -127,9 +184,9 @@ pub(crate) struct Shared {
     pub(crate) idle_evict: Duration,
     commit_timeout: Duration,
     generation: AtomicU64,
-    /// Orders multi-stream requests: each puts all its messages in its streams' mailboxes
-    /// under this lock, so two of them never wait on each other's streams (single-stream
-    /// requests never wait on another stream).
+    /// Orders multi-stream requests: each queues for all its streams' turns under this
+    /// lock, so two of them never wait on each other's streams (a single-stream request, and
+    /// a stream's task, never wait on another stream while they hold one).
     multi: tokio::sync::Mutex<()>,
     tracker: TaskTracker,
     /// Told whenever a stream's settings are put: the retention's task finds its shortest
@@ -154,26 +211,6 @@ impl Shared {
             actors.remove(name);
         }
     }
-
-    /// Removes an idle actor from the registry unless a message is waiting for it.
-    pub(crate) fn evict(&self, name: &str, generation: u64, rx: &flume::Receiver<Command>) -> bool {
-        let mut actors = self.actors.lock().expect("actor registry lock");
-        if !rx.is_empty() {
-            return false;
-        }
-        if actors.get(name).is_some_and(|h| h.generation == generation) {
-            actors.remove(name);
-        }
-        true
-    }
-}
-
-/// The message asking a stream to judge `readings` (shared by each message sent).
-fn ingest_command(
-    readings: &Arc<Vec<Reading>>,
-    arrived: Instant,
-) -> impl Fn(oneshot::Sender<Result<Prepared, IngestError>>) -> Command + '_ {
-    move |reply| Command::Ingest(Box::new(IngestCommand { readings: readings.clone(), arrived, reply }))
 }
 
 /// Takes the single steps the streams of a request left for after their verdicts
@@ -228,6 +265,16 @@ async fn take_steps(
         }
     }
     taken
+}
+
+/// Judges a stream's readings in the request's turn at it.
+async fn judge_turn(
+    mut turn: Turn,
+    readings: &[Reading],
+    arrived: Instant,
+) -> Result<(Turn, Prepared, Handed), IngestError> {
+    let (prepared, handed) = turn.actor().judge_ingest(readings, arrived).await?;
+    Ok((turn, prepared, handed))
 }
 
 /// Defaults for streams created by their first reading.
@@ -399,12 +446,15 @@ impl Streams {
         if actors.len() >= self.shared.max_active {
             return Err(IngestError::Overloaded("too many active streams"));
         }
+        // Describe and Stop only, one of each at a time from a request.
         let (tx, rx) = flume::bounded(self.shared.mailbox);
         let generation = self.shared.generation.fetch_add(1, Ordering::Relaxed);
-        let handle = Handle { tx, generation, model: actor.model_name().into() };
+        let model = actor.model_name().into();
+        let cell: Cell = Arc::new(tokio::sync::Mutex::new(Some(actor)));
+        let handle = Handle { tx, generation, model, cell: cell.clone(), queued: Arc::new(AtomicU32::new(0)) };
         actors.insert(name.to_string(), handle.clone());
         self.shared.metrics.active_streams.inc();
-        self.shared.tracker.spawn(actor.run(rx, generation));
+        self.shared.tracker.spawn(Actor::run(cell, rx, generation, self.shared.clone()));
         Ok(handle)
     }
 
@@ -437,8 +487,6 @@ impl Streams {
         for _ in 0..3 {
             let handle = self.handle(name, create_channels).await?;
             let (reply, answer) = oneshot::channel();
-            let queued = handle.tx.len();
-            self.shared.metrics.mailbox_depth.observe(queued as f64);
             match handle.tx.try_send(make(reply)) {
                 Ok(()) => return Ok((answer, handle.generation)),
                 Err(flume::TrySendError::Full(_)) => return Err(IngestError::Overloaded("stream mailbox full")),
@@ -453,84 +501,131 @@ impl Streams {
         self.shared.retire(name, generation);
     }
 
-    /// Ingests readings for one or more streams, all or nothing: every stream judges its
-    /// readings, all rows are committed in one transaction, then every stream applies its
-    /// new state (with the step of its lone reading, taken while the commit ran, if any).
-    /// Streams are created on first use with `channels` of their first reading.
-    pub async fn ingest(&self, groups: Vec<(String, Vec<Reading>)>) -> Result<Vec<IngestOutcome>, IngestError> {
-        let arrived = Instant::now();
-        // Each stream's readings are shared with its actor, not copied: the request keeps
-        // them to send again should the actor stop before judging.
-        let groups: Vec<(String, Arc<Vec<Reading>>)> =
-            groups.into_iter().map(|(name, readings)| (name, Arc::new(readings))).collect();
-        let ingest = |readings| ingest_command(readings, arrived);
-        let channels = |readings: &Arc<Vec<Reading>>| Some(readings.first().map_or(1, |r| r.values.len()));
-        // A stream's actor holds a judged ingest until its commit is decided, so two requests
-        // must reach the streams they share in the same order, or each would wait for the
-        // other. Putting every message of a request in its mailboxes under one lock does
-        // that: the lock covers only the sending, not the judging.
-        if groups.len() > 1 {
-            let names: Vec<(&str, Option<usize>)> =
-                groups.iter().map(|(name, readings)| (name.as_str(), channels(readings))).collect();
-            self.start_missing(&names).await?;
-        }
-        let guard = if groups.len() > 1 { Some(self.shared.multi.lock().await) } else { None };
-        let mut sent = Vec::with_capacity(groups.len());
-        for (name, readings) in &groups {
-            sent.push(self.enqueue(name, channels(readings), &ingest(readings)).await);
-        }
-        drop(guard);
-        // The answers in order, one at a time: each actor judges as soon as its message
-        // arrives, whatever is awaited here, so awaiting them in turn costs no time, and
-        // spares a request of 1,000 streams the 1,000 tasks of a `join_all` (its
-        // `FuturesUnordered` was 3 % of the runtime's time at that shape).
-        let mut prepared: Vec<Prepared> = Vec::with_capacity(sent.len());
-        for (sent, (name, readings)) in sent.into_iter().zip(&groups) {
-            let (answer, generation) = sent?;
-            let judged = match answer.await {
-                Ok(result) => result,
-                // The actor stopped before judging (its state reloads from storage): ask
-                // its successor. Only a failed commit or a shutdown does this.
+    /// A place in the queue of `name`'s turns (the stream's actor started if needed):
+    /// the turn itself if it is free, else a wait queued behind the requests already there.
+    async fn place(&self, name: &str, create_channels: Option<usize>) -> Result<Place, IngestError> {
+        for _ in 0..3 {
+            let handle = self.handle(name, create_channels).await?;
+            let ticket = handle.ticket(self.shared.mailbox, &self.shared.metrics)?;
+            let generation = handle.generation;
+            let guard = match handle.cell.clone().try_lock_owned() {
+                Ok(guard) => guard,
                 Err(_) => {
-                    self.forget(name, generation);
-                    // Boxed: this rare path's future would otherwise make the request's
-                    // future larger to move.
-                    Box::pin(self.ask(name, channels(readings), ingest(readings))).await.and_then(|r| r)
+                    let mut lock: Pin<Box<dyn Future<Output = Guard> + Send>> = Box::pin(handle.cell.lock_owned());
+                    // Polled once: it queues now, in this request's order.
+                    match futures::poll!(&mut lock) {
+                        std::task::Poll::Ready(guard) => guard,
+                        std::task::Poll::Pending => return Ok(Place::Waiting { lock, generation, ticket }),
+                    }
                 }
             };
-            // On an error the prepared ingests are dropped, which discards them, and so
-            // are the answers still to come (their actors discard theirs).
-            prepared.push(judged?);
+            if guard.is_some() {
+                return Ok(Place::Held(Turn { guard, generation, _ticket: ticket }));
+            }
+            self.forget(name, generation); // stopped just now: start it again
         }
+        Err(IngestError::Internal(format!("stream {name} kept stopping")))
+    }
+
+    /// Takes the turns of a request's streams and judges each stream's readings as its turn
+    /// comes: first those free, then the others in the order they were queued for. `None`
+    /// when a stream's actor stopped while the request waited for it (its turns are given
+    /// back, nothing judged is kept; the caller tries again).
+    async fn judge_all(
+        &self,
+        groups: &[(String, Vec<Reading>)],
+        arrived: Instant,
+    ) -> Result<Option<Vec<(Turn, Prepared, Handed)>>, IngestError> {
+        let channels = |readings: &[Reading]| Some(readings.first().map_or(1, |r| r.values.len()));
+        let mut places = Vec::with_capacity(groups.len());
+        {
+            // Two requests must queue for the streams they share in the same order, or each
+            // could hold a turn the other waits for: a multi-stream request queues for all
+            // its streams under one lock, which covers only the queueing, not the waiting.
+            let _multi = if groups.len() > 1 { Some(self.shared.multi.lock().await) } else { None };
+            for (name, readings) in groups {
+                places.push(self.place(name, channels(readings)).await?);
+            }
+        }
+        let mut judged: Vec<Option<(Turn, Prepared, Handed)>> = (0..groups.len()).map(|_| None).collect();
+        let mut waiting = Vec::new();
+        for (i, place) in places.into_iter().enumerate() {
+            match place {
+                Place::Held(turn) => judged[i] = Some(judge_turn(turn, &groups[i].1, arrived).await?),
+                Place::Waiting { lock, generation, ticket } => waiting.push((i, lock, generation, ticket)),
+            }
+        }
+        for (i, lock, generation, ticket) in waiting {
+            let guard = lock.await;
+            if guard.is_none() {
+                self.forget(&groups[i].0, generation);
+                return Ok(None);
+            }
+            judged[i] = Some(judge_turn(Turn { guard, generation, _ticket: ticket }, &groups[i].1, arrived).await?);
+        }
+        Ok(Some(judged.into_iter().flatten().collect()))
+    }
+
+    /// Ingests readings for one or more streams, all or nothing: every stream's readings are
+    /// judged in its turn, all rows are committed in one transaction, then every stream
+    /// applies its new state (with the step of its lone reading, taken while the commit ran,
+    /// if any) and its turn is given back. Streams are created on first use with `channels`
+    /// of their first reading. Each stream appears once in `groups`.
+    pub async fn ingest(&self, groups: Vec<(String, Vec<Reading>)>) -> Result<Vec<IngestOutcome>, IngestError> {
+        let arrived = Instant::now();
+        if groups.len() > 1 {
+            // A stream named twice would wait for its own turn.
+            let mut seen = std::collections::HashSet::with_capacity(groups.len());
+            if let Some((name, _)) = groups.iter().find(|(name, _)| !seen.insert(name.as_str())) {
+                return Err(IngestError::Invalid(format!("stream {name} appears twice in the request")));
+            }
+            let names: Vec<(&str, Option<usize>)> = groups
+                .iter()
+                .map(|(name, readings)| (name.as_str(), Some(readings.first().map_or(1, |r| r.values.len()))))
+                .collect();
+            self.start_missing(&names).await?;
+        }
+        // A stream stopped while the request waited its turn (a shutdown, a model swap, a
+        // failed commit before): its successor starts from storage, and the request queues
+        // again for all its streams, so that it never waits for a turn out of order.
+        let mut judged = None;
+        for _ in 0..3 {
+            judged = self.judge_all(&groups, arrived).await?;
+            if judged.is_some() {
+                break;
+            }
+        }
+        let Some(judged) = judged else {
+            return Err(IngestError::Internal("a stream of the request kept stopping".into()));
+        };
+        // On an error above, the turns taken are given back and what was judged with them
+        // is dropped: nothing changed.
         // Commit in a task of its own: a client that disconnects must not leave rows
         // committed but streams not told.
-        let writer = self.shared.writer.clone();
-        let inference = self.shared.inference.clone();
-        let metrics = self.shared.metrics.clone();
-        let commit_timeout = self.shared.commit_timeout;
+        let shared = self.shared.clone();
         let names: Vec<String> = groups.into_iter().map(|(name, _)| name).collect();
         let (answer, answered) = oneshot::channel();
         self.shared.tracker.spawn(async move {
             // The batches go to the writer (moved, not copied); what is needed after the
-            // commit stays here.
-            let mut batches = Vec::with_capacity(prepared.len());
-            let mut after = Vec::with_capacity(prepared.len());
+            // commit stays here, with the streams' turns.
+            let mut batches = Vec::with_capacity(judged.len());
+            let mut after = Vec::with_capacity(judged.len());
             let mut steps = Vec::new();
-            let streams = prepared.len();
-            for (i, Prepared { batch, verdicts, step, decide }) in prepared.into_iter().enumerate() {
-                after.push((verdicts, decide, batch.readings.len(), batch.update.anomalies_added));
+            let streams = judged.len();
+            for (i, (turn, Prepared { batch, verdicts, step }, handed)) in judged.into_iter().enumerate() {
+                after.push((turn, handed, verdicts, batch.readings.len(), batch.update.anomalies_added));
                 batches.push(batch);
                 steps.extend(step.map(|step| (i, step)));
             }
             // The steps run while the commit does: they read only the states the streams
             // judged with, and their results are applied only once the commit is (a lone
-            // reading's actor waits for both before its next message; after one another
-            // they were ~0.2 + 0.3 ms of each reading's turn). A failed commit drops them.
+            // reading's stream waits for both before its next turn; after one another they
+            // were ~0.2 + 0.3 ms of each reading's turn). A failed commit drops them.
             // The commit is polled first (`biased`): one refused by a full writer queue ends
             // there, before any step is sent, so overload adds no inference.
-            let steps = take_steps(&inference, streams, steps);
+            let steps = take_steps(&shared.inference, streams, steps);
             tokio::pin!(steps);
-            let commit = tokio::time::timeout(commit_timeout, writer.commit(batches));
+            let commit = tokio::time::timeout(shared.commit_timeout, shared.writer.commit(batches));
             tokio::pin!(commit);
             let mut taken = None;
             let committed = loop {
@@ -544,18 +639,19 @@ impl Streams {
                 Err(StorageError::Unavailable(format!(
                     "the database did not answer the commit within {} s; it may or may not hold these readings \
                      (a retry is safe)",
-                    commit_timeout.as_secs_f64()
+                    shared.commit_timeout.as_secs_f64()
                 )))
             });
             let ids = committed.as_ref().ok().cloned().unwrap_or_default();
             // A batch refused by a full queue never reached the database; any other
             // failure may have happened after the COMMIT did (its outcome is unknown).
             let never_sent = matches!(committed, Err(StorageError::WriterFull));
+            let metrics = &shared.metrics;
             let mut outcomes = Vec::with_capacity(after.len());
             let mut decisions = Vec::with_capacity(after.len());
-            for (i, ((verdicts, decide, rows, events), name)) in after.into_iter().zip(names).enumerate() {
+            for (i, ((turn, handed, verdicts, rows, events), name)) in after.into_iter().zip(names).enumerate() {
                 let id = ids.get(i).copied();
-                decisions.push((decide, id));
+                decisions.push((turn, handed, id));
                 if id.is_some() {
                     let flagged = verdicts.iter().filter(|v| v.verdict.anomaly).count();
                     metrics.readings.inc_by(rows as u64);
@@ -567,7 +663,7 @@ impl Streams {
             // The request is answered before the streams apply their steps.
             let _ = answer.send(committed.map(|_| outcomes));
             if never_sent {
-                return; // the decisions dropped unsent: "not committed"
+                return; // the turns given back, the judged states dropped: nothing changed
             }
             let taken = match taken {
                 _ if ids.is_empty() => Vec::new(),
@@ -575,9 +671,14 @@ impl Streams {
                 None => steps.await,
             };
             let mut taken = taken.into_iter();
-            for (decide, id) in decisions {
+            for (mut turn, handed, id) in decisions {
                 let step = taken.next().flatten();
-                let _ = decide.send(id.map(|id| Committed { id, step }));
+                if let Flow::Reload = turn.actor().decided(handed, id.map(|id| Committed { id, step })) {
+                    // Requests waiting for its turn start it again from storage.
+                    let name = turn.actor().name().to_string();
+                    *turn.guard = None;
+                    shared.retire(&name, turn.generation);
+                }
             }
         });
         match answered.await {

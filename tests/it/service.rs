@@ -728,6 +728,62 @@ async fn a_burst_beyond_the_queues_gets_429_with_retry_after_and_loses_nothing_a
     app.stop().await;
 }
 
+/// Requests of several streams each, many at once, sharing streams in other orders: each
+/// queues for its streams' turns in one order, so none waits for ever on another; each is
+/// stored whole or not at all (409 when a later reading of one of its streams committed
+/// first), and every stream holds exactly the readings of the requests acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_sharing_streams_in_other_orders_all_finish_each_stored_whole_or_not_at_all() {
+    const STREAMS: usize = 64;
+    const PER_REQUEST: usize = 48;
+    const REQUESTS: usize = 64;
+    let app = spawn_app(Backend::Sqlite).await.expect("sqlite");
+    // Request k: reading k of `PER_REQUEST` streams from stream k on, backwards for odd k.
+    let streams_of = |k: usize| -> Vec<String> {
+        let mut picked: Vec<String> = (0..PER_REQUEST).map(|j| format!("shared-{}", (k + j) % STREAMS)).collect();
+        if k % 2 == 1 {
+            picked.reverse();
+        }
+        picked
+    };
+    let requests = (0..REQUESTS).map(|k| {
+        let readings: Vec<Value> =
+            streams_of(k).iter().map(|s| json!({"stream": s, "ts": ts(k), "value": (k % 7) as f64})).collect();
+        let request = app.client.post(app.url("/v1/readings")).json(&json!({ "readings": readings }));
+        async move { (k, request.send().await.expect("sent").status().as_u16()) }
+    });
+    let statuses = tokio::time::timeout(std::time::Duration::from_secs(120), futures::future::join_all(requests))
+        .await
+        .expect("every request finishes");
+    let mut stored: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
+    let mut accepted = 0;
+    for (k, status) in statuses {
+        match status {
+            200 => {
+                accepted += 1;
+                for s in streams_of(k) {
+                    stored.entry(s).or_default().push(tsad::api::wire::format_ts(ts(k)));
+                }
+            }
+            409 => {} // a later reading of one of its streams was committed first
+            other => panic!("request {k}: unexpected status {other}"),
+        }
+    }
+    assert!(accepted > 1, "{accepted} of {REQUESTS} requests accepted");
+    for s in 0..STREAMS {
+        let name = format!("shared-{s}");
+        let (_, reply) = app.get(&format!("/v1/streams/{name}/readings?limit=1000")).await;
+        let got: Vec<String> = reply["readings"]
+            .as_array()
+            .map(|rs| rs.iter().filter_map(|r| r["ts"].as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
+        let mut want = stored.remove(&name).unwrap_or_default();
+        want.sort();
+        assert_eq!(got, want, "{name}: the readings of the requests acknowledged, and only those");
+    }
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn activating_a_model_version_hot_swaps_its_streams_without_losing_a_reading() {
     // Two versions of the default model (same weights, so the test is about the swap).
