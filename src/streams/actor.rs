@@ -460,6 +460,14 @@ impl Actor {
         Ok(self.hand_over(judged, arrived))
     }
 
+    /// Whether judging `readings` waits for nothing (a lone reading after the stream's last,
+    /// of a stream already stored: its step is left to the request's commit, see
+    /// [`Actor::prepare`]), as against inference or a lookup of stored readings.
+    pub(super) fn judges_at_once(&self, readings: &[Reading]) -> bool {
+        let [reading] = readings else { return false };
+        self.record.id != UNSTORED && self.state.last_ts.is_none_or(|last| reading.ts > last)
+    }
+
     /// Judges the readings of an ingest: the verdicts of those already stored (a client
     /// retrying after a timeout) and the readings that are new.
     async fn judged(&self, readings: &[Reading]) -> Result<(Vec<ReadingVerdict>, Judged), IngestError> {

@@ -145,7 +145,11 @@ struct Turn {
 
 impl Turn {
     /// The actor (a turn is only made of a guard that holds one).
-    fn actor(&mut self) -> &mut Actor {
+    fn actor(&self) -> &Actor {
+        self.guard.as_ref().expect("a turn holds a running actor")
+    }
+
+    fn actor_mut(&mut self) -> &mut Actor {
         self.guard.as_mut().expect("a turn holds a running actor")
     }
 }
@@ -269,7 +273,7 @@ async fn take_steps(
 
 /// Judges a stream's readings in the request's turn at it.
 async fn judge_turn(
-    mut turn: Turn,
+    turn: Turn,
     readings: &[Reading],
     arrived: Instant,
 ) -> Result<(Turn, Prepared, Handed), IngestError> {
@@ -548,10 +552,17 @@ impl Streams {
             }
         }
         let mut judged: Vec<Option<(Turn, Prepared, Handed)>> = (0..groups.len()).map(|_| None).collect();
+        // Streams whose judging waits for inference or storage (a new stream's first reading,
+        // several readings, a retry) are judged together at the end, so that their waits
+        // overlap (and their inference calls batch); the others at once, as their turns come.
+        let mut slow = Vec::new();
         let mut waiting = Vec::new();
         for (i, place) in places.into_iter().enumerate() {
             match place {
-                Place::Held(turn) => judged[i] = Some(judge_turn(turn, &groups[i].1, arrived).await?),
+                Place::Held(turn) if turn.actor().judges_at_once(&groups[i].1) => {
+                    judged[i] = Some(judge_turn(turn, &groups[i].1, arrived).await?);
+                }
+                Place::Held(turn) => slow.push((i, turn)),
                 Place::Waiting { lock, generation, ticket } => waiting.push((i, lock, generation, ticket)),
             }
         }
@@ -561,7 +572,19 @@ impl Streams {
                 self.forget(&groups[i].0, generation);
                 return Ok(None);
             }
-            judged[i] = Some(judge_turn(Turn { guard, generation, _ticket: ticket }, &groups[i].1, arrived).await?);
+            let turn = Turn { guard, generation, _ticket: ticket };
+            if turn.actor().judges_at_once(&groups[i].1) {
+                judged[i] = Some(judge_turn(turn, &groups[i].1, arrived).await?);
+            } else {
+                slow.push((i, turn));
+            }
+        }
+        let slow = futures::future::join_all(
+            slow.into_iter().map(|(i, turn)| async move { (i, judge_turn(turn, &groups[i].1, arrived).await) }),
+        )
+        .await;
+        for (i, result) in slow {
+            judged[i] = Some(result?);
         }
         Ok(Some(judged.into_iter().flatten().collect()))
     }
@@ -673,7 +696,7 @@ impl Streams {
             let mut taken = taken.into_iter();
             for (mut turn, handed, id) in decisions {
                 let step = taken.next().flatten();
-                if let Flow::Reload = turn.actor().decided(handed, id.map(|id| Committed { id, step })) {
+                if let Flow::Reload = turn.actor_mut().decided(handed, id.map(|id| Committed { id, step })) {
                     // Requests waiting for its turn start it again from storage.
                     let name = turn.actor().name().to_string();
                     *turn.guard = None;
