@@ -1,14 +1,14 @@
 //! One task per active stream, and the stream's scoring state — running normaliser,
 //! recurrent state, the forecast for the next reading, scorer statistics and the open
-//! anomaly event — in a [`Cell`] the task shares with the requests that judge with it: one
+//! anomaly event — in a `Cell` the task shares with the requests that judge with it: one
 //! at a time, in turn, under its lock. The task keeps the stream's idle timer and answers
 //! `Describe` and `Stop`; a request judges its readings itself, in its own task, once it
 //! holds the stream's turn (no message, no wake-up a stream: `super::Streams::ingest`).
 //!
 //! Ingest is two-phase so a request touching many streams is all-or-nothing: a request
-//! judges the readings on a copy of the state ([`Actor::judge_ingest`]) and keeps the
+//! judges the readings on a copy of the state (`Actor::judge_ingest`) and keeps the
 //! stream's turn until its commit is decided; the copy is applied only when the rows were
-//! committed ([`Actor::decided`]), and dropped otherwise. Verdict first, step second:
+//! committed (`Actor::decided`), and dropped otherwise. Verdict first, step second:
 //! reading t is judged against the forecast made after reading t−1, then the network steps.
 use std::collections::BTreeMap;
 use std::sync::Arc;

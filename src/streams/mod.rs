@@ -2,7 +2,7 @@
 //! demand, evicted when idle, restored from storage when they come back.
 //!
 //! [`Streams::ingest`] is the ingest path: it takes every stream of a request in turn (the
-//! stream's lock: its actor's [`actor::Cell`]), judges each stream's readings, commits all
+//! stream's lock: its actor's `actor::Cell`), judges each stream's readings, commits all
 //! their rows in one transaction through the writer while it takes the network steps the
 //! streams' lone readings left for after their verdicts in one call, answers, then applies
 //! each stream's new state (the steps' results only if the commit succeeded) and gives
