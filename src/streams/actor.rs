@@ -367,7 +367,8 @@ impl Actor {
     }
 
     /// The stream's task: its idle timer, `Describe` and `Stop`, each under the cell's lock
-    /// (so after the commit a request holding it waits for). Ends once the actor is gone.
+    /// (so each waits for the commit of a request holding the turn). Ends once the actor is
+    /// gone.
     pub(super) async fn run(cell: Cell, rx: flume::Receiver<Command>, generation: u64, shared: Arc<Shared>) {
         // One timer for the actor's life, re-armed only when it fires: a timer set afresh
         // for every message cost an insertion into tokio's timer wheel and a removal from it
@@ -511,8 +512,14 @@ impl Actor {
     /// commit failed or never answered, and the database may hold it or not (a connection
     /// lost during COMMIT), so the state in memory can no longer be trusted. An ingest not
     /// sent to the database is not decided: its [`Handed`] is dropped.
-    pub(super) fn decided(&mut self, Handed { state, effect }: Handed, decision: Option<Committed>) -> Flow {
-        self.last_used = Instant::now();
+    /// `now`: when the decision came, the stream's last use.
+    pub(super) fn decided(
+        &mut self,
+        Handed { state, effect }: Handed,
+        decision: Option<Committed>,
+        now: Instant,
+    ) -> Flow {
+        self.last_used = now;
         let Some(Committed { id, step }) = decision else {
             warn!(stream = %self.name, "commit outcome unknown; the stream reloads from storage");
             return Flow::Reload;

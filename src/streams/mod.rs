@@ -271,6 +271,11 @@ async fn take_steps(
     taken
 }
 
+/// The channels a stream gets when `readings` create it: those of its first reading.
+fn created_with(readings: &[Reading]) -> Option<usize> {
+    Some(readings.first().map_or(1, |r| r.values.len()))
+}
+
 /// Judges a stream's readings in the request's turn at it.
 async fn judge_turn(
     turn: Turn,
@@ -450,7 +455,7 @@ impl Streams {
         if actors.len() >= self.shared.max_active {
             return Err(IngestError::Overloaded("too many active streams"));
         }
-        // Describe and Stop only, one of each at a time from a request.
+        // Describe and Stop only: ingest takes the stream's turn instead.
         let (tx, rx) = flume::bounded(self.shared.mailbox);
         let generation = self.shared.generation.fetch_add(1, Ordering::Relaxed);
         let model = actor.model_name().into();
@@ -540,7 +545,6 @@ impl Streams {
         groups: &[(String, Vec<Reading>)],
         arrived: Instant,
     ) -> Result<Option<Vec<(Turn, Prepared, Handed)>>, IngestError> {
-        let channels = |readings: &[Reading]| Some(readings.first().map_or(1, |r| r.values.len()));
         let mut places = Vec::with_capacity(groups.len());
         {
             // Two requests must queue for the streams they share in the same order, or each
@@ -548,7 +552,7 @@ impl Streams {
             // its streams under one lock, which covers only the queueing, not the waiting.
             let _multi = if groups.len() > 1 { Some(self.shared.multi.lock().await) } else { None };
             for (name, readings) in groups {
-                places.push(self.place(name, channels(readings)).await?);
+                places.push(self.place(name, created_with(readings)).await?);
             }
         }
         let mut judged: Vec<Option<(Turn, Prepared, Handed)>> = (0..groups.len()).map(|_| None).collect();
@@ -602,10 +606,8 @@ impl Streams {
             if let Some((name, _)) = groups.iter().find(|(name, _)| !seen.insert(name.as_str())) {
                 return Err(IngestError::Invalid(format!("stream {name} appears twice in the request")));
             }
-            let names: Vec<(&str, Option<usize>)> = groups
-                .iter()
-                .map(|(name, readings)| (name.as_str(), Some(readings.first().map_or(1, |r| r.values.len()))))
-                .collect();
+            let names: Vec<(&str, Option<usize>)> =
+                groups.iter().map(|(name, readings)| (name.as_str(), created_with(readings))).collect();
             self.start_missing(&names).await?;
         }
         // A stream stopped while the request waited its turn (a shutdown, a model swap, a
@@ -694,9 +696,11 @@ impl Streams {
                 None => steps.await,
             };
             let mut taken = taken.into_iter();
+            // One clock read for the request's streams: when each was last used.
+            let now = Instant::now();
             for (mut turn, handed, id) in decisions {
                 let step = taken.next().flatten();
-                if let Flow::Reload = turn.actor_mut().decided(handed, id.map(|id| Committed { id, step })) {
+                if let Flow::Reload = turn.actor_mut().decided(handed, id.map(|id| Committed { id, step }), now) {
                     // Requests waiting for its turn start it again from storage.
                     let name = turn.actor().name().to_string();
                     *turn.guard = None;
