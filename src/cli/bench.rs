@@ -905,6 +905,9 @@ struct Plan {
     batch: usize,
     per_stream: usize,
     base: i64,
+    /// The round to begin at: each stream's readings go on from where a phase before left
+    /// them.
+    first_round: i64,
     deadline: Instant,
     /// Pacing, the first request at `.1` after the start.
     pace: Option<(Pacing, Duration)>,
@@ -912,9 +915,9 @@ struct Plan {
 }
 
 /// One client posting batches of one reading per stream of `names` (Unix ms timestamps from
-/// `base`, a second apart) until `deadline` (or after one round over its streams with
-/// `once`), one request every `pace` if given; returns the readings accepted and each
-/// request's latency, ms.
+/// `base`, a second apart, from round `first_round` on) until `deadline` (or after one round
+/// over its streams with `once`), one request every `pace` if given; returns the readings
+/// accepted, each request's latency, ms, and the round a later phase goes on from.
 ///
 /// Paced open loop, a client keeps to its schedule whatever the server does, and a request sent late
 /// because the answer to the one before came late counts from the moment the schedule meant
@@ -930,14 +933,14 @@ async fn drive(
     addr: std::net::SocketAddr,
     names: Vec<String>,
     plan: Plan,
-) -> anyhow::Result<(u64, Vec<f64>)> {
-    let Plan { batch, per_stream, base, deadline, pace, once } = plan;
+) -> anyhow::Result<(u64, Vec<f64>, i64)> {
+    let Plan { batch, per_stream, base, first_round, deadline, pace, once } = plan;
     let streams_per_request = batch / per_stream;
     let mut latencies = Vec::new();
     let mut accepted = 0u64;
     let start = Instant::now();
     let mut sent = 0u32;
-    let mut round = 0i64;
+    let mut round = first_round;
     'outer: loop {
         for (c, chunk) in names.chunks(streams_per_request).enumerate() {
             if Instant::now() >= deadline {
@@ -1009,22 +1012,26 @@ async fn drive(
             break;
         }
     }
-    Ok((accepted, latencies))
+    // Past the round the deadline may have cut short.
+    Ok((accepted, latencies, round + 1))
 }
 
 /// Runs `load.clients` clients over `n` streams for `load.seconds` (or one round over the
-/// streams with `once`); each client sends one request every `pace` when given, the
-/// clients' turns evenly spread over it. Returns readings per
-/// second and the sorted latencies.
+/// streams with `once`), their readings from round `first_round` on; each client sends one
+/// request every `pace` when given, the clients' turns evenly spread over it. Returns
+/// readings per second, the sorted latencies, and the round the next phase goes on from:
+/// each phase continues its streams' series (timestamps a second apart, the same sine),
+/// as a sensor's readings go on. (Each phase once began its series again 1e9 ms later, a
+/// jump in time and in value that no steady load makes.)
 async fn phase(
     endpoint: &Endpoint,
     tag: u32,
     n: usize,
     load: &Load,
-    base: i64,
+    (base, first_round): (i64, i64),
     pace: Option<Pacing>,
     once: bool,
-) -> anyhow::Result<(f64, Vec<f64>)> {
+) -> anyhow::Result<(f64, Vec<f64>, i64)> {
     let seconds = if once { 3600.0 } else { load.seconds };
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
@@ -1035,18 +1042,19 @@ async fn phase(
             // Paced clients take turns evenly (client w a w-th of the period after client
             // 0), so requests arrive spread over time, not in bursts of one per client.
             let pace = pace.map(|p| (p, p.every().mul_f64(w as f64 / load.clients.min(n) as f64)));
-            let plan = Plan { batch: load.batch, per_stream: load.per_stream, base, deadline, pace, once };
+            let plan = Plan { batch: load.batch, per_stream: load.per_stream, base, first_round, deadline, pace, once };
             tokio::spawn(drive(endpoint.client.clone(), endpoint.addr, names, plan))
         })
         .collect();
-    let (mut accepted, mut latencies) = (0, Vec::new());
+    let (mut accepted, mut latencies, mut next) = (0, Vec::new(), first_round);
     for t in tasks {
-        let (a, l) = t.await??;
+        let (a, l, round) = t.await??;
         accepted += a;
         latencies.extend(l);
+        next = next.max(round);
     }
     latencies.sort_by(f64::total_cmp);
-    Ok((accepted as f64 / started.elapsed().as_secs_f64(), latencies))
+    Ok((accepted as f64 / started.elapsed().as_secs_f64(), latencies, next))
 }
 
 /// Sums, counts and cumulative bucket counts of the server's latency and size histograms,
@@ -1382,7 +1390,7 @@ async fn http(streams: &[usize], load: &Load, target: Serve, json_out: Option<Pa
             latency: false,
             report_every: None,
         };
-        phase(&endpoint, tag, n, &create, base - 1_000_000_000, None, true).await?;
+        let (_, _, round) = phase(&endpoint, tag, n, &create, (base, 0), None, true).await?;
         let before = server_means(addr).await?;
         let (done, finished) = tokio::sync::oneshot::channel::<()>();
         let windows = load.report_every.map(|every| {
@@ -1390,7 +1398,7 @@ async fn http(streams: &[usize], load: &Load, target: Serve, json_out: Option<Pa
             let database_url = own.as_ref().map(|own| own.scratch.url.clone());
             tokio::spawn(progress(addr, every, database_url, before.readings, finished))
         });
-        let (rate, latencies) = phase(&endpoint, tag, n, load, base, None, false).await?;
+        let (rate, latencies, mut round) = phase(&endpoint, tag, n, load, (base, round), None, false).await?;
         let _ = done.send(());
         let windows = match windows {
             Some(task) => task.await?,
@@ -1412,8 +1420,9 @@ async fn http(streams: &[usize], load: &Load, target: Serve, json_out: Option<Pa
             let requests_per_s = latencies.len() as f64 / load.seconds / 2.0;
             let pace = Duration::from_secs_f64(clients.min(n) as f64 / requests_per_s);
             let before = server_means(addr).await?;
-            let (half, latencies) =
-                phase(&endpoint, tag, n, load, base + 1_000_000_000, Some(Pacing::OpenLoop(pace)), false).await?;
+            let (half, latencies, next) =
+                phase(&endpoint, tag, n, load, (base, round), Some(Pacing::OpenLoop(pace)), false).await?;
+            round = next;
             let stages = server_means(addr).await?.since(&before);
             report("half of max", half, &latencies, per_request, Some(&stages));
             println!("{:>10} {:<14} {}", "", "server means", stages.describe());
@@ -1428,7 +1437,7 @@ async fn http(streams: &[usize], load: &Load, target: Serve, json_out: Option<Pa
                 latency: false,
                 report_every: None,
             };
-            let (rate, latencies) = phase(&endpoint, tag ^ 1, 1, &single, base, None, false).await?;
+            let (rate, latencies, _) = phase(&endpoint, tag ^ 1, 1, &single, (base, 0), None, false).await?;
             report("single reading", rate, &latencies, 1, None);
             if per_request > 1 {
                 // Requests of the measured shape one at a time, every 10 ms, on the idle
@@ -1438,16 +1447,9 @@ async fn http(streams: &[usize], load: &Load, target: Serve, json_out: Option<Pa
                 let alone =
                     Load { clients: 1, seconds: load.seconds.min(5.0), latency: false, report_every: None, ..*load };
                 let before = server_means(addr).await?;
-                let (rate, latencies) = phase(
-                    &endpoint,
-                    tag,
-                    n,
-                    &alone,
-                    base + 2_000_000_000,
-                    Some(Pacing::OneAtATime(ALONE_EVERY)),
-                    false,
-                )
-                .await?;
+                let (rate, latencies, _) =
+                    phase(&endpoint, tag, n, &alone, (base, round), Some(Pacing::OneAtATime(ALONE_EVERY)), false)
+                        .await?;
                 let stages = server_means(addr).await?.since(&before);
                 let alone_per_request = n.min(batch / load.per_stream) * load.per_stream;
                 report("one at a time", rate, &latencies, alone_per_request, Some(&stages));
