@@ -21,6 +21,8 @@
 //! Results print as a table and, with `--json FILE`, are written as JSON.
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
@@ -905,19 +907,17 @@ struct Plan {
     batch: usize,
     per_stream: usize,
     base: i64,
-    /// The round to begin at: each stream's readings go on from where a phase before left
-    /// them.
-    first_round: i64,
     deadline: Instant,
     /// Pacing, the first request at `.1` after the start.
     pace: Option<(Pacing, Duration)>,
     once: bool,
 }
 
-/// One client posting batches of one reading per stream of `names` (Unix ms timestamps from
-/// `base`, a second apart, from round `first_round` on) until `deadline` (or after one round
-/// over its streams with `once`), one request every `pace` if given; returns the readings
-/// accepted, each request's latency, ms, and the round a later phase goes on from.
+/// One client posting batches of one reading per stream of `names` (each with its index in
+/// `rounds`, the stream's next round: its readings' Unix ms timestamps from `base`, a second
+/// apart, and a sine of its own) until `deadline` (or after one round over its streams with
+/// `once`), one request every `pace` if given; returns the readings accepted and each
+/// request's latency, ms.
 ///
 /// Paced open loop, a client keeps to its schedule whatever the server does, and a request sent late
 /// because the answer to the one before came late counts from the moment the schedule meant
@@ -931,18 +931,18 @@ struct Plan {
 async fn drive(
     client: reqwest::Client,
     addr: std::net::SocketAddr,
-    names: Vec<String>,
+    names: Vec<(usize, String)>,
+    rounds: Rounds,
     plan: Plan,
-) -> anyhow::Result<(u64, Vec<f64>, i64)> {
-    let Plan { batch, per_stream, base, first_round, deadline, pace, once } = plan;
+) -> anyhow::Result<(u64, Vec<f64>)> {
+    let Plan { batch, per_stream, base, deadline, pace, once } = plan;
     let streams_per_request = batch / per_stream;
     let mut latencies = Vec::new();
     let mut accepted = 0u64;
     let start = Instant::now();
     let mut sent = 0u32;
-    let mut round = first_round;
     'outer: loop {
-        for (c, chunk) in names.chunks(streams_per_request).enumerate() {
+        for chunk in names.chunks(streams_per_request) {
             if Instant::now() >= deadline {
                 break 'outer;
             }
@@ -952,10 +952,11 @@ async fn drive(
             let one_stream = chunk.len() == 1;
             let mut body = String::with_capacity(chunk.len() * per_stream * 64 + 16);
             body.push_str("{\"readings\":[");
-            for (i, s) in chunk.iter().enumerate() {
+            for (i, (index, s)) in chunk.iter().enumerate() {
+                let round = rounds[*index].load(Ordering::Relaxed);
                 for j in 0..per_stream as i64 {
                     let step = round * per_stream as i64 + j;
-                    let phase = (step as f64 + (c * streams_per_request + i) as f64) / 30.0;
+                    let phase = (step as f64 + *index as f64) / 30.0;
                     if i + j as usize > 0 {
                         body.push(',');
                     }
@@ -969,7 +970,7 @@ async fn drive(
             }
             body.push_str("]}");
             let url = if one_stream {
-                format!("http://{addr}/v1/streams/{}/readings", chunk[0])
+                format!("http://{addr}/v1/streams/{}/readings", chunk[0].1)
             } else {
                 format!("http://{addr}/v1/readings")
             };
@@ -998,6 +999,9 @@ async fn drive(
                     let _ = r.bytes().await;
                     latencies.push(started.elapsed().as_secs_f64() * 1e3);
                     accepted += (chunk.len() * per_stream) as u64;
+                    for (index, _) in chunk {
+                        rounds[*index].fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 Ok(r) => {
                     let status = r.status();
@@ -1007,54 +1011,59 @@ async fn drive(
                 Err(e) => return Err(anyhow!("request failed: {e}")),
             }
         }
-        round += 1;
         if once {
             break;
         }
     }
-    // Past the round the deadline may have cut short.
-    Ok((accepted, latencies, round + 1))
+    Ok((accepted, latencies))
+}
+
+/// Each stream's next round of readings, by its index: a phase goes on with its streams'
+/// series where the phase before left them, as a sensor's readings go on, whichever client
+/// sends them. (Each phase once began its series again 1e9 ms later, a jump in time and in
+/// value that no steady load makes.)
+type Rounds = Arc<[AtomicI64]>;
+
+/// Rounds for `n` streams, each at its first.
+fn rounds(n: usize) -> Rounds {
+    (0..n).map(|_| AtomicI64::new(0)).collect()
 }
 
 /// Runs `load.clients` clients over `n` streams for `load.seconds` (or one round over the
-/// streams with `once`), their readings from round `first_round` on; each client sends one
-/// request every `pace` when given, the clients' turns evenly spread over it. Returns
-/// readings per second, the sorted latencies, and the round the next phase goes on from:
-/// each phase continues its streams' series (timestamps a second apart, the same sine),
-/// as a sensor's readings go on. (Each phase once began its series again 1e9 ms later, a
-/// jump in time and in value that no steady load makes.)
+/// streams with `once`), each stream's readings from its round in `rounds` on; each client
+/// sends one request every `pace` when given, the clients' turns evenly spread over it.
+/// Returns readings per second and the sorted latencies.
 async fn phase(
     endpoint: &Endpoint,
     tag: u32,
     n: usize,
     load: &Load,
-    (base, first_round): (i64, i64),
+    (base, rounds): (i64, &Rounds),
     pace: Option<Pacing>,
     once: bool,
-) -> anyhow::Result<(f64, Vec<f64>, i64)> {
+) -> anyhow::Result<(f64, Vec<f64>)> {
     let seconds = if once { 3600.0 } else { load.seconds };
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
     let tasks: Vec<_> = (0..load.clients.min(n))
         .map(|w| {
             // Each client owns its streams, so timestamps per stream only ever increase.
-            let names = (w..n).step_by(load.clients).map(|s| format!("bench-{tag}-{s}")).collect();
+            let names = (w..n).step_by(load.clients).map(|s| (s, format!("bench-{tag}-{s}"))).collect();
             // Paced clients take turns evenly (client w a w-th of the period after client
             // 0), so requests arrive spread over time, not in bursts of one per client.
             let pace = pace.map(|p| (p, p.every().mul_f64(w as f64 / load.clients.min(n) as f64)));
-            let plan = Plan { batch: load.batch, per_stream: load.per_stream, base, first_round, deadline, pace, once };
-            tokio::spawn(drive(endpoint.client.clone(), endpoint.addr, names, plan))
+            let plan = Plan { batch: load.batch, per_stream: load.per_stream, base, deadline, pace, once };
+            tokio::spawn(drive(endpoint.client.clone(), endpoint.addr, names, rounds.clone(), plan))
         })
         .collect();
-    let (mut accepted, mut latencies, mut next) = (0, Vec::new(), first_round);
+    let (mut accepted, mut latencies) = (0, Vec::new());
     for t in tasks {
-        let (a, l, round) = t.await??;
+        let (a, l) = t.await??;
         accepted += a;
         latencies.extend(l);
-        next = next.max(round);
     }
     latencies.sort_by(f64::total_cmp);
-    Ok((accepted as f64 / started.elapsed().as_secs_f64(), latencies, next))
+    Ok((accepted as f64 / started.elapsed().as_secs_f64(), latencies))
 }
 
 /// Sums, counts and cumulative bucket counts of the server's latency and size histograms,
@@ -1390,7 +1399,8 @@ async fn http(streams: &[usize], load: &Load, target: Serve, json_out: Option<Pa
             latency: false,
             report_every: None,
         };
-        let (_, _, round) = phase(&endpoint, tag, n, &create, (base, 0), None, true).await?;
+        let series = rounds(n);
+        phase(&endpoint, tag, n, &create, (base, &series), None, true).await?;
         let before = server_means(addr).await?;
         let (done, finished) = tokio::sync::oneshot::channel::<()>();
         let windows = load.report_every.map(|every| {
@@ -1398,7 +1408,7 @@ async fn http(streams: &[usize], load: &Load, target: Serve, json_out: Option<Pa
             let database_url = own.as_ref().map(|own| own.scratch.url.clone());
             tokio::spawn(progress(addr, every, database_url, before.readings, finished))
         });
-        let (rate, latencies, mut round) = phase(&endpoint, tag, n, load, (base, round), None, false).await?;
+        let (rate, latencies) = phase(&endpoint, tag, n, load, (base, &series), None, false).await?;
         let _ = done.send(());
         let windows = match windows {
             Some(task) => task.await?,
@@ -1420,9 +1430,8 @@ async fn http(streams: &[usize], load: &Load, target: Serve, json_out: Option<Pa
             let requests_per_s = latencies.len() as f64 / load.seconds / 2.0;
             let pace = Duration::from_secs_f64(clients.min(n) as f64 / requests_per_s);
             let before = server_means(addr).await?;
-            let (half, latencies, next) =
-                phase(&endpoint, tag, n, load, (base, round), Some(Pacing::OpenLoop(pace)), false).await?;
-            round = next;
+            let (half, latencies) =
+                phase(&endpoint, tag, n, load, (base, &series), Some(Pacing::OpenLoop(pace)), false).await?;
             let stages = server_means(addr).await?.since(&before);
             report("half of max", half, &latencies, per_request, Some(&stages));
             println!("{:>10} {:<14} {}", "", "server means", stages.describe());
@@ -1437,7 +1446,7 @@ async fn http(streams: &[usize], load: &Load, target: Serve, json_out: Option<Pa
                 latency: false,
                 report_every: None,
             };
-            let (rate, latencies, _) = phase(&endpoint, tag ^ 1, 1, &single, (base, 0), None, false).await?;
+            let (rate, latencies) = phase(&endpoint, tag ^ 1, 1, &single, (base, &rounds(1)), None, false).await?;
             report("single reading", rate, &latencies, 1, None);
             if per_request > 1 {
                 // Requests of the measured shape one at a time, every 10 ms, on the idle
@@ -1447,8 +1456,8 @@ async fn http(streams: &[usize], load: &Load, target: Serve, json_out: Option<Pa
                 let alone =
                     Load { clients: 1, seconds: load.seconds.min(5.0), latency: false, report_every: None, ..*load };
                 let before = server_means(addr).await?;
-                let (rate, latencies, _) =
-                    phase(&endpoint, tag, n, &alone, (base, round), Some(Pacing::OneAtATime(ALONE_EVERY)), false)
+                let (rate, latencies) =
+                    phase(&endpoint, tag, n, &alone, (base, &series), Some(Pacing::OneAtATime(ALONE_EVERY)), false)
                         .await?;
                 let stages = server_means(addr).await?.since(&before);
                 let alone_per_request = n.min(batch / load.per_stream) * load.per_stream;

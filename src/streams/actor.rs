@@ -11,6 +11,7 @@
 //! committed (`Actor::decided`), and dropped otherwise. Verdict first, step second:
 //! reading t is judged against the forecast made after reading t−1, then the network steps.
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -161,9 +162,36 @@ fn next_snapshot() -> Instant {
 
 /// Whether a stream's state is due with a commit (besides its first and those with events),
 /// `unsaved` readings committed since it was written, the commit's own included, and
-/// `timely` when [`next_snapshot`]'s time has passed.
-fn state_due(timely: bool, unsaved: u64) -> bool {
-    (timely && unsaved >= SNAPSHOT_MIN_READINGS) || unsaved >= SNAPSHOT_EVERY_READINGS
+/// `timely` when [`next_snapshot`]'s time has passed; one due by time alone only if the
+/// request's `budget` has room for it.
+fn state_due(timely: bool, unsaved: u64, budget: &StateBudget) -> bool {
+    unsaved >= SNAPSHOT_EVERY_READINGS || (timely && unsaved >= SNAPSHOT_MIN_READINGS && budget.take())
+}
+
+/// The scoring states due by time alone ([`state_due`]) that one request may write; the
+/// others stay due and go with the streams' next requests. The timers spread the states of
+/// a steady load ([`next_snapshot`]), but a pause longer than the interval (a fleet of
+/// sensors back after an outage; `bench http` between its phases) leaves every stream's
+/// state due on its next reading. At one reading of each of 1,000 of 10,000 streams a
+/// request, after a pause that also made every stream's series jump (events, whose states
+/// are always written), the first requests each carried 1,000 states (2–3 MB of JSON),
+/// judged in 150–240 ms and committed in 60–190 more (docs/PERFORMANCE.md, "The half-rate
+/// tail at many streams a request"). Readings a state waits for by time are at least
+/// [`SNAPSHOT_MIN_READINGS`], so a steady load has at most one due in that many readings;
+/// the budget is three times that, 16 at least.
+#[derive(Debug)]
+pub(super) struct StateBudget(AtomicUsize);
+
+impl StateBudget {
+    /// The budget of a request of `readings` readings.
+    pub(super) fn for_readings(readings: usize) -> StateBudget {
+        StateBudget(AtomicUsize::new((readings * 3 / SNAPSHOT_MIN_READINGS as usize).max(16)))
+    }
+
+    /// Takes a state's place; false when none is left.
+    fn take(&self) -> bool {
+        self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(1)).is_ok()
+    }
 }
 
 /// Independent sequences a stream needs: one per channel for a univariate model, one for a
@@ -274,7 +302,7 @@ impl Actor {
             })
             .collect();
         for chunk in readings.chunks(CATCH_UP_CHUNK) {
-            let (state, ..) = self.prepare(chunk, true).await?;
+            let (state, ..) = self.prepare(chunk, true, &StateBudget(AtomicUsize::new(0))).await?;
             self.state = state;
         }
         self.unsaved = readings.len() as u64;
@@ -456,8 +484,9 @@ impl Actor {
         &self,
         readings: &[Reading],
         arrived: Instant,
+        budget: &StateBudget,
     ) -> Result<(Prepared, Handed), IngestError> {
-        let judged = self.judged(readings).await?;
+        let judged = self.judged(readings, budget).await?;
         Ok(self.hand_over(judged, arrived))
     }
 
@@ -471,12 +500,16 @@ impl Actor {
 
     /// Judges the readings of an ingest: the verdicts of those already stored (a client
     /// retrying after a timeout) and the readings that are new.
-    async fn judged(&self, readings: &[Reading]) -> Result<(Vec<ReadingVerdict>, Judged), IngestError> {
+    async fn judged(
+        &self,
+        readings: &[Reading],
+        budget: &StateBudget,
+    ) -> Result<(Vec<ReadingVerdict>, Judged), IngestError> {
         // Readings that may already be stored are looked up only then, in a future boxed
         // apart: its query's state, inline, would make every ingest's future 1.5 KB larger.
         let retried = self.state.last_ts.is_some_and(|last| readings.first().is_some_and(|r| r.ts <= last));
         let (verdicts, fresh) = if retried { Box::pin(self.replayed(readings)).await? } else { (Vec::new(), readings) };
-        let judged = if fresh.is_empty() { self.unchanged()? } else { self.prepare(fresh, false).await? };
+        let judged = if fresh.is_empty() { self.unchanged()? } else { self.prepare(fresh, false, budget).await? };
         Ok((verdicts, judged))
     }
 
@@ -609,7 +642,7 @@ impl Actor {
     /// takes the steps of all the request's streams in one inference call while the commit
     /// runs ([`PendingStep`]); the reply does not wait for it, and its result is applied only
     /// once the commit is.
-    async fn prepare(&self, readings: &[Reading], replay: bool) -> Result<Judged, IngestError> {
+    async fn prepare(&self, readings: &[Reading], replay: bool, budget: &StateBudget) -> Result<Judged, IngestError> {
         self.check(readings)?;
         let (normaliser, inputs) = self.normalised(readings);
         // A new stream's first state is written with its first step taken.
@@ -618,7 +651,7 @@ impl Actor {
             if deferrable { (None, Some(inputs)) } else { (Some(self.infer(readings.len(), inputs).await?), None) };
         // Judging is not async: the future of an ingest (allocated for every message an actor
         // handles) holds nothing of it across an await.
-        self.judge(readings, replay, normaliser, result, deferred)
+        self.judge(readings, replay, normaliser, result, deferred, budget)
     }
 
     /// Checks `readings` fit the stream: some, of its channel count, after its last one.
@@ -662,6 +695,7 @@ impl Actor {
         normaliser: RunningNormaliser,
         result: Option<InferenceResult>,
         deferred: Option<Vec<f32>>,
+        budget: &StateBudget,
     ) -> Result<Judged, IngestError> {
         let channels = self.record.config.channels;
         let last = readings.last().ok_or_else(|| IngestError::Invalid("no readings".into()))?;
@@ -741,7 +775,7 @@ impl Actor {
         let persist = !replay
             && (self.record.id == UNSTORED
                 || !events.is_empty()
-                || state_due(Instant::now() >= self.snapshot_due, self.unsaved + steps as u64));
+                || state_due(Instant::now() >= self.snapshot_due, self.unsaved + steps as u64, budget));
         if let Some(result) = result {
             apply_step(&mut next, model, steps, result);
         }
@@ -864,12 +898,26 @@ mod tests {
 
     #[test]
     fn a_state_is_due_by_time_after_enough_readings_or_after_many() {
-        assert!(!state_due(true, 1), "a slow stream's reading past the interval");
-        assert!(!state_due(true, SNAPSHOT_MIN_READINGS - 1));
-        assert!(state_due(true, SNAPSHOT_MIN_READINGS), "enough readings, the interval passed");
-        assert!(!state_due(false, SNAPSHOT_MIN_READINGS), "enough readings, the interval not passed");
-        assert!(!state_due(false, SNAPSHOT_EVERY_READINGS - 1));
-        assert!(state_due(false, SNAPSHOT_EVERY_READINGS), "many readings, whenever");
+        let budget = StateBudget::for_readings(1);
+        assert!(!state_due(true, 1, &budget), "a slow stream's reading past the interval");
+        assert!(!state_due(true, SNAPSHOT_MIN_READINGS - 1, &budget));
+        assert!(state_due(true, SNAPSHOT_MIN_READINGS, &budget), "enough readings, the interval passed");
+        assert!(!state_due(false, SNAPSHOT_MIN_READINGS, &budget), "enough readings, the interval not passed");
+        assert!(!state_due(false, SNAPSHOT_EVERY_READINGS - 1, &budget));
+        assert!(state_due(false, SNAPSHOT_EVERY_READINGS, &budget), "many readings, whenever");
+    }
+
+    /// A request writes the states due by time alone up to its budget, those due after many
+    /// readings whatever it.
+    #[test]
+    fn a_request_writes_states_due_by_time_up_to_its_budget() {
+        let budget = StateBudget::for_readings(1_000);
+        let written = (0..1_000).filter(|_| state_due(true, SNAPSHOT_MIN_READINGS, &budget)).count();
+        assert_eq!(written, 30, "three in every {SNAPSHOT_MIN_READINGS} readings");
+        assert!(!state_due(true, SNAPSHOT_EVERY_READINGS - 1, &budget), "the budget spent");
+        assert!(state_due(false, SNAPSHOT_EVERY_READINGS, &budget), "many readings, the budget spent");
+        let small = StateBudget::for_readings(1);
+        assert_eq!((0..100).filter(|_| state_due(true, SNAPSHOT_MIN_READINGS, &small)).count(), 16);
     }
 
     /// A snapshot's JSON, which restarts restore streams from: the model's name and version

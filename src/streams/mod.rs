@@ -23,7 +23,7 @@ use crate::inference::{InferenceError, InferencePool, InferenceResult, ModelCata
 use crate::metrics::Metrics;
 use crate::scoring::{Baseline, Verdict};
 use crate::storage::{now_ms, Storage, StorageError, StreamConfig, StreamRecord, Writer};
-use actor::{Actor, Cell, Command, Committed, Flow, Handed, PendingStep, Prepared};
+use actor::{Actor, Cell, Command, Committed, Flow, Handed, PendingStep, Prepared, StateBudget};
 
 /// Models fitted to one stream by automatic training are named this plus the stream's id.
 pub const AUTO_MODEL_PREFIX: &str = "auto-";
@@ -281,8 +281,9 @@ async fn judge_turn(
     turn: Turn,
     readings: &[Reading],
     arrived: Instant,
+    budget: &StateBudget,
 ) -> Result<(Turn, Prepared, Handed), IngestError> {
-    let (prepared, handed) = turn.actor().judge_ingest(readings, arrived).await?;
+    let (prepared, handed) = turn.actor().judge_ingest(readings, arrived, budget).await?;
     Ok((turn, prepared, handed))
 }
 
@@ -544,6 +545,7 @@ impl Streams {
         &self,
         groups: &[(String, Vec<Reading>)],
         arrived: Instant,
+        budget: &StateBudget,
     ) -> Result<Option<Vec<(Turn, Prepared, Handed)>>, IngestError> {
         let mut places = Vec::with_capacity(groups.len());
         {
@@ -564,7 +566,7 @@ impl Streams {
         for (i, place) in places.into_iter().enumerate() {
             match place {
                 Place::Held(turn) if turn.actor().judges_at_once(&groups[i].1) => {
-                    judged[i] = Some(judge_turn(turn, &groups[i].1, arrived).await?);
+                    judged[i] = Some(judge_turn(turn, &groups[i].1, arrived, budget).await?);
                 }
                 Place::Held(turn) => slow.push((i, turn)),
                 Place::Waiting { lock, generation, ticket } => waiting.push((i, lock, generation, ticket)),
@@ -578,13 +580,13 @@ impl Streams {
             }
             let turn = Turn { guard, generation, _ticket: ticket };
             if turn.actor().judges_at_once(&groups[i].1) {
-                judged[i] = Some(judge_turn(turn, &groups[i].1, arrived).await?);
+                judged[i] = Some(judge_turn(turn, &groups[i].1, arrived, budget).await?);
             } else {
                 slow.push((i, turn));
             }
         }
         let slow = futures::future::join_all(
-            slow.into_iter().map(|(i, turn)| async move { (i, judge_turn(turn, &groups[i].1, arrived).await) }),
+            slow.into_iter().map(|(i, turn)| async move { (i, judge_turn(turn, &groups[i].1, arrived, budget).await) }),
         )
         .await;
         for (i, result) in slow {
@@ -614,8 +616,9 @@ impl Streams {
         // failed commit before): its successor starts from storage, and the request queues
         // again for all its streams, so that it never waits for a turn out of order.
         let mut judged = None;
+        let budget = StateBudget::for_readings(groups.iter().map(|(_, readings)| readings.len()).sum());
         for _ in 0..3 {
-            judged = self.judge_all(&groups, arrived).await?;
+            judged = self.judge_all(&groups, arrived, &budget).await?;
             if judged.is_some() {
                 break;
             }
