@@ -914,7 +914,7 @@ struct Plan {
 }
 
 /// One client posting batches of one reading per stream of `names` (each with its index in
-/// `rounds`, the stream's next round: its readings' Unix ms timestamps from `base`, a second
+/// `steps`, the stream's next step: its readings' Unix ms timestamps from `base`, a second
 /// apart, and a sine of its own) until `deadline` (or after one round over its streams with
 /// `once`), one request every `pace` if given; returns the readings accepted and each
 /// request's latency, ms.
@@ -932,7 +932,7 @@ async fn drive(
     client: reqwest::Client,
     addr: std::net::SocketAddr,
     names: Vec<(usize, String)>,
-    rounds: Rounds,
+    steps: Steps,
     plan: Plan,
 ) -> anyhow::Result<(u64, Vec<f64>)> {
     let Plan { batch, per_stream, base, deadline, pace, once } = plan;
@@ -953,9 +953,9 @@ async fn drive(
             let mut body = String::with_capacity(chunk.len() * per_stream * 64 + 16);
             body.push_str("{\"readings\":[");
             for (i, (index, s)) in chunk.iter().enumerate() {
-                let round = rounds[*index].load(Ordering::Relaxed);
+                let first = steps[*index].load(Ordering::Relaxed);
                 for j in 0..per_stream as i64 {
-                    let step = round * per_stream as i64 + j;
+                    let step = first + j;
                     let phase = (step as f64 + *index as f64) / 30.0;
                     if i + j as usize > 0 {
                         body.push(',');
@@ -1000,7 +1000,7 @@ async fn drive(
                     latencies.push(started.elapsed().as_secs_f64() * 1e3);
                     accepted += (chunk.len() * per_stream) as u64;
                     for (index, _) in chunk {
-                        rounds[*index].fetch_add(1, Ordering::Relaxed);
+                        steps[*index].fetch_add(per_stream as i64, Ordering::Relaxed);
                     }
                 }
                 Ok(r) => {
@@ -1018,19 +1018,20 @@ async fn drive(
     Ok((accepted, latencies))
 }
 
-/// Each stream's next round of readings, by its index: a phase goes on with its streams'
-/// series where the phase before left them, as a sensor's readings go on, whichever client
-/// sends them. (Each phase once began its series again 1e9 ms later, a jump in time and in
-/// value that no steady load makes.)
-type Rounds = Arc<[AtomicI64]>;
+/// Each stream's next step (reading) of its series, by its index: a phase goes on with its
+/// streams' series where the phase before left them, as a sensor's readings go on, whichever
+/// client sends them and however many readings of a stream a request carries. (Each phase
+/// once began its series again 1e9 ms later, a jump in time and in value that no steady load
+/// makes.)
+type Steps = Arc<[AtomicI64]>;
 
-/// Rounds for `n` streams, each at its first.
-fn rounds(n: usize) -> Rounds {
+/// Steps for `n` streams, each at its first.
+fn steps(n: usize) -> Steps {
     (0..n).map(|_| AtomicI64::new(0)).collect()
 }
 
 /// Runs `load.clients` clients over `n` streams for `load.seconds` (or one round over the
-/// streams with `once`), each stream's readings from its round in `rounds` on; each client
+/// streams with `once`), each stream's readings from its step in `steps` on; each client
 /// sends one request every `pace` when given, the clients' turns evenly spread over it.
 /// Returns readings per second and the sorted latencies.
 async fn phase(
@@ -1038,7 +1039,7 @@ async fn phase(
     tag: u32,
     n: usize,
     load: &Load,
-    (base, rounds): (i64, &Rounds),
+    (base, steps): (i64, &Steps),
     pace: Option<Pacing>,
     once: bool,
 ) -> anyhow::Result<(f64, Vec<f64>)> {
@@ -1053,7 +1054,7 @@ async fn phase(
             // 0), so requests arrive spread over time, not in bursts of one per client.
             let pace = pace.map(|p| (p, p.every().mul_f64(w as f64 / load.clients.min(n) as f64)));
             let plan = Plan { batch: load.batch, per_stream: load.per_stream, base, deadline, pace, once };
-            tokio::spawn(drive(endpoint.client.clone(), endpoint.addr, names, rounds.clone(), plan))
+            tokio::spawn(drive(endpoint.client.clone(), endpoint.addr, names, steps.clone(), plan))
         })
         .collect();
     let (mut accepted, mut latencies) = (0, Vec::new());
@@ -1399,7 +1400,7 @@ async fn http(streams: &[usize], load: &Load, target: Serve, json_out: Option<Pa
             latency: false,
             report_every: None,
         };
-        let series = rounds(n);
+        let series = steps(n);
         phase(&endpoint, tag, n, &create, (base, &series), None, true).await?;
         let before = server_means(addr).await?;
         let (done, finished) = tokio::sync::oneshot::channel::<()>();
@@ -1446,7 +1447,7 @@ async fn http(streams: &[usize], load: &Load, target: Serve, json_out: Option<Pa
                 latency: false,
                 report_every: None,
             };
-            let (rate, latencies) = phase(&endpoint, tag ^ 1, 1, &single, (base, &rounds(1)), None, false).await?;
+            let (rate, latencies) = phase(&endpoint, tag ^ 1, 1, &single, (base, &steps(1)), None, false).await?;
             report("single reading", rate, &latencies, 1, None);
             if per_request > 1 {
                 // Requests of the measured shape one at a time, every 10 ms, on the idle
