@@ -45,8 +45,9 @@ const SNAPSHOT_EVERY_READINGS: u64 = 10_000;
 /// reading a minute, a state of a few KB written with every reading was ~50 times the
 /// reading's own bytes, and at 100,000 streams of a reading a second ~6,400 states a second
 /// cost ~13 % of the storage writer's time a reading on PostgreSQL (docs/PERFORMANCE.md, "A
-/// slow stream's state every 100 readings"). A restart replays at most these (one inference
-/// call) for such a stream.
+/// slow stream's state every 100 readings"). A restart replays about these (one inference
+/// call) for such a stream: a few more where its requests' budgets of states were spent on
+/// others ([`StateBudget`]).
 const SNAPSHOT_MIN_READINGS: u64 = 100;
 /// Stored readings replayed at most to bring a stale snapshot up to date; beyond that the
 /// stream re-warms from its recent history instead.
