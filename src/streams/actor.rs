@@ -172,12 +172,13 @@ fn state_due(timely: bool, unsaved: u64, budget: &StateBudget) -> bool {
 /// The scoring states due by time alone ([`state_due`]) that one request may write; the
 /// others stay due and go with the streams' next requests. The timers spread the states of
 /// a steady load ([`next_snapshot`]), but a pause longer than the interval (a fleet of
-/// sensors back after an outage; `bench http` between its phases) leaves every stream's
-/// state due on its next reading. At one reading of each of 1,000 of 10,000 streams a
-/// request, after a pause that also made every stream's series jump (events, whose states
-/// are always written), the first requests each carried 1,000 states (2–3 MB of JSON),
-/// judged in 150–240 ms and committed in 60–190 more (docs/PERFORMANCE.md, "The half-rate
-/// tail at many streams a request"). Readings a state waits for by time are at least
+/// sensors back after an outage) leaves every stream's state due on its next reading. At
+/// one reading of each of 1,000 of 10,000 streams a request, once every stream's state was
+/// due together (in `bench http`, by events: its series used to jump between its phases,
+/// and an event's state is always written), the first requests each carried 1,000 states
+/// (2–3 MB of JSON), judged in 150–240 ms and committed in 60–190 more (docs/PERFORMANCE.md,
+/// "The half-rate tail at many streams a request was the benchmark's"). Readings a state
+/// waits for by time are at least
 /// [`SNAPSHOT_MIN_READINGS`], so a steady load has at most one due in that many readings;
 /// the budget is three times that, 16 at least.
 #[derive(Debug)]
